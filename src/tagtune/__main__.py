@@ -1,0 +1,3 @@
+from tagtune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""The one exception type tagtune raises for problems a user can fix (bad files, bad options)."""
+
+
+class TagtuneError(Exception):
+    """A user-facing error. The CLI prints its message on one line and exits non-zero.
+
+    Messages name the file (and line, where there is one) and say what is wrong.
+    """
