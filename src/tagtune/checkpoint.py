@@ -303,6 +303,32 @@ def check_vocab(tokenizer, config: EncoderConfig, directory) -> None:
         )
 
 
+def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
+                      extra_files: dict[str, str | bytes] | None = None) -> None:
+    """Write config.json, model.safetensors, the tokenizer files and ``extra_files`` into an
+    existing folder, each to a temporary name first and then renamed over the old one."""
+    from safetensors.torch import save_file
+
+    if model.classifier is None:
+        raise TagtuneError("the model has no labels; nothing to save as a token classifier")
+    directory = Path(directory)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / "model.safetensors.tmp"
+    save_file(to_checkpoint_names(state, model.config), str(tmp), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, as the others
+    os.replace(tmp, directory / "model.safetensors")
+    files = {"config.json": json.dumps(model.config.to_hf_dict(), indent=2, ensure_ascii=False) + "\n"}
+    files.update(extra_files or {})
+    for name, content in files.items():
+        tmp = directory / (name + ".tmp")
+        tmp.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        os.replace(tmp, directory / name)
+    if tokenizer is not None:
+        tokenizer.save(directory)
+
+
 def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwrite: bool = False,
                extra_files: dict[str, str | bytes] | None = None) -> Path:
     """Write ``out`` as an HF token-classification folder (config.json, model.safetensors,
@@ -311,8 +337,6 @@ def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwr
     The folder is written beside ``out`` and renamed into place, so a failure never leaves a
     half-written model; an existing ``out`` is replaced only with ``overwrite``.
     """
-    from safetensors.torch import save_file
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise TagtuneError(f"{out}: already exists (pass --overwrite to replace it)")
@@ -324,16 +348,7 @@ def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwr
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(to_checkpoint_names(state, model.config), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        for name, content in (extra_files or {}).items():
-            mode = "wb" if isinstance(content, bytes) else "w"
-            with open(tmp / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-                f.write(content)
+        write_model_files(model, tokenizer, tmp, extra_files)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / out.name)

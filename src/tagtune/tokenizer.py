@@ -42,12 +42,14 @@ TOKENIZER_FILES = (
 @dataclass
 class Encoding:
     """One text, tokenised. Offsets are ``(start, end)`` character positions in the original
-    text; special tokens ([CLS], [SEP], <s>, </s>) have ``(0, 0)`` and ``special`` set."""
+    text; special tokens ([CLS], [SEP], <s>, </s>) have ``(0, 0)`` and ``special`` set.
+    ``words`` numbers the pre-tokenizer word each token belongs to (None for special tokens)."""
 
     ids: list[int]
     offsets: list[tuple[int, int]]
     tokens: list[str]
     special: list[bool]
+    words: list[int | None]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -164,7 +166,8 @@ class Tokenizer:
     def _to_encoding(self, enc) -> Encoding:
         special = [bool(s) for s in enc.special_tokens_mask]
         offsets = [(0, 0) if s else (int(a), int(b)) for (a, b), s in zip(enc.offsets, special)]
-        return Encoding(ids=list(enc.ids), offsets=offsets, tokens=list(enc.tokens), special=special)
+        words = [None if s else w for w, s in zip(enc.word_ids, special)]
+        return Encoding(ids=list(enc.ids), offsets=offsets, tokens=list(enc.tokens), special=special, words=words)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> Encoding:
         """Tokenise one text. Without special tokens by default: windows add them."""

@@ -1,0 +1,230 @@
+"""Tagging schemes: entities <-> per-position tags, and which tag may follow which.
+
+Three schemes are supported:
+
+* ``"BIO"`` (IOB2, the default): ``B-X`` begins an entity of type X, ``I-X`` continues it.
+* ``"BIOES"``: as BIO, plus ``E-X`` ends a multi-position entity and ``S-X`` is a
+  single-position one.
+* ``"IO"``: ``I-X`` on every position of an entity. Two adjacent entities of the same type
+  cannot be told apart, so ``tags_for_entities`` merges them.
+
+Entities are ``(start, end, type)`` over positions, ``end`` exclusive.
+
+Reading tags back (``entities_from_tags``) has two modes, the two of seqeval:
+
+* default (``strict=False``), conlleval's: any ``B-/I-/E-/S-`` prefix is understood whatever the
+  scheme, and tags that break the scheme's rules still make entities (an ``I-X`` after ``O``
+  begins one, a type switch inside a run splits it). Exactly
+  ``seqeval.metrics.sequence_labeling.get_entities``.
+* strict (``strict=True``): only well-formed entities count (BIO: ``B-X I-X*``; BIOES:
+  ``S-X`` or ``B-X I-X* E-X``; IO: a run of ``I-X``), everything else is ignored, and a prefix
+  the scheme does not have is an error. Exactly seqeval's strict mode with
+  ``scheme=IOB2`` / ``IOBES`` / ``IOB1`` respectively (seqeval has no IO class; IOB1 on
+  sequences of only ``I-`` and ``O`` tags is IO).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tagtune.errors import TagtuneError
+
+SCHEMES = ("BIO", "BIOES", "IO")
+
+OUTSIDE = "O"
+
+# The prefixes each scheme's tags may carry (besides the bare "O"), in tag_names order.
+_PREFIXES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S"), "IO": ("I",)}
+
+_parsed: dict[str, tuple[str, str]] = {}
+
+
+def check_scheme(scheme: str) -> str:
+    """The scheme's canonical name (case-insensitive), or a TagtuneError naming the choices."""
+    name = scheme.upper() if isinstance(scheme, str) else scheme
+    if name not in SCHEMES:
+        raise TagtuneError(f"unknown tagging scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    return name
+
+
+def parse_tag(tag: str) -> tuple[str, str]:
+    """``"B-PER"`` -> ``("B", "PER")``; ``"O"`` -> ``("O", "")``. Anything else is an error:
+    a tag is ``O`` or one of ``B- I- E- S-`` followed by a non-empty type."""
+    hit = _parsed.get(tag)
+    if hit is not None:
+        return hit
+    if tag == OUTSIDE:
+        out = (OUTSIDE, "")
+    elif isinstance(tag, str) and len(tag) > 2 and tag[0] in "BIES" and tag[1] == "-":
+        out = (tag[0], tag[2:])
+    else:
+        raise TagtuneError(f"tag {tag!r} is neither 'O' nor a B-/I-/E-/S- prefix followed by a type")
+    if len(_parsed) < 100_000:
+        _parsed[tag] = out
+    return out
+
+
+def tag_names(entity_types, scheme: str = "BIO") -> list[str]:
+    """All tags of ``scheme`` over ``entity_types``: ``"O"`` first, then for each type in sorted
+    order its tags (BIO: B-, I-; BIOES: B-, I-, E-, S-; IO: I-)."""
+    prefixes = _PREFIXES[check_scheme(scheme)]
+    names = [OUTSIDE]
+    for kind in sorted(set(entity_types)):
+        if not isinstance(kind, str) or not kind:
+            raise TagtuneError(f"entity type {kind!r} must be a non-empty string")
+        names.extend(f"{p}-{kind}" for p in prefixes)
+    return names
+
+
+def tags_for_entities(length: int, entities, scheme: str = "BIO") -> list[str]:
+    """The tag of each of ``length`` positions given non-overlapping ``(start, end, type)``
+    entities (``end`` exclusive). Under IO, adjacent entities of one type become one."""
+    scheme = check_scheme(scheme)
+    tags = [OUTSIDE] * length
+    for start, end, kind in sorted(entities, key=lambda e: (e[0], e[1])):
+        if not 0 <= start < end <= length:
+            raise ValueError(f"entity {(start, end, kind)!r} is not a non-empty range within 0..{length}")
+        if any(t != OUTSIDE for t in tags[start:end]):
+            raise ValueError(f"entity {(start, end, kind)!r} overlaps another one")
+        if scheme == "IO":
+            tags[start:end] = [f"I-{kind}"] * (end - start)
+        elif scheme == "BIO":
+            tags[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 1)
+        elif end - start == 1:
+            tags[start] = f"S-{kind}"
+        else:
+            tags[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 2) + [f"E-{kind}"]
+    return tags
+
+
+def entities_from_tags(tags, scheme: str = "BIO", strict: bool = False) -> list[tuple[int, int, str]]:
+    """The ``(start, end, type)`` entities (``end`` exclusive, in order) that ``tags`` encode.
+
+    ``strict=False`` reads tags as conlleval / seqeval's default mode do (the scheme is not
+    consulted); ``strict=True`` as seqeval's strict mode with the scheme's class (module doc).
+    """
+    scheme = check_scheme(scheme)
+    parsed = [parse_tag(t) for t in tags]
+    if not strict:
+        return _lenient(parsed)
+    allowed = _PREFIXES[scheme]
+    for tag, (prefix, _) in zip(tags, parsed):
+        if prefix != OUTSIDE and prefix not in allowed:
+            raise TagtuneError(f"tag {tag!r} is not a {scheme} tag (prefixes {'/'.join(allowed)} and O)")
+    if scheme == "BIO":
+        return _strict_bio(parsed)
+    if scheme == "BIOES":
+        return _strict_bioes(parsed)
+    return _strict_io(parsed)
+
+
+def _lenient(parsed) -> list[tuple[int, int, str]]:
+    # An entity is a run of non-O positions; a new one starts where the previous position was
+    # an E- or S-, the current one is a B- or S-, or the type changes.
+    out = []
+    start, kind, prev = None, "", OUTSIDE
+    for i, (prefix, typ) in enumerate(parsed):
+        if prefix == OUTSIDE:
+            if start is not None:
+                out.append((start, i, kind))
+                start = None
+        elif start is None or prev in "ES" or prefix in "BS" or typ != kind:
+            if start is not None:
+                out.append((start, i, kind))
+            start, kind = i, typ
+        prev = prefix
+    if start is not None:
+        out.append((start, len(parsed), kind))
+    return out
+
+
+def _strict_bio(parsed) -> list[tuple[int, int, str]]:
+    # B-X I-X*; a stray I- is ignored.
+    out = []
+    start, kind = None, ""
+    for i, (prefix, typ) in enumerate(parsed):
+        if start is not None and prefix == "I" and typ == kind:
+            continue
+        if start is not None:
+            out.append((start, i, kind))
+            start = None
+        if prefix == "B":
+            start, kind = i, typ
+    if start is not None:
+        out.append((start, len(parsed), kind))
+    return out
+
+
+def _strict_bioes(parsed) -> list[tuple[int, int, str]]:
+    # S-X, or B-X I-X* E-X; an opened entity that is not closed by its E-X is dropped.
+    out = []
+    start, kind = None, ""
+    for i, (prefix, typ) in enumerate(parsed):
+        if start is not None:
+            if typ == kind and prefix == "I":
+                continue
+            if typ == kind and prefix == "E":
+                out.append((start, i + 1, kind))
+                start = None
+                continue
+            start = None
+        if prefix == "S":
+            out.append((i, i + 1, typ))
+        elif prefix == "B":
+            start, kind = i, typ
+    return out
+
+
+def _strict_io(parsed) -> list[tuple[int, int, str]]:
+    # Runs of I-X of one type.
+    out = []
+    start, kind = None, ""
+    for i, (prefix, typ) in enumerate(parsed):
+        if start is not None and not (prefix == "I" and typ == kind):
+            out.append((start, i, kind))
+            start = None
+        if start is None and prefix == "I":
+            start, kind = i, typ
+    if start is not None:
+        out.append((start, len(parsed), kind))
+    return out
+
+
+def transition_mask(labels, scheme: str = "BIO") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which of ``labels`` (tag strings, in model output order) may start a sequence
+    (``start: (L,)``), follow one another (``trans[i, j]``: label j right after label i,
+    ``(L, L)``) and end a sequence (``end: (L,)``), as boolean tensors.
+
+    BIO: ``I-X`` only after ``B-X`` or ``I-X``, never first. BIOES: ``I-X``/``E-X`` only after
+    ``B-X``/``I-X``; after ``B-X``/``I-X`` only ``I-X``/``E-X``; ``I-``/``E-`` never first and
+    ``B-``/``I-`` never last. IO: everything allowed.
+    """
+    scheme = check_scheme(scheme)
+    allowed = _PREFIXES[scheme]
+    parsed = []
+    for tag in labels:
+        prefix, typ = parse_tag(tag)
+        if prefix != OUTSIDE and prefix not in allowed:
+            raise TagtuneError(f"label {tag!r} is not a {scheme} tag (prefixes {'/'.join(allowed)} and O)")
+        parsed.append((prefix, typ))
+    n = len(parsed)
+    start = torch.ones(n, dtype=torch.bool)
+    trans = torch.ones(n, n, dtype=torch.bool)
+    end = torch.ones(n, dtype=torch.bool)
+    if scheme == "IO":
+        return start, trans, end
+    # Prefixes that continue an entity already open, and those after which one is open.
+    inside = ("I",) if scheme == "BIO" else ("I", "E")
+    opening = ("B", "I")
+    for j, (pj, tj) in enumerate(parsed):
+        if pj in inside:
+            start[j] = False
+        if scheme == "BIOES" and pj in opening:
+            end[j] = False
+        for i, (pi, ti) in enumerate(parsed):
+            open_before = pi in opening
+            if pj in inside:
+                trans[i, j] = open_before and ti == tj
+            elif scheme == "BIOES" and open_before:
+                trans[i, j] = False
+    return start, trans, end
