@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from tagtune.data import FORMATS
 from tagtune.errors import TagtuneError
 
 
@@ -33,6 +34,40 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from dataclasses import fields
+
+    from tagtune.train import TrainConfig, train
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    if not args.resume:
+        missing = [f"--{name}" for name in ("model", "train") if name not in given]
+        if missing:
+            raise TagtuneError(f"train needs {' and '.join(missing)} (or --resume to continue a run in --out)")
+    given.setdefault("model", None)
+    given.setdefault("train", None)
+    given["progress"] = not args.quiet
+    result = train(TrainConfig(**given))
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tagtune.train import evaluate
+
+    print(json.dumps(evaluate(args.model_dir, args.file, args.format, device=args.device), indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tagtune.predict import predict_file
+
+    predict_file(args.model_dir, args.input, args.output, device=args.device, batch_texts=args.batch_texts,
+                 progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +81,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", help="texts to tokenise (default: one per line from stdin)")
     p.add_argument("--special", action="store_true", help="include the start and end tokens")
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("train", help="fine-tune a model on annotated text; writes a tagger folder")
+    p.add_argument("--model", help="base model folder or cached hub id (e.g. cl-tohoku/bert-base-japanese-v3)")
+    p.add_argument("--train", help="annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano)")
+    p.add_argument("--dev", help="dev file for per-epoch evaluation (default: 10%% of --train, seeded)")
+    p.add_argument("--out", required=True, help="output folder for the trained tagger")
+    p.add_argument("--epochs", type=int, help="passes over the data (default 3)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, help="windows per batch (default 32)")
+    p.add_argument("--max-tokens", type=int, help="real tokens per batch, instead of --batch-size")
+    p.add_argument("--max-length", type=int, help="window length in tokens; longer texts are windowed (default 128)")
+    p.add_argument("--stride", type=int, help="tokens shared by consecutive windows (default 32)")
+    p.add_argument("--warmup", type=float, help="warm-up: fraction of steps if < 1, else steps (default 0.1)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.01)")
+    p.add_argument("--clip", type=float, help="gradient norm clipping, 0 for none (default 1.0)")
+    p.add_argument("--accumulation", type=int, help="batches per optimizer step (default 1)")
+    p.add_argument("--seed", type=int, help="random seed (default 42)")
+    p.add_argument("--scheme", choices=["BIO", "BIOES", "IO"], help="tagging scheme (default BIO)")
+    p.add_argument("--all-subwords", action="store_const", const=True, help="label every subword, not only the first")
+    p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1 (default 3)")
+    p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
+    p.add_argument("--keyword-label", help="label of spans from keyword lists (default KEY)")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], help="bf16 autocast (default auto: CUDA with bf16)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    p.add_argument("--overwrite", action="store_const", const=True, help="replace --out if it holds an earlier run")
+    p.add_argument("--resume", action="store_const", const=True, help="continue the interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained tagger on an annotated file; prints JSON")
+    p.add_argument("model_dir", help="trained tagger folder")
+    p.add_argument("file", help="annotated file")
+    p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="spans for texts, as JSON lines {text, spans}")
+    p.add_argument("model_dir", help="trained tagger folder")
+    p.add_argument("input", nargs="?", default="-",
+                   help="text file (one text per line) or JSONL with a text field; - or nothing for stdin")
+    p.add_argument("-o", "--output", default="-", help="output JSONL file (default stdout)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--batch-texts", type=int, default=512, help="texts read and tagged at a time (default 512)")
+    p.add_argument("--argmax", action="store_true", help="per-token argmax instead of constrained decoding")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""Packed batches: sequences concatenated into one token stream with cumulative lengths.
+
+Batches are formed either by a count of sequences (``batch_size``, as the transformers Trainer
+does) or by a budget of real tokens (``max_tokens``). Shuffling is reproducible from
+``(seed, epoch)`` alone, so a resumed run sees exactly the batches an uninterrupted one would.
+Optional length bucketing sorts sequences of similar length together inside pools of many
+batches, which keeps the padding that attention needs small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tagtune.errors import TagtuneError
+
+
+@dataclass
+class PackedBatch:
+    """``input_ids: (T,)``, ``cu_seqlens: (B + 1,)``, ``labels: (T,)`` or None, and which
+    sequences (indices into the caller's list) it holds, in order."""
+
+    input_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    labels: torch.Tensor | None
+    indices: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+    def to(self, device) -> PackedBatch:
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
+        return PackedBatch(self.input_ids.to(device, non_blocking=True), self.cu_seqlens.to(device, non_blocking=True),
+                           self.max_seqlen, labels, self.indices)
+
+
+def pack(sequences: list[list[int]], labels: list[list[int]] | None = None,
+         indices: list[int] | None = None) -> PackedBatch:
+    """Concatenate token lists (and their label lists) into one packed batch."""
+    lengths = [len(s) for s in sequences]
+    cu_seqlens = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+    cu_seqlens[1:] = torch.tensor(np.cumsum(lengths), dtype=torch.int32)
+    input_ids = torch.tensor(np.concatenate(sequences), dtype=torch.long)
+    packed_labels = torch.tensor(np.concatenate(labels), dtype=torch.long) if labels is not None else None
+    return PackedBatch(input_ids, cu_seqlens, max(lengths), packed_labels,
+                       list(range(len(sequences))) if indices is None else indices)
+
+
+def batch_indices(lengths: list[int], batch_size: int | None = None, max_tokens: int | None = None,
+                  seed: int | None = None, epoch: int = 0, bucket: bool = False) -> list[list[int]]:
+    """Split sequence indices into batches.
+
+    ``batch_size`` sequences per batch, or as many as fit ``max_tokens`` real tokens (a single
+    longer sequence gets a batch of its own). With ``seed`` the order is shuffled from
+    ``(seed, epoch)``; with ``bucket`` too, similar lengths are grouped within pools of 50
+    batches and the batches shuffled. Without ``seed`` sequences are sorted by length, longest
+    first (for prediction, where order does not matter and padding should be least).
+    """
+    if (batch_size is None) == (max_tokens is None):
+        raise TagtuneError("give either a batch size or a token budget")
+    if (batch_size is not None and batch_size < 1) or (max_tokens is not None and max_tokens < 1):
+        raise TagtuneError("the batch size and token budget must be positive")
+    n = len(lengths)
+    lengths_arr = np.asarray(lengths)
+    if seed is None:
+        order = np.argsort(-lengths_arr, kind="stable")
+    else:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(n)
+        if bucket:
+            pool = 50 * (batch_size or max(1, max_tokens // max(1, int(lengths_arr.mean()) if n else 1)))
+            order = np.concatenate([chunk[np.argsort(-lengths_arr[chunk], kind="stable")]
+                                    for chunk in np.array_split(order, max(1, -(-n // pool)))]) if n else order
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in order.tolist():
+        full = len(current) == batch_size if batch_size else current and tokens + lengths[i] > max_tokens
+        if full:
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += lengths[i]
+    if current:
+        batches.append(current)
+    if seed is not None and bucket:
+        rng.shuffle(batches)
+    return batches

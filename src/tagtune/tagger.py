@@ -1,0 +1,161 @@
+"""Tagger: a trained model folder -> character spans for texts.
+
+texts -> tokens with offsets -> units (label positions) -> windows of at most ``max_length``
+tokens -> packed batches sorted by length -> logits -> windows merged per text -> constrained
+decoding over units -> spans whose ``text[start:end]`` is the entity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tagtune.align import Units, merge_windows, units_of, window_bounds, with_specials
+from tagtune.batching import batch_indices, pack
+from tagtune.checkpoint import check_vocab, load_model, resolve
+from tagtune.decode import decode, spans_from_tags
+from tagtune.errors import TagtuneError
+from tagtune.schemes import SCHEMES
+from tagtune.spans import Span
+from tagtune.tokenizer import load_tokenizer
+
+SETTINGS_FILE = "tagtune.json"
+
+
+@dataclass
+class TaggerSettings:
+    """How a model's labels map to spans; stored as tagtune.json beside the weights."""
+
+    scheme: str = "BIO"
+    """Tagging scheme of the labels: BIO, BIOES or IO."""
+    all_subwords: bool = False
+    """True: every subword carries a label; False: the first subword of each word."""
+    max_length: int = 128
+    """Window length in tokens, start and end tokens included."""
+    stride: int = 32
+    """Tokens shared by consecutive windows of a long text."""
+
+    @classmethod
+    def read(cls, directory: Path, labels: list[str]) -> TaggerSettings:
+        path = Path(directory) / SETTINGS_FILE
+        if not path.is_file():  # any HF token classifier: infer the scheme from its label names
+            prefixes = {label.split("-", 1)[0] for label in labels if label != "O"}
+            scheme = "BIOES" if prefixes & {"E", "S"} else "BIO" if "B" in prefixes else "IO"
+            return cls(scheme=scheme)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise TagtuneError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        settings = cls(**known)
+        if settings.scheme not in SCHEMES:
+            raise TagtuneError(f"{path}: scheme {settings.scheme!r} is not one of {', '.join(SCHEMES)}")
+        return settings
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Tagger:
+    """Predicts spans with a token classifier. ``Tagger.load(DIR)(texts)``."""
+
+    def __init__(self, model, tokenizer, settings: TaggerSettings, device=None, constrained: bool = True,
+                 batch_tokens: int = 8192):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.constrained = constrained
+        self.batch_tokens = batch_tokens
+        config = model.config
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        if not self.labels:
+            raise TagtuneError("the model has no labels: it is not a token classifier")
+
+    @classmethod
+    def load(cls, directory, device=None, constrained: bool = True) -> Tagger:
+        """A tagger from a folder tagtune trained (or any HF token-classification folder)."""
+        folder = resolve(directory)
+        model, _ = load_model(folder)
+        if model.classifier is None:
+            raise TagtuneError(f"{folder}: not a token classifier (config.json names no token-classification labels)")
+        tokenizer = load_tokenizer(folder)
+        check_vocab(tokenizer, model.config, folder)
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        device = torch.device(device) if device is not None else default_device()
+        return cls(model.to(device).eval(), tokenizer, TaggerSettings.read(folder, labels), device, constrained)
+
+    def __call__(self, texts: str | list[str], progress=None) -> list[Span] | list[list[Span]]:
+        """Spans for one text, or a list of span lists for a list of texts."""
+        if isinstance(texts, str):
+            return self.predict([texts], progress)[0]
+        return self.predict(list(texts), progress)
+
+    def predict(self, texts: list[str], progress=None) -> list[list[Span]]:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TagtuneError(f"text {i} is a {type(text).__name__}, not a string")
+        unit_logits, units = self.unit_logits(texts, progress)
+        return self.spans(unit_logits, units)
+
+    @torch.inference_mode()
+    def unit_logits(self, texts: list[str], progress=None) -> tuple[list[torch.Tensor], list[Units]]:
+        """Per text: logits at its units (n_units, labels), after windows are merged."""
+        s = self.settings
+        encodings = self.tokenizer.encode_batch(texts)
+        units = [units_of(enc, s.all_subwords) for enc in encodings]
+        windows = []  # (text index, start, end)
+        for t, enc in enumerate(encodings):
+            if len(enc):
+                windows += [(t, a, b) for a, b in window_bounds(len(enc), s.max_length - 2, s.stride)]
+        sequences = [with_specials(encodings[t].ids[a:b], self.tokenizer.cls_id, self.tokenizer.sep_id)
+                     for t, a, b in windows]
+        outputs: list[torch.Tensor | None] = [None] * len(windows)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch in batch_indices([len(x) for x in sequences], max_tokens=self.batch_tokens):
+                packed = pack([sequences[i] for i in batch], indices=batch).to(self.device)
+                logits = self.model(packed.input_ids, packed.cu_seqlens, packed.max_seqlen).float().cpu()
+                cu = packed.cu_seqlens.tolist()
+                for k, i in enumerate(batch):
+                    outputs[i] = logits[cu[k] + 1:cu[k + 1] - 1]  # drop the start and end tokens
+                if progress is not None:
+                    progress.update(len(batch))
+        finally:
+            self.model.train(was_training)
+        per_text: list[list[int]] = [[] for _ in texts]
+        for w, (t, _, _) in enumerate(windows):
+            per_text[t].append(w)
+        result = []
+        for t, ws in enumerate(per_text):
+            if not ws:
+                result.append(torch.zeros(0, len(self.labels)))
+                continue
+            merged = merge_windows([windows[w][1:] for w in ws], [outputs[w] for w in ws])
+            result.append(merged[units[t].first])
+        return result, units
+
+    def spans(self, unit_logits: list[torch.Tensor], units: list[Units], chunk: int = 256) -> list[list[Span]]:
+        """Decode unit logits (batched, ``chunk`` texts at a time) into spans."""
+        out: list[list[Span]] = []
+        for lo in range(0, len(unit_logits), chunk):
+            group = unit_logits[lo:lo + chunk]
+            longest = max((x.shape[0] for x in group), default=0)
+            padded = torch.zeros(len(group), max(longest, 1), len(self.labels))
+            mask = torch.zeros(len(group), max(longest, 1), dtype=torch.bool)
+            for k, x in enumerate(group):
+                padded[k, :x.shape[0]] = x
+                mask[k, :x.shape[0]] = True
+            ids, probs = decode(padded, self.labels, self.settings.scheme, self.constrained, mask)
+            for k, (row, p) in enumerate(zip(ids, probs)):
+                tags = [self.labels[i] for i in row]
+                out.append(spans_from_tags(tags, units[lo + k].ranges, self.settings.scheme, p))
+        return out

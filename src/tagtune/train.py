@@ -1,0 +1,395 @@
+"""TrainConfig and train(): annotations in, a trained tagger folder out.
+
+The loop reads top to bottom: read data, load the model with a head for the data's labels,
+cut texts into labelled windows, then per epoch: batches from (seed, epoch), forward, loss,
+backward, clip, step, schedule, log; evaluate on dev; keep the best model by entity F1; save a
+resumable checkpoint; stop early when dev F1 stops improving.
+
+The output folder holds the best model (an HF token-classification folder plus tagtune.json),
+``train_config.json``, ``metrics.jsonl``, ``report.html``, and while training runs,
+``checkpoint/state.pt`` for ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tagtune.align import IGNORE, AlignStats, token_labels, window_bounds, with_specials
+from tagtune.batching import batch_indices, pack
+from tagtune.checkpoint import check_vocab, load_model, write_model_files
+from tagtune.data import read_examples, split_dev
+from tagtune.errors import TagtuneError
+from tagtune.metrics import span_scores
+from tagtune.progress import Progress
+from tagtune.schemes import SCHEMES, tag_names
+from tagtune.spans import Example
+from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings, default_device
+from tagtune.tokenizer import load_tokenizer
+
+CHECKPOINT = "checkpoint/state.pt"
+OUTPUT_MARKERS = ("train_config.json", SETTINGS_FILE)  # what makes a folder a tagtune output
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as train_config.json."""
+
+    model: str
+    """Base checkpoint: a folder, or org/name[@revision] in the local HF cache."""
+    train: str
+    """Annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano)."""
+    out: str
+    """Output folder for the trained tagger."""
+    dev: str | None = None
+    """Dev file; None splits dev_fraction of train off (seeded)."""
+    epochs: int = 3
+    """Passes over the training data."""
+    lr: float = 5e-5
+    """Peak learning rate of AdamW."""
+    batch_size: int | None = 32
+    """Windows per batch; None when max_tokens is used."""
+    max_tokens: int | None = None
+    """Real tokens per batch instead of a window count."""
+    max_length: int = 128
+    """Window length in tokens, start and end tokens included; longer texts are windowed."""
+    stride: int = 32
+    """Tokens shared by consecutive windows of a long text."""
+    warmup: float = 0.1
+    """Linear warm-up: a fraction of all steps when < 1, else a number of steps."""
+    weight_decay: float = 0.01
+    """AdamW decay on weight matrices (never on biases and norms)."""
+    clip: float = 1.0
+    """Gradient norm clipping; 0 turns it off."""
+    accumulation: int = 1
+    """Batches whose gradients are summed before one optimizer step."""
+    seed: int = 42
+    """Seeds the head's initialisation, dropout, the data order and the dev split."""
+    scheme: str = "BIO"
+    """Tagging scheme: BIO, BIOES or IO."""
+    all_subwords: bool = False
+    """Label every subword, not just the first of each word."""
+    patience: int | None = 3
+    """Stop after this many epochs without a better dev F1; None never stops early."""
+    dev_fraction: float = 0.1
+    """Share of train held out as dev when no dev file is given."""
+    format: str | None = None
+    """Input format; None detects it from the file."""
+    keyword_label: str = "KEY"
+    """Label of spans read from keyword lists."""
+    bf16: str = "auto"
+    """bf16 autocast: "auto" (CUDA with bf16 support), "on" or "off"."""
+    device: str | None = None
+    """"cpu", "cuda", ...; None picks CUDA when available."""
+    overwrite: bool = False
+    """Replace an existing output folder of an earlier run."""
+    resume: bool = False
+    """Continue the interrupted run in ``out`` from its last checkpoint."""
+    progress: bool = True
+    """Show progress bars on stderr."""
+
+    RUN_FIELDS = ("overwrite", "resume", "progress", "device")  # may differ when resuming
+
+    def check(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise TagtuneError(f"bf16 must be auto, on or off, got {self.bf16!r}")
+        if self.max_tokens is not None:
+            self.batch_size = None
+        for name in ("epochs", "accumulation"):
+            if getattr(self, name) < 1:
+                raise TagtuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise TagtuneError(f"the learning rate must be positive, got {self.lr}")
+        if self.max_length < 3:
+            raise TagtuneError(f"max length must be at least 3 (start, end and one token), got {self.max_length}")
+        if self.max_tokens is not None and self.max_tokens < self.max_length:
+            raise TagtuneError(f"the token budget {self.max_tokens} is smaller than one window ({self.max_length})")
+        if not 0 < self.dev_fraction < 1:
+            raise TagtuneError(f"dev fraction must be between 0 and 1, got {self.dev_fraction}")
+        window_bounds(0, self.max_length - 2, self.stride)  # checks the stride
+
+    def settings(self) -> TaggerSettings:
+        return TaggerSettings(self.scheme, self.all_subwords, self.max_length, self.stride)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def read_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
+    train = read_examples(config.train, config.format, config.keyword_label)
+    if config.dev:
+        dev = read_examples(config.dev, config.format, config.keyword_label)
+    else:
+        if len(train) < 2:
+            raise TagtuneError(f"{config.train}: {len(train)} example; at least 2 are needed to split off a dev set")
+        train, dev = split_dev(train, config.dev_fraction, config.seed)
+    return train, dev
+
+
+def label_set(config: TrainConfig, train: list[Example], dev: list[Example]) -> list[str]:
+    types = sorted({s.label for ex in train + dev for s in ex.spans})
+    if not types:
+        raise TagtuneError(f"{config.train}: no annotated spans, so nothing to learn")
+    return tag_names(types, config.scheme)
+
+
+def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
+    """(sequences, labels, stats): every window of every text, start and end tokens added."""
+    sequences, labels, stats = [], [], AlignStats()
+    encodings = tokenizer.encode_batch([ex.text for ex in examples])
+    for ex, enc in zip(examples, encodings):
+        if not len(enc):
+            continue
+        token_tags, text_stats = token_labels(ex.spans, enc, label2id, settings.scheme,
+                                              settings.all_subwords, ex.source)
+        stats.add(text_stats)
+        for a, b in window_bounds(len(enc), settings.max_length - 2, settings.stride):
+            sequences.append(with_specials(enc.ids[a:b], tokenizer.cls_id, tokenizer.sep_id))
+            labels.append([IGNORE, *token_tags[a:b], IGNORE])
+    return sequences, labels, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only, never on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    except (RuntimeError, TypeError):  # builds without a fused kernel for this device
+        return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_schedule(optimizer, config: TrainConfig, total_steps: int):
+    """Linear warm-up to the peak rate, then linear decay to zero at the last step."""
+    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device):
+    if config.bf16 == "off":
+        return None
+    if config.bf16 == "on":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folder
+
+
+def prepare_output(config: TrainConfig) -> Path:
+    out = Path(config.out)
+    if config.resume:
+        if not (out / CHECKPOINT).is_file():
+            raise TagtuneError(f"{out}: no checkpoint to resume from ({CHECKPOINT} is missing)")
+        return out
+    if out.exists():
+        if not config.overwrite:
+            raise TagtuneError(f"{out}: already exists (pass --overwrite to replace it, or --resume to continue it)")
+        if not out.is_dir():
+            raise TagtuneError(f"{out}: exists and is not a folder; not replacing it")
+        if any(out.iterdir()) and not any((out / m).is_file() for m in OUTPUT_MARKERS):
+            raise TagtuneError(f"{out}: is not the output of an earlier tagtune run; not replacing it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    os.replace(tmp, path)
+
+
+def resumed_config(config: TrainConfig) -> TrainConfig:
+    """The saved config of the run in ``config.out``; given values must agree with it."""
+    saved = json.loads((Path(config.out) / "train_config.json").read_text(encoding="utf-8"))
+    given = asdict(config)
+    differ = [f"{k} {given[k]!r} (the run used {saved[k]!r})" for k in saved
+              if k not in TrainConfig.RUN_FIELDS and k in given and given[k] is not None
+              and given[k] != saved[k] and given[k] != getattr(TrainConfig, k, None)]
+    if differ:
+        raise TagtuneError(f"{config.out}: --resume continues the same run, but " + "; ".join(differ))
+    values = {k: saved[k] for k in saved if k in {f.name for f in fields(TrainConfig)}}
+    values.update({k: given[k] for k in TrainConfig.RUN_FIELDS})
+    return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: TrainConfig) -> dict:
+    """Train a tagger; returns the best epoch's dev metrics (and where the model went)."""
+    if config.resume:
+        prepare_output(config)
+        config = resumed_config(config)
+    config.check()
+    train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
+    labels = label_set(config, train_examples, dev_examples)
+    out = prepare_output(config)
+    device = torch.device(config.device) if config.device else default_device()
+    settings = config.settings()
+
+    torch.manual_seed(config.seed)  # the new head's initialisation
+    model, report = load_model(config.model, labels=labels)
+    tokenizer = load_tokenizer(report.directory)
+    check_vocab(tokenizer, model.config, report.directory)
+    model.to(device)
+    label2id = model.config.label2id
+    sequences, seq_labels, stats = training_windows(train_examples, tokenizer, label2id, settings)
+    if stats.message():
+        warnings.warn(f"{config.train}: {stats.message()}", stacklevel=2)
+    if not sequences:
+        raise TagtuneError(f"{config.train}: no text with any token to train on")
+    lengths = [len(s) for s in sequences]
+
+    batches_per_epoch = len(batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, 0))
+    total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
+    optimizer = make_optimizer(model, config, device)
+    schedule = make_schedule(optimizer, config, total_steps)
+    amp = autocast_dtype(config, device)
+
+    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    if config.resume:
+        saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(saved["rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        state = saved["state"]
+    else:
+        atomic_write(out / "train_config.json", json.dumps(asdict(config), indent=2) + "\n")
+        write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
+    log_lines = [json.dumps(h) for h in state["history"]]
+    atomic_write(out / "metrics.jsonl", "".join(line + "\n" for line in log_lines))
+    log = open(out / "metrics.jsonl", "a", encoding="utf-8")
+
+    def record(entry: dict) -> None:
+        state["history"].append(entry)
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+
+    say = (lambda msg: print(msg, file=sys.stderr)) if config.progress else (lambda msg: None)
+    say(f"tagtune: {len(train_examples)} train / {len(dev_examples)} dev texts, {len(sequences)} windows, "
+        f"{len(labels)} tags, {config.epochs} epochs x {batches_per_epoch} batches on {device}")
+    tagger = Tagger(model, tokenizer, settings, device)
+    try:
+        for epoch in range(state["epoch"], config.epochs):
+            model.train()
+            batches = batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, epoch)
+            epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
+            bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=config.progress)
+            for b, indices in enumerate(batches):
+                batch = pack([sequences[i] for i in indices], [seq_labels[i] for i in indices], indices).to(device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+                loss = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE)
+                if torch.isnan(loss):  # a batch without any labelled token
+                    loss = logits.sum() * 0.0
+                (loss / config.accumulation).backward()
+                epoch_tokens += batch.num_tokens
+                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+                if (b + 1) % config.accumulation == 0 or b + 1 == len(batches):
+                    if config.clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step"] += 1
+                    if state["step"] % 10 == 0:
+                        record({"step": state["step"], "epoch": epoch + 1, "loss": round(loss_sum / loss_count, 5),
+                                "lr": schedule.get_last_lr()[0]})
+                seconds = time.perf_counter() - epoch_start
+                bar.update(1, loss=loss_sum / loss_count, **{"tok/s": f"{epoch_tokens / seconds:,.0f}"})
+            bar.close()
+            train_seconds = time.perf_counter() - epoch_start
+
+            dev = evaluate_examples(tagger, dev_examples)
+            improved = dev["f1"] > state["best_f1"]
+            record({"epoch": epoch + 1, "step": state["step"], "train_loss": round(loss_sum / max(1, loss_count), 5),
+                    "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
+                    "tokens_per_second": round(epoch_tokens / train_seconds, 1),
+                    "dev": {k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")}, "dev_per_label": dev["per_label"],
+                    "best": improved})
+            say(f"epoch {epoch + 1}: loss {loss_sum / max(1, loss_count):.4f}  dev P {dev['precision']:.4f} "
+                f"R {dev['recall']:.4f} F1 {dev['f1']:.4f}" + ("  (best so far, saved)" if improved else ""))
+            if improved:
+                state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
+                write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            stop = config.patience is not None and state["bad_epochs"] >= config.patience
+            save_checkpoint(out, model, optimizer, schedule, state, device)
+            if stop:
+                say(f"tagtune: no better dev F1 for {config.patience} epochs; stopping early")
+                break
+    finally:
+        log.close()
+    from tagtune.report import write_report
+
+    write_report(out, state["history"], labels)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    best = next(h for h in state["history"] if h.get("epoch") == state["best_epoch"] and "dev" in h)
+    return {"out": str(out), "best_epoch": state["best_epoch"], **best["dev"], "per_label": best["dev_per_label"]}
+
+
+def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device) -> None:
+    """Everything needed to continue exactly, written to a temporary file then renamed."""
+    path = out / CHECKPOINT
+    path.parent.mkdir(exist_ok=True)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "state": state,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate_examples(tagger: Tagger, examples: list[Example]) -> dict:
+    """Entity scores of the tagger's spans against the examples' spans (exact character match)."""
+    predicted = tagger.predict([ex.text for ex in examples])
+    return span_scores([ex.spans for ex in examples], predicted)
+
+
+def evaluate(directory: str, path: str, format: str | None = None, keyword_label: str = "KEY",
+             device: str | None = None) -> dict:
+    """Load a trained tagger and score it on an annotated file."""
+    examples = read_examples(path, format, keyword_label)
+    tagger = Tagger.load(directory, device=device)
+    return evaluate_examples(tagger, examples)
