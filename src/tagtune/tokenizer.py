@@ -69,17 +69,17 @@ def _read_json(path: Path) -> dict:
 
 
 def read_vocab(path: Path) -> dict[str, int]:
-    """A WordPiece ``vocab.txt``: one token per line, the line number is its id."""
+    """A WordPiece ``vocab.txt``: one token per line, the line number is its id. Read as
+    transformers reads it: lines end at newlines only, and a repeated token keeps its last id."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise TagtuneError(f"{path}: not UTF-8 text") from None
-    vocab: dict[str, int] = {}
-    for i, token in enumerate(lines):
-        token = token.rstrip("\r")
-        if token and token not in vocab:
-            vocab[token] = i
-    if not vocab:
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    vocab = {token: i for i, token in enumerate(lines)}
+    if not text:
         raise TagtuneError(f"{path}: the vocabulary is empty")
     return vocab
 
