@@ -49,3 +49,32 @@ def tiny_hf_model(kind: str, num_labels: int = 5, task: str = "token"):
         "base": T.AutoModel,
     }
     return classes[task].from_config(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm):
+    """A small random BERT with the real MiniLM vocabulary and tokenizer: trains in seconds."""
+    import shutil
+
+    import transformers as T
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = T.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=512)
+    T.BertModel(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def wnut_files(tmp_path_factory, tweets):
+    """Real tweets as CoNLL files: train (300) and dev (60)."""
+    folder = tmp_path_factory.mktemp("wnut")
+    for name, part in (("train.conll", tweets[:300]), ("dev.conll", tweets[300:360])):
+        with open(folder / name, "w", encoding="utf-8") as f:
+            for tokens, tags in part:
+                f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
+                f.write("\n")
+    return folder

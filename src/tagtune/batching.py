@@ -71,10 +71,10 @@ def batch_indices(lengths: list[int], batch_size: int | None = None, max_tokens:
     else:
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n)
-        if bucket:
-            pool = 50 * (batch_size or max(1, max_tokens // max(1, int(lengths_arr.mean()) if n else 1)))
-            order = np.concatenate([chunk[np.argsort(-lengths_arr[chunk], kind="stable")]
-                                    for chunk in np.array_split(order, max(1, -(-n // pool)))]) if n else order
+        if bucket and n:
+            per_batch = batch_size or max(1, max_tokens // max(1, int(lengths_arr.mean())))
+            pools = np.array_split(order, -(-n // (50 * per_batch)))
+            order = np.concatenate([p[np.argsort(-lengths_arr[p], kind="stable")] for p in pools])
     batches: list[list[int]] = []
     current: list[int] = []
     tokens = 0

