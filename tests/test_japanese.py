@@ -380,3 +380,45 @@ def test_missing_ipadic_says_what_to_install(tmp_path, monkeypatch):
     write_checkpoint(tmp_path, SPECIALS, mecab_kwargs={"mecab_dic": "ipadic"})
     monkeypatch.setitem(sys.modules, "ipadic", None)
     assert "pip install ipadic" in error_for(tmp_path)
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+@pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
+def test_char_spans_to_labels_and_back_in_japanese(wordpiece_dir, scheme):
+    """Spans over MeCab words (half-width kana, full-width letters, emoji around them) survive
+    char spans -> subword labels -> char spans unchanged."""
+    from tagtune.align import token_labels, units_of
+    from tagtune.decode import spans_from_tags
+    from tagtune.schemes import tag_names
+    from tagtune.spans import Span
+
+    tokenizer = load_tokenizer(wordpiece_dir)
+    labels = tag_names(["KEY", "ORG"], scheme)
+    label2id = {t: i for i, t in enumerate(labels)}
+    checked = 0
+    for text in SENTENCES:
+        enc = tokenizer.encode(text)
+        units = units_of(enc)
+        # a one-word span every fourth word and a two-word span where there is room
+        spans = [Span(*units.ranges[i], "KEY") for i in range(0, len(units) - 3, 4)]
+        spans += [Span(units.ranges[i][0], units.ranges[i + 1][1], "ORG") for i in range(2, len(units) - 1, 4)]
+        ids, stats = token_labels(spans, enc, label2id, scheme)
+        assert stats.message() is None
+        tags = [labels[ids[t]] for t in units.first]
+        back = spans_from_tags(tags, units.ranges, scheme)
+        assert back == sorted(spans)
+        for span in back:  # each span is a slice of the original text, not of the NFKC form
+            assert unicodedata.normalize("NFKC", text[span.start:span.end]).strip()
+        checked += len(back)
+    assert checked > 60
+    # a span cutting a word in half is widened to the whole word
+    text = "倉庫にあった古いﾃﾞｰﾀを移行した。"
+    enc = tokenizer.encode(text)
+    start = text.index("ﾃﾞｰﾀ")
+    ids, stats = token_labels([Span(start + 1, start + 3, "KEY")], enc, label2id, scheme)
+    assert stats.widened == 1
+    units = units_of(enc)
+    back = spans_from_tags([labels[ids[t]] for t in units.first], units.ranges, scheme)
+    assert [text[s.start:s.end] for s in back] == ["ﾃﾞｰﾀ"]

@@ -16,7 +16,7 @@ from tagtune.model import TokenClassifier
 from tagtune.spans import Span
 from tagtune.tagger import Tagger, TaggerSettings
 from tagtune.tokenizer import load_tokenizer
-from tagtune.train import TrainConfig, train
+from tagtune.training import TrainConfig, train
 
 
 def cli(*args, **kwargs):
@@ -201,3 +201,16 @@ def test_train_api_rejects_bad_settings(tiny_bert, wnut_files, tmp_path):
                             ({"max_length": 2}, "max length"), ({"epochs": 0}, "epochs")):
         with pytest.raises(TagtuneError, match=message):
             train(TrainConfig(**base, **change))
+
+
+def test_package_level_api(tiny_bert, wnut_files, tmp_path):
+    import tagtune
+    import tagtune.training  # noqa: F401  (importing the module must not shadow tagtune.train)
+
+    result = tagtune.train(model=str(tiny_bert), train=str(wnut_files / "dev.conll"), out=str(tmp_path / "o"),
+                           epochs=1, progress=False)
+    assert set(result) >= {"precision", "recall", "f1", "per_label", "epoch"}
+    tagger = tagtune.Tagger.load(tmp_path / "o")
+    assert isinstance(tagger(["a text", "another"]), list)
+    scores = tagtune.evaluate(str(tmp_path / "o"), str(wnut_files / "dev.conll"))
+    assert 0.0 <= scores["f1"] <= 1.0

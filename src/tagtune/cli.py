@@ -37,7 +37,7 @@ def cmd_tokenize(args) -> int:
 def cmd_train(args) -> int:
     from dataclasses import fields
 
-    from tagtune.train import TrainConfig, train
+    from tagtune.training import TrainConfig, train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tagtune.train import evaluate
+    from tagtune.training import evaluate
 
     print(json.dumps(evaluate(args.model_dir, args.file, args.format, device=args.device), indent=2))
     return 0
