@@ -17,7 +17,8 @@ import argparse
 import json
 import os
 import random
-import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", default="42,43,44",
+                        help="comma-separated seeds; each side trains once per seed (F1 varies a lot with the "
+                             "head's random initialisation, so one seed decides little)")
     parser.add_argument("--test-size", type=int, default=400)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--only", choices=["tagtune", "trainer"], help="run one side only")
@@ -114,38 +117,46 @@ def main() -> None:
     print(f"bench: {len(train)} train / {len(dev)} dev / {len(test)} test tweets, {args.epochs} epochs, "
           f"lr {args.lr}, batch {args.batch_size}, max length {args.max_length}; work folder {work}", flush=True)
     common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
-              "--max-length", str(args.max_length), "--warmup", "0.1", "--weight-decay", "0.01",
-              "--seed", str(args.seed)]
+              "--max-length", str(args.max_length), "--warmup", "0.1", "--weight-decay", "0.01"]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
-    results = {}
-
-    if args.only in (None, "trainer"):
-        print("bench: transformers Trainer ...", flush=True)
-        usage = run([sys.executable, str(HERE / "peer_trainer.py"), str(work), str(work / "peer"),
-                     "--model", args.model, "--labels", ",".join(labels), *common], env)
-        stats = json.loads((work / "peer" / "stats.json").read_text())
-        tags = [json.loads(line) for line in (work / "peer" / "test_tags.jsonl").read_text().splitlines()]
-        results["trainer"] = {**usage, "train_seconds": stats["train_seconds"],
-                              "train_tokens_per_second": stats["real_train_tokens"] / stats["train_seconds"],
-                              **scores(test, tags)}
-
-    if args.only in (None, "tagtune"):
-        print("bench: tagtune ...", flush=True)
-        out = work / "tagtune"
-        cmd = [sys.executable, "-m", "tagtune", "train", "--model", args.model, "--train", str(work / "train.conll"),
-               "--dev", str(work / "dev.conll"), "--out", str(out), "--patience", "1000", "--quiet", *common]
-        usage = run(cmd, env, quiet=True)
-        epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        epochs = [e for e in epochs if "train_tokens" in e]
-        tokens, seconds = sum(e["train_tokens"] for e in epochs), sum(e["train_seconds"] for e in epochs)
-        run([sys.executable, "-m", "tagtune", "predict", str(out), str(work / "test.txt"),
-             "-o", str(work / "tagtune_test.jsonl"), "--quiet"], env)
-        predictions = [json.loads(line) for line in (work / "tagtune_test.jsonl").read_text().splitlines()]
-        tags = [spans_to_word_tags(p["spans"], word_ranges(tokens)) for p, (tokens, _) in zip(predictions, test)]
-        results["tagtune"] = {**usage, "train_seconds": seconds, "train_tokens_per_second": tokens / seconds,
-                              **scores(test, tags)}
-
-    print()
+    seeds = [int(x) for x in args.seeds.split(",")][: 1 if args.smoke else None]
+    runs: dict[str, list[dict]] = {"trainer": [], "tagtune": []}
+    for seed in seeds:
+        if args.only in (None, "trainer"):
+            print(f"bench: transformers Trainer, seed {seed} ...", flush=True)
+            peer = work / f"peer-{seed}"
+            usage = run([sys.executable, str(HERE / "peer_trainer.py"), str(work), str(peer), "--model", args.model,
+                         "--labels", ",".join(labels), "--seed", str(seed), *common], env)
+            stats = json.loads((peer / "stats.json").read_text())
+            tags = [json.loads(line) for line in (peer / "test_tags.jsonl").read_text().splitlines()]
+            runs["trainer"].append({**usage, "train_seconds": stats["train_seconds"],
+                                    "train_tokens_per_second": stats["real_train_tokens"] / stats["train_seconds"],
+                                    **scores(test, tags)})
+            shutil.rmtree(peer / "trainer", ignore_errors=True)
+        if args.only in (None, "tagtune"):
+            print(f"bench: tagtune, seed {seed} ...", flush=True)
+            out = work / f"tagtune-{seed}"
+            cmd = [sys.executable, "-m", "tagtune", "train", "--model", args.model, "--train", str(work / "train.conll"),
+                   "--dev", str(work / "dev.conll"), "--out", str(out), "--patience", "1000", "--quiet",
+                   "--seed", str(seed), *common]
+            usage = run(cmd, env, quiet=True)
+            epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            epochs = [e for e in epochs if "train_tokens" in e]
+            tokens, seconds = sum(e["train_tokens"] for e in epochs), sum(e["train_seconds"] for e in epochs)
+            predictions_file = work / f"tagtune_test-{seed}.jsonl"
+            run([sys.executable, "-m", "tagtune", "predict", str(out), str(work / "test.txt"),
+                 "-o", str(predictions_file), "--quiet"], env)
+            predictions = [json.loads(line) for line in predictions_file.read_text().splitlines()]
+            tags = [spans_to_word_tags(p["spans"], word_ranges(tokens)) for p, (tokens, _) in zip(predictions, test)]
+            runs["tagtune"].append({**usage, "train_seconds": seconds, "train_tokens_per_second": tokens / seconds,
+                                    **scores(test, tags)})
+    results = {side: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+               for side, rs in runs.items() if rs}
+    for side, rs in runs.items():
+        for seed, r in zip(seeds, rs):
+            print(f"  {side:8} seed {seed}: test F1 {r['f1_seqeval_words']:.4f} (words), {r['f1_char_spans']:.4f} "
+                  f"(char spans); wall {r['wall_seconds']:.1f}s")
+    print(f"\nmedians over seeds {seeds}:")
     keys = ["wall_seconds", "peak_rss_mb", "train_seconds", "train_tokens_per_second",
             "f1_seqeval_words", "f1_char_spans"]
     sides = list(results)
@@ -157,7 +168,7 @@ def main() -> None:
         print(row)
     print(f"machine: {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "medians": results, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

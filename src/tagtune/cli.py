@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=["BIO", "BIOES", "IO"], help="tagging scheme (default BIO)")
     p.add_argument("--all-subwords", action="store_const", const=True, help="label every subword, not only the first")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1 (default 3)")
+    p.add_argument("--no-head-prior", dest="head_prior", action="store_const", const=False,
+                   help="keep HF's zero bias on a new head instead of the training labels' log frequencies")
     p.add_argument("--save", choices=["best", "last"], help="keep the best epoch's model by dev F1 (default) or the last")
     p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--keyword-label", help="label of spans from keyword lists (default KEY)")
