@@ -214,3 +214,24 @@ def test_package_level_api(tiny_bert, wnut_files, tmp_path):
     assert isinstance(tagger(["a text", "another"]), list)
     scores = tagtune.evaluate(str(tmp_path / "o"), str(wnut_files / "dev.conll"))
     assert 0.0 <= scores["f1"] <= 1.0
+
+
+def test_label_prior_is_the_smoothed_log_frequency_of_labels():
+    from tagtune.training import label_prior
+
+    prior = label_prior([[-100, 0, 0, 1, -100], [0, 2]], 3)
+    torch.testing.assert_close(prior, torch.tensor([0.5, 0.25, 0.25]).log())
+    assert label_prior([[-100]], 2).exp().tolist() == [0.5, 0.5]
+
+
+def test_new_head_starts_from_the_label_prior(tiny_bert, wnut_files, tmp_path):
+    """Zero epochs of learning are not possible, so check the bias after training stayed near the
+    prior's ordering: O, by far the most frequent tag, keeps the largest bias."""
+    train(TrainConfig(model=str(tiny_bert), train=str(wnut_files / "train.conll"), out=str(tmp_path / "a"),
+                      epochs=1, lr=1e-5, progress=False, save="last"))
+    bias = load_file(tmp_path / "a" / "model.safetensors")["classifier.bias"]
+    assert bias.argmax() == 0 and bias[0] - bias[1:].max() > 2.0
+    train(TrainConfig(model=str(tiny_bert), train=str(wnut_files / "train.conll"), out=str(tmp_path / "b"),
+                      epochs=1, lr=1e-5, progress=False, save="last", head_prior=False))
+    bias = load_file(tmp_path / "b" / "model.safetensors")["classifier.bias"]
+    assert bias.abs().max() < 0.1  # HF's zero bias, moved a little by one epoch at a small rate
