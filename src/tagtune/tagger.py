@@ -67,7 +67,7 @@ class Tagger:
     """Predicts spans with a token classifier. ``Tagger.load(DIR)(texts)``."""
 
     def __init__(self, model, tokenizer, settings: TaggerSettings, device=None, constrained: bool = True,
-                 batch_tokens: int = 8192):
+                 batch_tokens: int = 2048):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
