@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
+from flops import gemm_flops_per_second, model_shape, useful_flops  # noqa: E402
 from train_bench import run  # noqa: E402
 
 PEER = """
@@ -95,7 +96,10 @@ def main() -> None:
     texts = texts[:100] if args.smoke else texts * args.repeat
     (work / "texts.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     tagger = Tagger.load(model, device="cpu")
-    tokens = sum(len(e) for e in tagger.tokenizer.encode_batch(texts))
+    counts = [len(e) for e in tagger.tokenizer.encode_batch(texts)]
+    tokens = sum(counts)
+    shape = model_shape(model)
+    flops = useful_flops(shape, [n + 2 for n in counts], training=False)
     print(f"bench: {len(texts)} texts, {tokens} tokens, tagger {model}", flush=True)
 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
@@ -105,7 +109,11 @@ def main() -> None:
         out, stats = work / f"{side}.jsonl", work / f"{side}.json"
         usage = run([sys.executable, "-c", script, str(model), str(work / "texts.txt"), str(out), str(stats)], env)
         seconds = json.loads(stats.read_text())["seconds"]
-        results[side] = {**usage, "tag_seconds": seconds, "tokens_per_second": tokens / seconds}
+        results[side] = {**usage, "tag_seconds": seconds, "tokens_per_second": tokens / seconds,
+                         "useful_gflops_per_second": flops / seconds / 1e9}
+    gemm = gemm_flops_per_second(shape)
+    for r in results.values():
+        r["efficiency_vs_fp32_gemm"] = r["useful_gflops_per_second"] * 1e9 / gemm
 
     # tagtune's spans against its own padded path (forward_padded over right-padded batches)
     predicted = [json.loads(line)["spans"] for line in (work / "tagtune.jsonl").read_text().splitlines()]
@@ -117,15 +125,17 @@ def main() -> None:
     agree = sum(1 for a, b in zip(key, pipe_key) if a == b)
 
     print(f"\n{'':26}{'pipeline':>14}{'tagtune':>14}   tagtune/pipeline")
-    for k in ("wall_seconds", "peak_rss_mb", "tag_seconds", "tokens_per_second"):
+    for k in ("wall_seconds", "peak_rss_mb", "tag_seconds", "tokens_per_second", "useful_gflops_per_second",
+              "efficiency_vs_fp32_gemm"):
         a, b = results["pipeline"][k], results["tagtune"][k]
         print(f"{k:26}{a:>14.4g}{b:>14.4g}{b / a:>18.3f}")
     print(f"texts whose spans equal tagtune's padded path: {same}/{len(padded)}")
     print(f"texts where the pipeline's spans equal tagtune's: {agree}/{len(texts)} "
           "(the pipeline tags every subword and merges them its own way)")
+    print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
     print(f"machine: {os.cpu_count()} CPUs")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results,
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "gemm_gflops_per_second": gemm / 1e9,
                                                "padded_path_agreement": [same, len(padded)]}, indent=2))
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
 
+from flops import gemm_flops_per_second, model_shape, useful_flops  # noqa: E402
 from tagtune.examples import minilm_dir, wnut_sentences  # noqa: E402
 from tagtune.metrics import span_scores  # noqa: E402
 from tagtune.schemes import entities_from_tags, tag_names  # noqa: E402
@@ -150,6 +152,16 @@ def main() -> None:
             tags = [spans_to_word_tags(p["spans"], word_ranges(tokens)) for p, (tokens, _) in zip(predictions, test)]
             runs["tagtune"].append({**usage, "train_seconds": seconds, "train_tokens_per_second": tokens / seconds,
                                     **scores(test, tags)})
+    from tagtune.tokenizer import load_tokenizer
+
+    shape = model_shape(args.model)
+    lengths = [len(e) + 2 for e in load_tokenizer(args.model).encode_batch([" ".join(t) for t, _ in train])]
+    epoch_flops = useful_flops(shape, [min(n, args.max_length) for n in lengths], training=True)
+    gemm = gemm_flops_per_second(shape)
+    for rs in runs.values():
+        for r in rs:
+            r["useful_gflops_per_second"] = args.epochs * epoch_flops / r["train_seconds"] / 1e9
+            r["efficiency_vs_fp32_gemm"] = r["useful_gflops_per_second"] * 1e9 / gemm
     results = {side: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                for side, rs in runs.items() if rs}
     for side, rs in runs.items():
@@ -158,7 +170,7 @@ def main() -> None:
                   f"(char spans); wall {r['wall_seconds']:.1f}s")
     print(f"\nmedians over seeds {seeds}:")
     keys = ["wall_seconds", "peak_rss_mb", "train_seconds", "train_tokens_per_second",
-            "f1_seqeval_words", "f1_char_spans"]
+            "useful_gflops_per_second", "efficiency_vs_fp32_gemm", "f1_seqeval_words", "f1_char_spans"]
     sides = list(results)
     print(f"{'':28}" + "".join(f"{s:>14}" for s in sides) + ("   tagtune/trainer" if len(sides) == 2 else ""))
     for key in keys:
@@ -166,9 +178,11 @@ def main() -> None:
         if len(sides) == 2 and results["trainer"][key]:
             row += f"{results['tagtune'][key] / results['trainer'][key]:>18.3f}"
         print(row)
+    print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
     print(f"machine: {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "medians": results, "runs": runs}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "medians": results, "runs": runs,
+                                               "gemm_gflops_per_second": gemm / 1e9}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""Useful-FLOP accounting for the benches: model FLOPs on real tokens against measured GEMM speed.
+
+Training does 6 FLOPs per matmul parameter per token (forward 2, backward 4), prediction 2;
+attention adds 4 * hidden FLOPs per layer for every (query, key) pair of a sequence in the
+forward pass (QK^T and PV), three times that in training. Padding is never counted: this is the
+work a tagger must do, whatever it wastes on top.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def model_shape(folder) -> dict:
+    config = json.loads((Path(folder) / "config.json").read_text())
+    hidden = config.get("hidden_size", config.get("dim"))
+    return {
+        "layers": config.get("num_hidden_layers", config.get("n_layers")),
+        "hidden": hidden,
+        "intermediate": config.get("intermediate_size", config.get("hidden_dim")),
+        "labels": max(2, len(config.get("id2label") or {})),
+    }
+
+
+def matmul_params(shape: dict) -> int:
+    h, i = shape["hidden"], shape["intermediate"]
+    return shape["layers"] * (4 * h * h + 2 * h * i) + h * shape["labels"]
+
+
+def useful_flops(shape: dict, lengths: list[int], training: bool) -> float:
+    """FLOPs of one pass over sequences of these lengths (real tokens only)."""
+    tokens = sum(lengths)
+    attention = shape["layers"] * 4 * shape["hidden"] * sum(n * n for n in lengths)
+    return (6 if training else 2) * matmul_params(shape) * tokens + (3 if training else 1) * attention
+
+
+def gemm_flops_per_second(shape: dict, rows: int = 2048, seconds: float = 3.0) -> float:
+    """Median fp32 matmul speed at the model's shapes (rows x hidden x hidden, x intermediate, and back)."""
+    h, i = shape["hidden"], shape["intermediate"]
+    cases = [(rows, h, h), (rows, h, i), (rows, i, h)]
+    tensors = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in cases]
+    rates = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(rates) < 3 * len(cases):
+        for (m, k, n), (a, b) in zip(cases, tensors):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            rates.append(2 * m * k * n / (time.perf_counter() - start))
+    return statistics.median(rates)
