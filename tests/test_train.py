@@ -180,9 +180,9 @@ def test_predict_output_spans_slice_the_input(minilm, tmp_path, tweets):
     save_model(model, load_tokenizer(minilm), tmp_path / "tagger")
     texts = [" ".join(tokens) for tokens, _ in tweets[:40]] + ["Café Déjà vu in Zürich", "", "   ", "x" * 3000]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
-    result = cli("predict", tmp_path / "tagger", tmp_path / "in.txt", "-o", tmp_path / "out.jsonl", "--quiet")
+    result = cli("predict", tmp_path / "tagger", tmp_path / "in.txt", "-o", tmp_path / "new" / "out.jsonl", "--quiet")
     assert result.returncode == 0, result.stderr
-    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "new" / "out.jsonl").read_text().splitlines()]
     assert [x["text"] for x in lines] == texts
     total = 0
     for line in lines:
@@ -191,7 +191,7 @@ def test_predict_output_spans_slice_the_input(minilm, tmp_path, tweets):
             assert 0 < span["score"] <= 1 and span["label"] in ("X", "Y")
             total += 1
     assert total > 20
-    again = cli("predict", tmp_path / "tagger", tmp_path / "in.txt", "-o", tmp_path / "out.jsonl")
+    again = cli("predict", tmp_path / "tagger", tmp_path / "in.txt", "-o", tmp_path / "new" / "out.jsonl")
     assert again.returncode == 1 and "already exists" in again.stderr
 
 

@@ -59,7 +59,14 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
             total = sum(1 for _ in f)
     source = sys.stdin if input == "-" else open(input, encoding="utf-8-sig")
     partial = Path(str(output) + ".partial") if output != "-" else None
-    sink = sys.stdout if partial is None else open(partial, "w", encoding="utf-8")
+    if partial is not None:
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            sink = open(partial, "w", encoding="utf-8")
+        except OSError as e:
+            raise TagtuneError(f"{output}: cannot be written ({e.strerror})") from None
+    else:
+        sink = sys.stdout
     count = 0
     try:
         records = read_records(source, "stdin" if input == "-" else input)
