@@ -303,6 +303,20 @@ def check_vocab(tokenizer, config: EncoderConfig, directory) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``path`` through a temporary file renamed over it: readers see the old file or the
+    new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    os.replace(tmp, path)
+
+
 def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
                       extra_files: dict[str, str | bytes] | None = None) -> None:
     """Write config.json, model.safetensors, the tokenizer files and ``extra_files`` into an
@@ -315,16 +329,12 @@ def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = directory / "model.safetensors.tmp"
     save_file(to_checkpoint_names(state, model.config), str(tmp), metadata={"format": "pt"})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, as the others
+    os.chmod(tmp, 0o666 & ~_umask())  # an ordinary file, as the others
     os.replace(tmp, directory / "model.safetensors")
     files = {"config.json": json.dumps(model.config.to_hf_dict(), indent=2, ensure_ascii=False) + "\n"}
     files.update(extra_files or {})
     for name, content in files.items():
-        tmp = directory / (name + ".tmp")
-        tmp.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-        os.replace(tmp, directory / name)
+        atomic_write(directory / name, content)
     if tokenizer is not None:
         tokenizer.save(directory)
 
@@ -344,9 +354,7 @@ def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwr
         raise TagtuneError("the model has no labels; nothing to save as a token classifier")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         write_model_files(model, tokenizer, tmp, extra_files)
         if out.exists():

@@ -82,8 +82,8 @@ td:first-child, th:first-child {{ text-align: left; }} tr.total td {{ font-weigh
 
 
 def write_report(directory: Path, history: list[dict], labels: list[str]) -> Path:
+    from tagtune.checkpoint import atomic_write
+
     path = Path(directory) / "report.html"
-    tmp = path.with_name("report.html.tmp")
-    tmp.write_text(render(history, labels), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, render(history, labels))
     return path

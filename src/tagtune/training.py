@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from tagtune.align import IGNORE, AlignStats, token_labels, window_bounds, with_specials
 from tagtune.batching import batch_indices, pack
-from tagtune.checkpoint import check_vocab, load_model, write_model_files
+from tagtune.checkpoint import atomic_write, check_vocab, load_model, write_model_files
 from tagtune.data import read_examples, split_dev
 from tagtune.errors import TagtuneError
 from tagtune.metrics import span_scores
@@ -242,12 +242,6 @@ def prepare_output(config: TrainConfig) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     return out
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
-    os.replace(tmp, path)
 
 
 def resumed_config(config: TrainConfig) -> TrainConfig:
