@@ -78,3 +78,24 @@ def wnut_files(tmp_path_factory, tweets):
                 f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
                 f.write("\n")
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_tagger(tmp_path_factory, tweets):
+    """A real tagger folder: MiniLM fine-tuned for 2 epochs on 600 WNUT tweets (about 20 s).
+
+    Shared by the tests of everything downstream of training (loading in transformers,
+    export, serving); it predicts real spans, not only "O".
+    """
+    import tagtune
+
+    folder = tmp_path_factory.mktemp("trained")
+    train = folder / "train.conll"
+    with open(train, "w", encoding="utf-8") as f:
+        for tokens, tags in tweets[:600]:
+            f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
+            f.write("\n")
+    out = folder / "tagger"
+    tagtune.train(model=str(minilm_dir()), train=str(train), out=str(out), epochs=2, lr=2e-4,
+                  seed=0, progress=False, device="cpu")
+    return out
