@@ -43,6 +43,43 @@ def activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+class LowPrecisionLinear(torch.autograd.Function):
+    """y = x @ lowp.T + bias with a low-precision copy ``lowp`` of an fp32 ``weight``.
+
+    The matrix products run in the copy's dtype (bf16: about 2.4x the fp32 GEMM speed on CPUs
+    with AVX512-BF16 or AMX); the gradients of ``weight`` and ``bias`` come back in fp32, so the
+    optimizer keeps updating fp32 master weights, as under autocast. Unlike autocast, nothing is
+    cast per call: the copy is refreshed once per optimizer step (:meth:`TokenClassifier.refresh_low_precision`).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lowp):
+        """x: (T, in) in lowp's dtype -> (T, out)."""
+        ctx.save_for_backward(x, lowp)
+        ctx.has_bias = bias is not None
+        return F.linear(x, lowp, None if bias is None else bias.to(lowp.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, lowp = ctx.saved_tensors
+        grad_x = grad @ lowp  # (T, in)
+        grad_weight = (grad.t() @ x).float()  # (out, in)
+        grad_bias = grad.sum(0, dtype=torch.float32) if ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+class Linear(nn.Linear):
+    """nn.Linear that multiplies with a low-precision copy of its weight when one is set and
+    the input has its dtype (mixed-precision training); the plain fp32 layer otherwise."""
+
+    lowp: torch.Tensor | None = None
+
+    def forward(self, x):
+        if self.lowp is not None and x.dtype == self.lowp.dtype:
+            return LowPrecisionLinear.apply(x, self.weight, self.bias, self.lowp)
+        return F.linear(x, self.weight, self.bias)
+
+
 @dataclass
 class Packing:
     """Where the sequences of a packed batch lie, computed once per forward pass.
@@ -139,9 +176,9 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, packing: Packing):
@@ -159,7 +196,7 @@ class ResidualOutput(nn.Module):
 
     def __init__(self, config: EncoderConfig, in_features: int, dropout: float):
         super().__init__()
-        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.dense = Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
@@ -183,7 +220,7 @@ class Attention(nn.Module):
 class Intermediate(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
 
     def forward(self, x):
@@ -227,17 +264,37 @@ class TokenClassifier(nn.Module):
         self.embeddings = Embeddings(config)
         if config.embedding_size and config.embedding_size != config.hidden_size:
             # ELECTRA with small embeddings projects them up to the hidden width.
-            self.embeddings_project = nn.Linear(config.embedding_size, config.hidden_size)
+            self.embeddings_project = Linear(config.embedding_size, config.hidden_size)
         else:
             self.embeddings_project = None
         self.encoder = Encoder(config)
         self.dropout = nn.Dropout(config.head_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else None
+        self.compute_dtype: torch.dtype | None = None
+
+    def use_low_precision(self, dtype: torch.dtype | None) -> None:
+        """Run the encoder's linear layers and activations in ``dtype`` (torch.bfloat16) while
+        the parameters stay fp32 and get fp32 gradients; embeddings, norms' parameters and the
+        head stay fp32. ``None`` switches back. Call :meth:`refresh_low_precision` after every
+        optimizer step."""
+        self.compute_dtype = dtype
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.lowp = None if dtype is None else m.weight.detach().to(dtype)
+
+    @torch.no_grad()
+    def refresh_low_precision(self) -> None:
+        """Copy the fp32 weights into their low-precision copies (after an optimizer step)."""
+        for m in self.modules():
+            if isinstance(m, Linear) and m.lowp is not None:
+                m.lowp.copy_(m.weight)
 
     def hidden_states(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
         """input_ids: (T,), cu_seqlens: (B + 1,) -> last hidden states (T, C)."""
         packing = Packing.from_cu_seqlens(cu_seqlens, max_seqlen)
         x = self.embeddings(input_ids, packing.positions, token_type_ids)
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)
         return self.encoder(x, packing)
@@ -247,6 +304,8 @@ class TokenClassifier(nn.Module):
         if self.classifier is None:
             raise RuntimeError("this model has no labels, so no classifier head; use hidden_states()")
         x = self.hidden_states(input_ids, cu_seqlens, max_seqlen, token_type_ids)
+        if self.compute_dtype is not None:
+            x = x.float()  # the head stays fp32
         return self.classifier(self.dropout(x))
 
     def forward_padded(self, input_ids, attention_mask=None, token_type_ids=None):

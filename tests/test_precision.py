@@ -1,0 +1,105 @@
+"""bf16 mixed precision on CPU: bf16 activations and matrix products, fp32 master weights."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tagtune.align import IGNORE
+from tagtune.batching import pack
+from tagtune.checkpoint import load_model
+from tagtune.model import Linear
+from tagtune.tokenizer import load_tokenizer
+from tagtune.training import TrainConfig, fill_batch, precision
+
+TEXTS = ["@user I'm in New York City this weekend for the Yankees game",
+         "Watching Star Wars again tonight",
+         "Tokyo and Osaka are cities in Japan",
+         "lol"]
+
+
+@pytest.fixture(scope="module")
+def model_and_batch(minilm):
+    torch.manual_seed(0)
+    model, report = load_model(minilm, labels=["O", "B-x", "I-x"])
+    tokenizer = load_tokenizer(report.directory)
+    ids = [e.ids for e in tokenizer.encode_batch(TEXTS)]
+    labels = [[i % 3 for i in range(len(s))] for s in ids]
+    return model.eval(), pack(ids, labels)
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    logits = model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+    loss = F.cross_entropy(logits, batch.labels, ignore_index=IGNORE)
+    loss.backward()
+    return logits.detach(), loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_bf16_forward_and_gradients_follow_fp32(model_and_batch):
+    model, batch = model_and_batch
+    ref_logits, ref_loss, ref_grads = loss_and_grads(model, batch)
+    model.use_low_precision(torch.bfloat16)
+    try:
+        assert all(m.lowp.dtype == torch.bfloat16 for m in model.modules() if isinstance(m, Linear))
+        logits, loss, grads = loss_and_grads(model, batch)
+    finally:
+        model.use_low_precision(None)
+    assert logits.dtype == torch.float32  # the head runs in fp32
+    assert 0 < (logits - ref_logits).abs().max() < 0.02 * ref_logits.abs().max()
+    assert loss == pytest.approx(ref_loss, rel=1e-2)
+    checked = 0
+    for name, g in grads.items():
+        assert g.dtype == torch.float32, name  # master weights get fp32 gradients
+        scale = ref_grads[name].norm()
+        if scale < 1e-6:  # attention key biases: the true gradient is 0, both are rounding noise
+            continue
+        assert (g - ref_grads[name]).norm() / scale < 0.05, name
+        checked += 1
+    assert checked > 90
+
+
+def test_low_precision_copies_follow_the_weights(model_and_batch):
+    model, batch = model_and_batch
+    ref = model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen).detach()
+    layer = model.encoder.layer[0].intermediate.dense
+    model.use_low_precision(torch.bfloat16)
+    try:
+        before, weight = layer.lowp.clone(), layer.weight.detach().clone()
+        with torch.no_grad():
+            layer.weight.add_(0.5)
+        assert torch.equal(layer.lowp, before)  # stale until refreshed
+        model.refresh_low_precision()
+        assert torch.equal(layer.lowp, layer.weight.to(torch.bfloat16))
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        model.refresh_low_precision()
+    finally:
+        model.use_low_precision(None)
+    assert layer.lowp is None
+    assert torch.equal(model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen), ref)  # exact fp32 again
+
+
+def test_filler_tokens_change_nothing_but_the_shape(model_and_batch):
+    model, batch = model_and_batch
+    filled = fill_batch(batch, 64)
+    assert filled.num_tokens % 64 == 0 and batch.num_tokens < filled.num_tokens < batch.num_tokens + 64
+    lengths = (filled.cu_seqlens[1:] - filled.cu_seqlens[:-1]).tolist()
+    assert max(lengths) == batch.max_seqlen == filled.max_seqlen and min(lengths) > 0
+    assert torch.equal(filled.input_ids[:batch.num_tokens], batch.input_ids)
+    assert (filled.labels[batch.num_tokens:] == IGNORE).all()
+    with torch.no_grad():
+        logits = model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+        filled_logits = model(filled.input_ids, filled.cu_seqlens, filled.max_seqlen)
+    torch.testing.assert_close(filled_logits[:batch.num_tokens], logits, atol=1e-5, rtol=1e-5)
+    assert F.cross_entropy(filled_logits, filled.labels, ignore_index=IGNORE).item() == pytest.approx(
+        F.cross_entropy(logits, batch.labels, ignore_index=IGNORE).item(), rel=1e-5)
+    assert fill_batch(filled, 64) is filled
+
+
+def test_precision_modes():
+    cpu = torch.device("cpu")
+    config = TrainConfig(model="m", train="t", out="o")
+    assert precision(TrainConfig(model="m", train="t", out="o", bf16="off"), cpu) == "fp32"
+    assert precision(TrainConfig(model="m", train="t", out="o", bf16="on"), cpu) == "bf16"
+    native = any(getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    assert precision(config, cpu) == ("bf16" if native else "fp32")
