@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from flops import gemm_flops_per_second, model_shape, useful_flops  # noqa: E402
-from tagtune.examples import minilm_dir, wnut_sentences  # noqa: E402
+from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
 from tagtune.metrics import span_scores  # noqa: E402
 from tagtune.schemes import entities_from_tags, tag_names  # noqa: E402
 
@@ -45,13 +45,6 @@ def run(cmd: list[str], env=None, quiet: bool = False) -> dict:
     if code != 0:
         raise SystemExit(f"bench: command failed with exit code {code}: {' '.join(cmd)}")
     return {"wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
-
-
-def write_conll(path: Path, sentences) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for tokens, tags in sentences:
-            f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
-            f.write("\n")
 
 
 def word_ranges(tokens: list[str]) -> list[tuple[int, int]]:

@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from tagtune.examples import minilm_dir, wnut_sentences
+from tagtune.examples import minilm_dir, wnut_sentences, write_conll
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
@@ -73,10 +73,7 @@ def wnut_files(tmp_path_factory, tweets):
     """Real tweets as CoNLL files: train (300) and dev (60)."""
     folder = tmp_path_factory.mktemp("wnut")
     for name, part in (("train.conll", tweets[:300]), ("dev.conll", tweets[300:360])):
-        with open(folder / name, "w", encoding="utf-8") as f:
-            for tokens, tags in part:
-                f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
-                f.write("\n")
+        write_conll(folder / name, part)
     return folder
 
 
@@ -91,10 +88,7 @@ def trained_tagger(tmp_path_factory, tweets):
 
     folder = tmp_path_factory.mktemp("trained")
     train = folder / "train.conll"
-    with open(train, "w", encoding="utf-8") as f:
-        for tokens, tags in tweets[:600]:
-            f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
-            f.write("\n")
+    write_conll(train, tweets[:600])
     out = folder / "tagger"
     tagtune.train(model=str(minilm_dir()), train=str(train), out=str(out), epochs=2, lr=2e-4,
                   seed=0, progress=False, device="cpu")

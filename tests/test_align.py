@@ -1,10 +1,10 @@
 """Char spans -> subword labels -> char spans, windows over long texts, packed batches."""
 
+import numpy as np
 import pytest
-import torch
 
 from tagtune.align import IGNORE, merge_windows, token_labels, unit_entities, units_of, window_bounds
-from tagtune.batching import batch_indices, pack
+from tagtune.batching import batch_indices, pack, pad
 from tagtune.decode import spans_from_tags
 from tagtune.schemes import SCHEMES, tag_names
 from tagtune.spans import Span
@@ -73,7 +73,7 @@ def test_window_bounds_cover_the_text_with_overlap():
 
 def test_merge_takes_each_token_from_its_most_central_window():
     bounds = window_bounds(25, 10, 4)
-    outputs = [torch.tensor([[k * 100 + t] for t in range(a, b)]) for k, (a, b) in enumerate(bounds)]
+    outputs = [np.array([[k * 100 + t] for t in range(a, b)]) for k, (a, b) in enumerate(bounds)]
     merged = merge_windows(bounds, outputs)
     assert merged.shape == (25, 1)
     assert [int(x) % 100 for x in merged[:, 0]] == list(range(25))  # every token once, in order
@@ -99,3 +99,11 @@ def test_pack_and_batches():
     budget = batch_indices(lengths, max_tokens=60, seed=3, bucket=True)
     assert sorted(i for b in budget for i in b) == list(range(7))
     assert all(sum(lengths[i] for i in b) <= 60 or len(b) == 1 for b in budget)
+
+
+def test_pad():
+    ids, mask = pad([[1, 2, 3], [4, 5], [6]], pad_id=9)
+    assert ids.dtype == np.int64 and mask.dtype == np.int64
+    assert ids.tolist() == [[1, 2, 3], [4, 5, 9], [6, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0]]
+    assert pad([])[0].shape == (0, 0)

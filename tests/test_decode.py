@@ -3,8 +3,8 @@
 import itertools
 import random
 
+import numpy as np
 import pytest
-import torch
 
 from tagtune.decode import argmax_decode, decode, spans_from_tags, viterbi
 from tagtune.schemes import tag_names, tags_for_entities, transition_mask
@@ -51,18 +51,24 @@ CASES = [
 ]
 
 
+def log_softmax(x):
+    """Reference log-softmax in float64, independent of decode.py."""
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+
+
 @pytest.mark.parametrize("scheme,labels", CASES)
 def test_viterbi_equals_brute_force(scheme, labels):
-    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
     batch, length = 6, 4
     for _ in range(4):
-        logits = torch.randn(batch, length, len(labels)) * 3
-        lengths = torch.randint(0, length + 1, (batch,))
+        logits = (rng.standard_normal((batch, length, len(labels))) * 3).astype(np.float32)
+        lengths = rng.integers(0, length + 1, batch)
         lengths[0] = length
-        mask = torch.arange(length)[None, :] < lengths[:, None]
+        mask = np.arange(length)[None, :] < lengths[:, None]
         ids = viterbi(logits, mask, *transition_mask(labels, scheme))
-        assert ids.dtype == torch.long and ids.shape == (batch, length)
-        scores = logits.log_softmax(-1)
+        assert ids.dtype == np.int64 and ids.shape == (batch, length)
+        scores = log_softmax(logits)
         for b in range(batch):
             n = int(lengths[b])
             assert ids[b, :n].tolist() == brute_force(scores[b, :n], labels, scheme)
@@ -71,11 +77,11 @@ def test_viterbi_equals_brute_force(scheme, labels):
 
 @pytest.mark.parametrize("scheme", ["BIO", "BIOES", "IO"])
 def test_viterbi_output_is_always_valid(scheme):
-    torch.manual_seed(2)
+    rng = np.random.default_rng(2)
     labels = tag_names(["LOC", "MISC", "ORG", "PER"], scheme)
-    logits = torch.randn(32, 40, len(labels)) * 4
-    lengths = torch.randint(1, 41, (32,))
-    mask = torch.arange(40)[None, :] < lengths[:, None]
+    logits = rng.standard_normal((32, 40, len(labels))) * 4
+    lengths = rng.integers(1, 41, 32)
+    mask = np.arange(40)[None, :] < lengths[:, None]
     ids = viterbi(logits, mask, *transition_mask(labels, scheme))
     raw = argmax_decode(logits)
     broken = 0
@@ -90,11 +96,10 @@ def test_viterbi_output_is_always_valid(scheme):
 @pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
 def test_viterbi_equals_argmax_when_argmax_is_valid(scheme):
     rng = random.Random(3)
-    torch.manual_seed(3)
     labels = tag_names(["A", "B", "C"], scheme)
     index = {tag: i for i, tag in enumerate(labels)}
     batch, length = 16, 20
-    logits = torch.rand(batch, length, len(labels)) * 2
+    logits = np.random.default_rng(3).random((batch, length, len(labels))) * 2
     for b in range(batch):
         entities, i = [], 0
         while i < length:
@@ -106,31 +111,43 @@ def test_viterbi_equals_argmax_when_argmax_is_valid(scheme):
             logits[b, t, index[tag]] += 2.5  # surely the argmax, though not by a landslide
     raw = argmax_decode(logits)
     assert all(valid([labels[i] for i in row], scheme) for row in raw.tolist())
-    mask = torch.ones(batch, length, dtype=torch.bool)
-    assert torch.equal(viterbi(logits, mask, *transition_mask(labels, scheme)), raw)
+    mask = np.ones((batch, length), dtype=bool)
+    assert np.array_equal(viterbi(logits, mask, *transition_mask(labels, scheme)), raw)
 
 
 def test_viterbi_edge_cases():
     labels = tag_names(["A"], "BIO")
     constraints = transition_mask(labels, "BIO")
     # no positions; a row that is all padding
-    assert viterbi(torch.randn(2, 0, 3), torch.zeros(2, 0, dtype=torch.bool), *constraints).shape == (2, 0)
-    mask = torch.tensor([[True, True, False], [False, False, False]])
-    logits = torch.tensor([[[0.0, 0.0, 9.0], [0.0, 0.0, 9.0], [9.0, 0.0, 0.0]]] * 2)
+    assert viterbi(np.zeros((2, 0, 3)), np.zeros((2, 0), dtype=bool), *constraints).shape == (2, 0)
+    mask = np.array([[True, True, False], [False, False, False]])
+    logits = np.array([[[0.0, 0.0, 9.0], [0.0, 0.0, 9.0], [9.0, 0.0, 0.0]]] * 2)
     # I-A is never first: the best allowed start is B-A, then I-A
     assert viterbi(logits, mask, *constraints).tolist() == [[1, 2, 0], [0, 0, 0]]
     with pytest.raises(ValueError, match="first"):
-        viterbi(logits, torch.tensor([[True, False, True]] * 2), *constraints)
+        viterbi(logits, np.array([[True, False, True]] * 2), *constraints)
 
 
 def test_viterbi_respects_end_constraint():
     labels = tag_names(["A"], "BIOES")  # O B-A I-A E-A S-A
-    logits = torch.full((1, 2, 5), -5.0)
+    logits = np.full((1, 2, 5), -5.0)
     logits[0, 0, 1] = 5.0  # B-A
     logits[0, 1, 2] = 5.0  # I-A: may not end a sequence
     logits[0, 1, 3] = 4.0  # E-A
-    ids = viterbi(logits, torch.ones(1, 2, dtype=torch.bool), *transition_mask(labels, "BIOES"))
+    ids = viterbi(logits, np.ones((1, 2), dtype=bool), *transition_mask(labels, "BIOES"))
     assert ids.tolist() == [[1, 3]]
+
+
+def test_torch_tensors_are_accepted():
+    """Callers holding torch logits (the PyTorch backend, benchmarks) decode them as they are."""
+    torch = pytest.importorskip("torch")
+    labels = tag_names(["A", "B"], "BIO")
+    logits = torch.randn(3, 7, len(labels), dtype=torch.float64) * 3
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 4, 1])[:, None]
+    as_numpy = viterbi(logits.numpy(), mask.numpy(), *transition_mask(labels, "BIO"))
+    assert np.array_equal(viterbi(logits, mask, *transition_mask(labels, "BIO")), as_numpy)
+    assert decode(logits.bfloat16(), labels, mask=mask)[0] == decode(logits.bfloat16().float().numpy(), labels,
+                                                                      mask=mask.numpy())[0]
 
 
 def test_spans_from_tags_literal():
@@ -159,16 +176,17 @@ def test_spans_from_tags_literal():
 
 def test_decode():
     labels = tag_names(["A"], "BIO")  # O B-A I-A
-    logits = torch.tensor([[0.0, 1.0, 3.0], [0.0, 1.0, 3.0], [2.0, 0.0, 0.0]])
+    logits = np.array([[0.0, 1.0, 3.0], [0.0, 1.0, 3.0], [2.0, 0.0, 0.0]], dtype=np.float32)
+    softmax = np.exp(log_softmax(logits))
     ids, probs = decode(logits, labels, "BIO", constrained=False)
     assert ids == [2, 2, 0]
-    assert probs == pytest.approx(logits.softmax(-1)[[0, 1, 2], [2, 2, 0]].tolist())
+    assert probs == pytest.approx(softmax[[0, 1, 2], [2, 2, 0]].tolist(), rel=1e-6)
     ids, probs = decode(logits, labels, "BIO")
     assert ids == [1, 2, 0]
-    assert probs == pytest.approx(logits.softmax(-1)[[0, 1, 2], [1, 2, 0]].tolist())
+    assert probs == pytest.approx(softmax[[0, 1, 2], [1, 2, 0]].tolist(), rel=1e-6)
 
-    batch = torch.stack([logits, logits])
-    mask = torch.tensor([[True, True, True], [True, False, False]])
+    batch = np.stack([logits, logits])
+    mask = np.array([[True, True, True], [True, False, False]])
     ids, probs = decode(batch, labels, "BIO", mask=mask)
     assert ids == [[1, 2, 0], [1]]
     assert len(probs[0]) == 3 and len(probs[1]) == 1

@@ -117,7 +117,7 @@ def test_loss_goes_down_on_a_real_batch(minilm, tweets):
     tokenizer = load_tokenizer(minilm)
     ids, targets, lengths = [], [], []
     for tokens, tags in batch:
-        text, spans, pos = "", [], 0
+        text, spans = "", []
         for token, tag in zip(tokens, tags):
             spans.append((len(text), tag))
             text += token + " "

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from tagtune.errors import TagtuneError
 from tagtune.schemes import tags_for_entities
@@ -164,20 +164,20 @@ def window_bounds(length: int, size: int, stride: int) -> list[tuple[int, int]]:
         start += step
 
 
-def merge_windows(bounds: list[tuple[int, int]], outputs: list[torch.Tensor]) -> torch.Tensor:
-    """Per-window outputs (window length, ...) -> per-token outputs (text length, ...).
+def merge_windows(bounds: list[tuple[int, int]], outputs: list[np.ndarray]) -> np.ndarray:
+    """Per-window outputs (window length, ...) -> per-token outputs (text length, ...), numpy arrays.
 
     Where windows overlap, the first half of the overlap comes from the earlier window and the
     second half from the later one: every token from the window where it is farthest from an edge.
     """
     if len(bounds) == 1:
-        return outputs[0]
+        return np.asarray(outputs[0])
     pieces = []
     for k, ((start, end), out) in enumerate(zip(bounds, outputs)):
         lo = start if k == 0 else (start + bounds[k - 1][1] + 1) // 2
         hi = end if k == len(bounds) - 1 else (bounds[k + 1][0] + end + 1) // 2
         pieces.append(out[lo - start:hi - start])
-    return torch.cat(pieces)
+    return np.concatenate(pieces)
 
 
 def with_specials(ids: list[int], cls_id: int, sep_id: int) -> list[int]:

@@ -10,11 +10,14 @@ batches, which keeps the padding that attention needs small.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tagtune.errors import TagtuneError
+
+if TYPE_CHECKING:  # torch is imported where packing needs it: the ONNX backend runs without it
+    import torch
 
 
 @dataclass
@@ -41,6 +44,8 @@ class PackedBatch:
 def pack(sequences: list[list[int]], labels: list[list[int]] | None = None,
          indices: list[int] | None = None) -> PackedBatch:
     """Concatenate token lists (and their label lists) into one packed batch."""
+    import torch
+
     lengths = [len(s) for s in sequences]
     cu_seqlens = torch.zeros(len(sequences) + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.tensor(np.cumsum(lengths), dtype=torch.int32)
@@ -48,6 +53,17 @@ def pack(sequences: list[list[int]], labels: list[list[int]] | None = None,
     packed_labels = torch.tensor(np.concatenate(labels), dtype=torch.long) if labels is not None else None
     return PackedBatch(input_ids, cu_seqlens, max(lengths), packed_labels,
                        list(range(len(sequences))) if indices is None else indices)
+
+
+def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ``input_ids, attention_mask: (B, L)`` int64 for token lists, L the longest."""
+    length = max((len(s) for s in sequences), default=0)
+    input_ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), length), dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        input_ids[row, :len(ids)] = ids
+        attention_mask[row, :len(ids)] = 1
+    return input_ids, attention_mask
 
 
 def batch_indices(lengths: list[int], batch_size: int | None = None, max_tokens: int | None = None,

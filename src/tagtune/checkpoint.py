@@ -357,17 +357,23 @@ def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwr
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         write_model_files(model, tokenizer, tmp, extra_files)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``; an earlier ``out`` is moved aside first and
+    deleted only once the new one is in place."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
 
 
 def describe(source: str | os.PathLike) -> dict:

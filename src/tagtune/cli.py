@@ -65,7 +65,28 @@ def cmd_predict(args) -> int:
     from tagtune.predict import predict_file
 
     predict_file(args.model_dir, args.input, args.output, device=args.device, batch_texts=args.batch_texts,
-                 progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite)
+                 progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite, backend=args.backend)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tagtune.serve import Limits, serve
+
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars,
+                    max_body=args.max_body)
+    serve(args.model_dir, host=args.host, port=args.port, limits=limits, device=args.device,
+          batch_texts=args.batch_texts, batch_wait=args.batch_wait_ms / 1000, access_log=args.access_log)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tagtune.export import export_onnx, summary
+
+    report = export_onnx(args.model_dir, args.onnx, overwrite=args.overwrite, int8=args.int8,
+                         eval_file=args.eval, eval_format=args.format)
+    print(json.dumps(report, indent=2))
+    if not args.quiet:
+        print(summary(report), file=sys.stderr)
     return 0
 
 
@@ -129,9 +150,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--batch-texts", type=int, default=512, help="texts read and tagged at a time (default 512)")
     p.add_argument("--argmax", action="store_true", help="per-token argmax instead of constrained decoding")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="PyTorch or ONNX Runtime (default auto: ONNX for a folder with model.onnx and no weights)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve a tagger over HTTP: POST /v1/extract, a page to try it at /")
+    p.add_argument("model_dir", help="trained tagger folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--max-texts", type=int, default=128, help="texts per request (default 128)")
+    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
+    p.add_argument("--max-total-chars", type=int, default=100_000,
+                   help="characters in all texts of a request (default 100000)")
+    p.add_argument("--max-body", type=int, default=1_048_576, help="request body bytes (default 1048576)")
+    p.add_argument("--batch-texts", type=int, default=256,
+                   help="texts of concurrent requests tagged together at most (default 256)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default 5 ms)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write an ONNX tagger folder (model.onnx, config, tokenizer) from a trained one")
+    p.add_argument("model_dir", help="trained tagger folder")
+    p.add_argument("--onnx", required=True, metavar="OUT_DIR",
+                   help="output folder: model.onnx plus the config and tokenizer files, for the ONNX backend")
+    p.add_argument("--int8", action="store_true", help="quantise the weights to int8 (ONNX Runtime dynamic quantisation)")
+    p.add_argument("--eval", metavar="FILE", help="annotated file: report entity F1 of PyTorch, fp32 ONNX (and int8)")
+    p.add_argument("--format", choices=FORMATS, help="format of --eval (default: detected)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
+    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -46,3 +46,11 @@ def wnut_sentences() -> list[tuple[list[str], list[str]]]:
     if tokens:
         sentences.append((tokens, tags))
     return sentences
+
+
+def write_conll(path, sentences) -> None:
+    """Write (tokens, tags) sentences as CoNLL: token TAB tag per line, a blank line after each."""
+    with open(path, "w", encoding="utf-8") as f:
+        for tokens, tags in sentences:
+            f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
+            f.write("\n")

@@ -41,9 +41,10 @@ def read_records(stream, name: str) -> Iterator[dict]:
 
 
 def predict_file(model_dir: str, input: str = "-", output: str = "-", device: str | None = None,
-                 batch_texts: int = 512, progress: bool = True, argmax: bool = False, overwrite: bool = False) -> int:
+                 batch_texts: int = 512, progress: bool = True, argmax: bool = False, overwrite: bool = False,
+                 backend: str = "auto") -> int:
     """Tag every text of ``input`` and write ``{"text", "spans", ...}`` lines to ``output``.
-    Returns the number of texts."""
+    ``backend``: "torch", "onnx" or "auto" (tagtune.tagger.choose_backend). Returns the number of texts."""
     from tagtune.tagger import Tagger
 
     if batch_texts < 1:
@@ -52,7 +53,7 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
         raise TagtuneError(f"{input}: no such file")
     if output != "-" and Path(output).exists() and not overwrite:
         raise TagtuneError(f"{output}: already exists (pass --overwrite to replace it)")
-    tagger = Tagger.load(model_dir, device=device, constrained=not argmax)
+    tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend)
     total = 0
     if input != "-":
         with open(input, "rb") as f:

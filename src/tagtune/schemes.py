@@ -25,7 +25,7 @@ Reading tags back (``entities_from_tags``) has two modes, the two of seqeval:
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from tagtune.errors import TagtuneError
 
@@ -190,10 +190,10 @@ def _strict_io(parsed) -> list[tuple[int, int, str]]:
     return out
 
 
-def transition_mask(labels, scheme: str = "BIO") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def transition_mask(labels, scheme: str = "BIO") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which of ``labels`` (tag strings, in model output order) may start a sequence
     (``start: (L,)``), follow one another (``trans[i, j]``: label j right after label i,
-    ``(L, L)``) and end a sequence (``end: (L,)``), as boolean tensors.
+    ``(L, L)``) and end a sequence (``end: (L,)``), as boolean numpy arrays.
 
     BIO: ``I-X`` only after ``B-X`` or ``I-X``, never first. BIOES: ``I-X``/``E-X`` only after
     ``B-X``/``I-X``; after ``B-X``/``I-X`` only ``I-X``/``E-X``; ``I-``/``E-`` never first and
@@ -208,9 +208,9 @@ def transition_mask(labels, scheme: str = "BIO") -> tuple[torch.Tensor, torch.Te
             raise TagtuneError(f"label {tag!r} is not a {scheme} tag (prefixes {'/'.join(allowed)} and O)")
         parsed.append((prefix, typ))
     n = len(parsed)
-    start = torch.ones(n, dtype=torch.bool)
-    trans = torch.ones(n, n, dtype=torch.bool)
-    end = torch.ones(n, dtype=torch.bool)
+    start = np.ones(n, dtype=bool)
+    trans = np.ones((n, n), dtype=bool)
+    end = np.ones(n, dtype=bool)
     if scheme == "IO":
         return start, trans, end
     # Prefixes that continue an entity already open, and those after which one is open.

@@ -1,8 +1,13 @@
 """Tagger: a trained model folder -> character spans for texts.
 
 texts -> tokens with offsets -> units (label positions) -> windows of at most ``max_length``
-tokens -> packed batches sorted by length -> logits -> windows merged per text -> constrained
+tokens -> batches sorted by length -> logits -> windows merged per text -> constrained
 decoding over units -> spans whose ``text[start:end]`` is the entity.
+
+Two backends compute the logits: PyTorch (packed batches through tagtune.model) and ONNX
+Runtime (padded batches through a ``model.onnx`` that ``tagtune export`` wrote). Everything
+else runs on numpy, and this module imports torch only when the PyTorch backend is used, so
+an exported folder is served where torch is not installed.
 """
 
 from __future__ import annotations
@@ -11,16 +16,22 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from tagtune.align import Units, merge_windows, units_of, window_bounds, with_specials
-from tagtune.batching import batch_indices, pack
-from tagtune.checkpoint import check_vocab, load_model, resolve
-from tagtune.decode import decode, spans_from_tags
+from tagtune.batching import batch_indices, pad
+from tagtune.decode import as_array, decode, spans_from_tags
 from tagtune.errors import TagtuneError
+from tagtune.onnx_backend import ONNX_FILE
 from tagtune.schemes import SCHEMES
 from tagtune.spans import Span
 from tagtune.tokenizer import load_tokenizer
+
+BACKENDS = ("auto", "torch", "onnx")
+# The weight files the PyTorch backend reads (tagtune.checkpoint.WEIGHT_FILES, named here so
+# that choosing a backend does not import torch).
+TORCH_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
 
 SETTINGS_FILE = "tagtune.json"
 
@@ -59,19 +70,57 @@ class TaggerSettings:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-def default_device() -> torch.device:
+def default_device():
+    """CUDA when available, else the CPU (a torch.device)."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(folder: Path, backend: str = "auto") -> str:
+    """The backend, "torch" or "onnx", for a tagger folder. ``auto``: ONNX when the folder has
+    model.onnx and no PyTorch weights, or has both and torch cannot be imported; else PyTorch."""
+    if backend not in BACKENDS:
+        raise TagtuneError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    has_onnx = (folder / ONNX_FILE).is_file()
+    if has_onnx and not any((folder / name).is_file() for name in TORCH_WEIGHT_FILES):
+        return "onnx"
+    if has_onnx and not _torch_importable():
+        return "onnx"
+    return "torch"
+
+
 class Tagger:
-    """Predicts spans with a token classifier. ``Tagger.load(DIR)(texts)``."""
+    """Predicts spans with a token classifier. ``Tagger.load(DIR)(texts)``.
+
+    ``model`` is a tagtune.model.TokenClassifier (PyTorch backend) or a
+    tagtune.onnx_backend.OnnxModel (ONNX backend); both carry the ``config`` with the labels.
+    """
 
     def __init__(self, model, tokenizer, settings: TaggerSettings, device=None, constrained: bool = True,
                  batch_tokens: int = 2048):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.backend = getattr(model, "backend", "torch")
+        if self.backend == "torch":
+            import torch
+
+            self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        else:
+            if device is not None and str(device) != "cpu":
+                raise TagtuneError(f"the ONNX backend runs on the CPU, not {device}")
+            self.device = "cpu"
         self.constrained = constrained
         self.batch_tokens = batch_tokens
         config = model.config
@@ -80,17 +129,49 @@ class Tagger:
             raise TagtuneError("the model has no labels: it is not a token classifier")
 
     @classmethod
-    def load(cls, directory, device=None, constrained: bool = True) -> Tagger:
-        """A tagger from a folder tagtune trained (or any HF token-classification folder)."""
-        folder = resolve(directory)
+    def load(cls, directory, device=None, constrained: bool = True, backend: str = "auto") -> Tagger:
+        """A tagger from a folder tagtune trained or exported (or any HF token-classification
+        folder). ``backend``: "torch", "onnx", or "auto" (see :func:`choose_backend`)."""
+        path = Path(directory).expanduser()
+        if path.is_dir():
+            folder = path
+        elif _torch_importable():
+            from tagtune.checkpoint import resolve  # folders in the HF cache
+
+            folder = resolve(directory)
+        else:
+            raise TagtuneError(f"{directory}: no such folder")
+        if choose_backend(folder, backend) == "onnx":
+            return cls._load_onnx(folder, device, constrained)
+        try:
+            from tagtune.checkpoint import check_vocab, load_model
+        except ImportError:
+            raise TagtuneError(f"{folder}: the PyTorch backend needs torch, which cannot be imported "
+                               f"(export the tagger with `tagtune export --onnx` for the ONNX backend)") from None
         model, _ = load_model(folder)
         if model.classifier is None:
             raise TagtuneError(f"{folder}: not a token classifier (config.json names no token-classification labels)")
         tokenizer = load_tokenizer(folder)
         check_vocab(tokenizer, model.config, folder)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        device = torch.device(device) if device is not None else default_device()
+        device = _torch_device(device) if device is not None else default_device()
         return cls(model.to(device).eval(), tokenizer, TaggerSettings.read(folder, labels), device, constrained)
+
+    @classmethod
+    def _load_onnx(cls, folder: Path, device, constrained: bool) -> Tagger:
+        from tagtune.onnx_backend import OnnxModel
+
+        model = OnnxModel.load(folder)
+        if not model.config.num_labels:
+            raise TagtuneError(f"{folder}: not a token classifier (config.json names no token-classification labels)")
+        tokenizer = load_tokenizer(folder)
+        if tokenizer.max_id >= model.config.vocab_size:
+            raise TagtuneError(
+                f"{folder}: the tokenizer has ids up to {tokenizer.max_id} but the model's word "
+                f"embedding has {model.config.vocab_size} rows (tokenizer and weights do not belong together)"
+            )
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return cls(model, tokenizer, TaggerSettings.read(folder, labels), device, constrained)
 
     def __call__(self, texts: str | list[str], progress=None) -> list[Span] | list[list[Span]]:
         """Spans for one text, or a list of span lists for a list of texts."""
@@ -105,9 +186,8 @@ class Tagger:
         unit_logits, units = self.unit_logits(texts, progress)
         return self.spans(unit_logits, units)
 
-    @torch.inference_mode()
-    def unit_logits(self, texts: list[str], progress=None) -> tuple[list[torch.Tensor], list[Units]]:
-        """Per text: logits at its units (n_units, labels), after windows are merged."""
+    def unit_logits(self, texts: list[str], progress=None) -> tuple[list[np.ndarray], list[Units]]:
+        """Per text: logits at its units (n_units, labels) float32, after windows are merged."""
         s = self.settings
         encodings = self.tokenizer.encode_batch(texts)
         units = [units_of(enc, s.all_subwords) for enc in encodings]
@@ -117,40 +197,66 @@ class Tagger:
                 windows += [(t, a, b) for a, b in window_bounds(len(enc), s.max_length - 2, s.stride)]
         sequences = [with_specials(encodings[t].ids[a:b], self.tokenizer.cls_id, self.tokenizer.sep_id)
                      for t, a, b in windows]
-        outputs: list[torch.Tensor | None] = [None] * len(windows)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for batch in batch_indices([len(x) for x in sequences], max_tokens=self.batch_tokens):
-                packed = pack([sequences[i] for i in batch], indices=batch).to(self.device)
-                logits = self.model(packed.input_ids, packed.cu_seqlens, packed.max_seqlen).float().cpu()
-                cu = packed.cu_seqlens.tolist()
-                for k, i in enumerate(batch):
-                    outputs[i] = logits[cu[k] + 1:cu[k + 1] - 1]  # drop the start and end tokens
-                if progress is not None:
-                    progress.update(len(batch))
-        finally:
-            self.model.train(was_training)
+        if self.backend == "torch":
+            outputs = self._torch_logits(sequences, progress)
+        else:
+            outputs = self._onnx_logits(sequences, progress)
         per_text: list[list[int]] = [[] for _ in texts]
         for w, (t, _, _) in enumerate(windows):
             per_text[t].append(w)
         result = []
         for t, ws in enumerate(per_text):
             if not ws:
-                result.append(torch.zeros(0, len(self.labels)))
+                result.append(np.zeros((0, len(self.labels)), dtype=np.float32))
                 continue
             merged = merge_windows([windows[w][1:] for w in ws], [outputs[w] for w in ws])
             result.append(merged[units[t].first])
         return result, units
 
-    def spans(self, unit_logits: list[torch.Tensor], units: list[Units], chunk: int = 256) -> list[list[Span]]:
-        """Decode unit logits (batched, ``chunk`` texts at a time) into spans."""
+    def _torch_logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
+        """Per sequence: logits (length - 2, labels) without the start and end tokens."""
+        import torch
+
+        from tagtune.batching import pack
+
+        outputs: list[np.ndarray | None] = [None] * len(sequences)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for batch in batch_indices([len(x) for x in sequences], max_tokens=self.batch_tokens):
+                    packed = pack([sequences[i] for i in batch], indices=batch).to(self.device)
+                    logits = self.model(packed.input_ids, packed.cu_seqlens, packed.max_seqlen).float().cpu().numpy()
+                    cu = packed.cu_seqlens.tolist()
+                    for k, i in enumerate(batch):
+                        outputs[i] = logits[cu[k] + 1:cu[k + 1] - 1]  # drop the start and end tokens
+                    if progress is not None:
+                        progress.update(len(batch))
+        finally:
+            self.model.train(was_training)
+        return outputs
+
+    def _onnx_logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
+        """As _torch_logits, through ONNX Runtime on padded batches (sorted by length, so little padding)."""
+        outputs: list[np.ndarray | None] = [None] * len(sequences)
+        for batch in batch_indices([len(x) for x in sequences], max_tokens=self.batch_tokens):
+            rows = [sequences[i] for i in batch]
+            input_ids, attention_mask = pad(rows, self.tokenizer.pad_id)  # (B, L)
+            logits = self.model(input_ids, attention_mask)  # (B, L, labels)
+            for k, i in enumerate(batch):
+                outputs[i] = logits[k, 1:len(rows[k]) - 1]  # drop the start and end tokens
+            if progress is not None:
+                progress.update(len(batch))
+        return outputs
+
+    def spans(self, unit_logits: list, units: list[Units], chunk: int = 256) -> list[list[Span]]:
+        """Decode unit logits (arrays or tensors; batched, ``chunk`` texts at a time) into spans."""
         out: list[list[Span]] = []
         for lo in range(0, len(unit_logits), chunk):
-            group = unit_logits[lo:lo + chunk]
+            group = [as_array(x) for x in unit_logits[lo:lo + chunk]]
             longest = max((x.shape[0] for x in group), default=0)
-            padded = torch.zeros(len(group), max(longest, 1), len(self.labels))
-            mask = torch.zeros(len(group), max(longest, 1), dtype=torch.bool)
+            padded = np.zeros((len(group), max(longest, 1), len(self.labels)), dtype=np.float32)
+            mask = np.zeros((len(group), max(longest, 1)), dtype=bool)
             for k, x in enumerate(group):
                 padded[k, :x.shape[0]] = x
                 mask[k, :x.shape[0]] = True
@@ -159,3 +265,9 @@ class Tagger:
                 tags = [self.labels[i] for i in row]
                 out.append(spans_from_tags(tags, units[lo + k].ranges, self.settings.scheme, p))
         return out
+
+
+def _torch_device(device):
+    import torch
+
+    return torch.device(device)

@@ -1,0 +1,118 @@
+"""The page at / of `tagtune serve` in a real headless chromium: typed text comes back with the
+server's spans highlighted, English and Japanese, emoji before the entities, user text never parsed
+as HTML. Screenshots are written to test-artifacts/."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from test_serve import running_server  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+JAPANESE = ["🎉🎉 Barack Obama と London で会った", "😀😀 Barack Obama と会いました",
+            "🎉🎉 Obama 大統領が London を訪問した", "iPhone を買った 🎉 Barack Obama も使う"]
+
+
+@pytest.fixture(scope="module")
+def server(trained_tagger, tmp_path_factory):
+    with running_server(trained_tagger, log_path=tmp_path_factory.mktemp("page") / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
+        page.goto(server + "/")
+        page.wait_for_selector("#legend .chip")
+        yield page
+        browser.close()
+
+
+def server_spans(server, text):
+    response = httpx.post(server + "/v1/extract", json={"texts": [text]}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()["results"][0]["spans"]
+
+
+def submit(page, text, keyboard=False):
+    page.fill("#text", text)
+    page.evaluate("document.getElementById('status').textContent = ''")
+    if keyboard:
+        page.press("#text", "Control+Enter")
+    else:
+        page.click("#run")
+    page.wait_for_function("/span/.test(document.getElementById('status').textContent)", timeout=60_000)
+    marks = page.eval_on_selector_all("#result mark.ent", """marks => marks.map(m => ({
+        text: m.querySelector('.ent-text').textContent, label: m.dataset.label,
+        shown: m.querySelector('.ent-label').textContent, title: m.title,
+        background: getComputedStyle(m).backgroundColor}))""")
+    shown_text = page.evaluate("""() => {
+        const copy = document.getElementById('result').cloneNode(true);
+        copy.querySelectorAll('.ent-label').forEach(n => n.remove());
+        return copy.textContent; }""")
+    return marks, shown_text
+
+
+def assert_page_matches_server(page, server, text, keyboard=False):
+    want = server_spans(server, text)
+    marks, shown_text = submit(page, text, keyboard)
+    assert shown_text == text
+    assert [(m["text"], m["label"]) for m in marks] == [(s["text"], s["label"]) for s in want]
+    for mark, span in zip(marks, want):
+        assert mark["shown"] == span["label"]
+        assert span["label"] in mark["title"] and f"{span['score']:.3f}" in mark["title"]
+    legend = dict(page.eval_on_selector_all("#legend .chip", "cs => cs.map(c => [c.dataset.label, "
+                                            "getComputedStyle(c).backgroundColor])"))
+    for mark in marks:  # each highlight has its label's legend colour
+        assert mark["background"] == legend[mark["label"]]
+    return want
+
+
+def test_english_tweet(page, server, tweets):
+    candidates = [" ".join(tokens) for tokens, _ in tweets[600:800]]
+    text = next((t for t in candidates if len(server_spans(server, t)) >= 2), None)
+    assert text, "the trained tagger should find two entities in one of 200 tweets"
+    want = assert_page_matches_server(page, server, text)
+    assert len(want) >= 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page-en.png"), full_page=True)
+
+
+def test_japanese_with_emoji_before_the_entities(page, server):
+    text = next((t for t in JAPANESE if server_spans(server, t)), None)
+    assert text, "the tagger should find the names in one of the Japanese sentences"
+    want = assert_page_matches_server(page, server, text, keyboard=True)
+    # an emoji before the first entity: its UTF-16 and code point offsets differ
+    assert any(ord(c) > 0xFFFF for c in text[:want[0]["start"]])
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "serve-page-ja.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+def test_text_is_never_parsed_as_html(page, server):
+    text = 'Obama <b>bold</b> <img src=x onerror="document.title=\'pwned\'"> & London'
+    assert_page_matches_server(page, server, text)
+    assert page.eval_on_selector_all("#result b, #result img", "n => n.length") == 0
+    assert page.title() == "tagtune"
+
+
+def test_errors_are_shown(page):
+    page.fill("#text", "x" * 10_001)  # over the default 10,000 characters per text
+    page.click("#run")
+    page.wait_for_selector("#error", state="visible")
+    assert "413" in page.text_content("#error") and "limit" in page.text_content("#error")

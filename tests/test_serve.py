@@ -1,0 +1,314 @@
+"""`tagtune serve` as a real server on a real tagger: spans equal Tagger.predict, concurrent requests
+are micro-batched without mixing results, bad requests get 400/413/422 and the server keeps serving."""
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from tagtune.serve import Limits, bind, create_app, entity_labels  # noqa: E402
+from tagtune.tagger import Tagger  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMITS = ["--max-texts", "8", "--max-chars", "400", "--max-total-chars", "1200", "--max-body", "20000"]
+
+
+@contextmanager
+def running_server(folder, *options, log_path):
+    """`python -m tagtune serve FOLDER --port 0 ...` in a subprocess; yields its base URL."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "tagtune", "serve", str(folder), "--port", "0",
+                                    *map(str, options)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            found = re.search(r"on (http://\S+)", Path(log_path).read_text())
+            if found:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the server did not start:\n{Path(log_path).read_text()}")
+            time.sleep(0.1)
+        yield found.group(1)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(trained_tagger, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with running_server(trained_tagger, *LIMITS, log_path=log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tagger(trained_tagger):
+    return Tagger.load(trained_tagger, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def texts(tweets):
+    return [" ".join(tokens) for tokens, _ in tweets[600:760]]
+
+
+def expected(tagger, texts):
+    return [[s.to_dict(t) for s in spans] for t, spans in zip(texts, tagger.predict(texts))]
+
+
+def assert_same_spans(got, want):
+    """Offsets, labels and texts equal; scores equal to rounding (batch composition may move the last bit)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert [(s["start"], s["end"], s["label"], s["text"]) for s in g] == \
+               [(s["start"], s["end"], s["label"], s["text"]) for s in w]
+        assert [s["score"] for s in g] == pytest.approx([s["score"] for s in w], abs=2e-4)
+
+
+def extract(client, texts):
+    response = client.post("/v1/extract", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    return [r["spans"] for r in response.json()["results"]]
+
+
+def assert_still_serving(client, tagger, texts):
+    assert_same_spans(extract(client, texts[:3]), expected(tagger, texts[:3]))
+
+
+def test_spans_equal_tagger_predict_in_order(client, tagger, texts):
+    got = []
+    for lo in range(0, 48, 8):
+        got += extract(client, texts[lo:lo + 8])
+    want = expected(tagger, texts[:48])
+    assert sum(map(len, want)) > 5, "the trained tagger should find some entities in 48 tweets"
+    assert_same_spans(got, want)
+    for text, spans in zip(texts, got):
+        assert all(text[s["start"]:s["end"]] == s["text"] for s in spans)
+
+
+def test_empty_inputs(client):
+    assert client.post("/v1/extract", json={"texts": []}).json() == {"results": []}
+    assert client.post("/v1/extract", json={"texts": ["", " "]}).json() == {"results": [{"spans": []}, {"spans": []}]}
+
+
+def test_offsets_are_code_points_into_the_text_as_sent(client, tagger):
+    text = "🎉🎉 Barack Obama と London で会った 😀 Taylor Swift"
+    (spans,) = extract(client, [text])
+    assert_same_spans([spans], expected(tagger, [text]))
+    assert all(text[s["start"]:s["end"]] == s["text"] for s in spans)
+
+
+def test_health_and_openapi(client, tagger):
+    from openapi_spec_validator import validate
+
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["tags"] == tagger.labels
+    assert health["labels"] == entity_labels(tagger.labels)
+    assert "person" in health["labels"] and "O" not in health["labels"]
+    assert health["limits"] == {"max_texts": 8, "max_chars": 400, "max_total_chars": 1200, "max_body": 20000}
+    schema = client.get("/openapi.json").json()
+    validate(schema)
+    assert set(schema["paths"]) >= {"/v1/extract", "/health", "/openapi.json"}
+    assert client.get("/").headers["content-type"].startswith("text/html")
+
+
+def test_concurrent_requests_are_batched_and_not_mixed(client, tagger, texts):
+    before = client.get("/health").json()["batching"]
+    threads, rounds = 16, 3
+    jobs = {(t, r): texts[(t * rounds + r) % len(texts):][: 1 + (t + r) % 3] for t in range(threads)
+            for r in range(rounds)}
+    results, errors = {}, []
+    barrier = threading.Barrier(threads)
+
+    def work(t):
+        try:
+            for r in range(rounds):
+                barrier.wait(timeout=60)
+                results[t, r] = extract(client, jobs[t, r])
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=300)
+    assert not errors, errors
+    for key, job in jobs.items():
+        assert_same_spans(results[key], expected(tagger, job))
+
+    after = client.get("/health").json()["batching"]
+    requests = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests == threads * rounds
+    assert batches < requests, f"{requests} concurrent requests ran in {batches} batches: none were batched"
+    shared = {int(k): n - before["requests_per_batch"].get(k, 0) for k, n in after["requests_per_batch"].items()}
+    assert any(k > 1 and n > 0 for k, n in shared.items()), shared
+
+
+def test_bad_json_is_400(client, tagger, texts):
+    for body in (b'{"texts": ["a"', b"not json", b"\xff\xfe{}"):
+        response = client.post("/v1/extract", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]
+        assert_still_serving(client, tagger, texts)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({}, 'missing field "texts"'),
+    ({"text": "Obama"}, "unknown field 'text'"),
+    ({"texts": ["a"], "lang": "en"}, "unknown field 'lang'"),
+    ({"texts": "Obama in London"}, '"texts" must be a list of strings, got a string'),
+    ({"texts": ["ok", 3]}, "texts[1] must be a string, got a number"),
+    ({"texts": ["ok", None]}, "texts[1] must be a string, got null"),
+    (["Obama"], "expected a JSON object"),
+    ('"\\ud800"', "unpaired surrogate"),
+])
+def test_wrong_fields_are_422(client, tagger, texts, body, fragment):
+    if isinstance(body, str):  # a lone surrogate, which json.dumps would escape the same way
+        content = ('{"texts": [' + body + ']}').encode()
+    else:
+        content = json.dumps(body).encode()
+    response = client.post("/v1/extract", content=content)
+    assert response.status_code == 422, response.text
+    assert fragment in response.json()["error"]
+    assert_still_serving(client, tagger, texts)
+
+
+@pytest.mark.parametrize("case", ["texts", "chars", "total-chars", "body", "chunked-body"])
+def test_limits_are_413(client, tagger, texts, case):
+    if case == "texts":
+        response = client.post("/v1/extract", json={"texts": ["a"] * 9})
+        fragment = "9 texts in one request; the limit is 8"
+    elif case == "chars":
+        response = client.post("/v1/extract", json={"texts": ["ok", "x" * 401]})
+        fragment = "texts[1] has 401 characters; the limit is 400"
+    elif case == "total-chars":
+        response = client.post("/v1/extract", json={"texts": ["y" * 300] * 5})
+        fragment = "1500 characters in all texts; the limit is 1200"
+    elif case == "body":
+        response = client.post("/v1/extract", json={"texts": ["z" * 100], "pad": " " * 30000})
+        fragment = "the limit is 20000"
+    else:
+        response = client.post("/v1/extract", content=iter([b'{"texts": ["'] + [b"w" * 1000] * 25 + [b'"]}']))
+        fragment = "more than 20000 bytes"
+    assert response.status_code == 413, response.text
+    assert fragment in response.json()["error"]
+    assert_still_serving(client, tagger, texts)
+
+
+def test_unknown_path_and_method_answer_json(client):
+    assert client.get("/v2/nothing").status_code == 404
+    response = client.get("/v1/extract")
+    assert response.status_code == 405 and "error" in response.json()
+
+
+class FailsOn:
+    """The real tagger, except that a batch holding ``bad`` raises, as a model bug would."""
+
+    def __init__(self, tagger, bad):
+        self.tagger, self.bad, self.labels = tagger, bad, tagger.labels
+
+    def predict(self, texts):
+        if self.bad in texts:
+            raise RuntimeError("the model broke on this text")
+        return self.tagger.predict(texts)
+
+
+def test_failed_prediction_is_500_and_other_requests_in_its_batch_still_succeed(tagger, texts):
+    import uvicorn
+
+    app = create_app(FailsOn(tagger, "boom"), limits=Limits(), batch_wait=0.05)
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        with httpx.Client(base_url=url, timeout=120) as c:
+            for _ in range(600):
+                try:
+                    c.get("/health")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            answers = {}
+
+            def send(key, batch):
+                answers[key] = c.post("/v1/extract", json={"texts": batch})
+
+            jobs = {"bad": ["fine", "boom"], "good1": texts[:2], "good2": texts[2:5]}
+            pool = [threading.Thread(target=send, args=item) for item in jobs.items()]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join(timeout=120)
+            assert answers["bad"].status_code == 500
+            assert "prediction failed: RuntimeError: the model broke on this text" in answers["bad"].json()["error"]
+            for key in ("good1", "good2"):
+                assert answers[key].status_code == 200, answers[key].text
+                assert_same_spans([r["spans"] for r in answers[key].json()["results"]], expected(tagger, jobs[key]))
+            assert app.state.batcher.failures == 1
+            assert_still_serving(c, tagger, texts)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "tagtune", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_one_line_error(result, fragment):
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tagtune: error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_bad_folder_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_cli("serve", tmp_path / "missing"), "no such folder")
+    assert_one_line_error(run_cli("serve", tmp_path, "--port", "0"), str(tmp_path))
+    assert_one_line_error(run_cli("serve", tmp_path, "--max-texts", "0"), "max-texts must be a positive integer")
+
+
+def test_port_in_use_is_a_one_line_error(trained_tagger):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_error(run_cli("serve", trained_tagger, "--port", port), f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_load_bench_smoke(trained_tagger, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "load_bench.py"), "--smoke", "--model",
+                             str(trained_tagger), "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["errors"] == 0 and figures["requests"] > 0
+    assert figures["requests_per_second"] > 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
+    assert sum(int(k) * n for k, n in figures["requests_per_batch"].items()) == figures["requests"]
