@@ -88,6 +88,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batching", choices=["budget", "sequences"], default="budget",
+                        help="tagtune's batches: budget (default) = the token budget equal to the batch size "
+                             "(batch size x mean window length) with length bucketing; sequences = the same "
+                             "number of sequences per batch as the Trainer")
     parser.add_argument("--seeds", default="42,43,44",
                         help="comma-separated seeds; each side trains once per seed (F1 varies a lot with the "
                              "head's random initialisation, so one seed decides little)")
@@ -111,8 +115,17 @@ def main() -> None:
     (work / "test.txt").write_text("".join(" ".join(tokens) + "\n" for tokens, _ in test), encoding="utf-8")
     print(f"bench: {len(train)} train / {len(dev)} dev / {len(test)} test tweets, {args.epochs} epochs, "
           f"lr {args.lr}, batch {args.batch_size}, max length {args.max_length}; work folder {work}", flush=True)
-    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
-              "--max-length", str(args.max_length), "--warmup", "0.1", "--weight-decay", "0.01"]
+    common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
+              "--warmup", "0.1", "--weight-decay", "0.01"]
+    from tagtune.tokenizer import load_tokenizer
+
+    lengths = [min(len(e) + 2, args.max_length) for e in load_tokenizer(args.model).encode_batch([" ".join(t) for t, _ in train])]
+    budget = round(args.batch_size * sum(lengths) / len(lengths))
+    tagtune_batching = (["--max-tokens", str(budget), "--bucket"] if args.batching == "budget"
+                        else ["--batch-size", str(args.batch_size)])
+    print(f"bench: Trainer batches of {args.batch_size} sequences; tagtune " +
+          (f"batches of up to {budget} real tokens, length-bucketed" if args.batching == "budget"
+           else f"batches of {args.batch_size} sequences"), flush=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
     seeds = [int(x) for x in args.seeds.split(",")][: 1 if args.smoke else None]
     runs: dict[str, list[dict]] = {"trainer": [], "tagtune": []}
@@ -121,7 +134,7 @@ def main() -> None:
             print(f"bench: transformers Trainer, seed {seed} ...", flush=True)
             peer = work / f"peer-{seed}"
             usage = run([sys.executable, str(HERE / "peer_trainer.py"), str(work), str(peer), "--model", args.model,
-                         "--labels", ",".join(labels), "--seed", str(seed), *common], env)
+                         "--labels", ",".join(labels), "--seed", str(seed), "--batch-size", str(args.batch_size), *common], env)
             stats = json.loads((peer / "stats.json").read_text())
             tags = [json.loads(line) for line in (peer / "test_tags.jsonl").read_text().splitlines()]
             runs["trainer"].append({**usage, "train_seconds": stats["train_seconds"],
@@ -133,7 +146,7 @@ def main() -> None:
             out = work / f"tagtune-{seed}"
             cmd = [sys.executable, "-m", "tagtune", "train", "--model", args.model, "--train", str(work / "train.conll"),
                    "--dev", str(work / "dev.conll"), "--out", str(out), "--patience", "1000", "--quiet",
-                   "--seed", str(seed), *common]
+                   "--seed", str(seed), *tagtune_batching, *common]
             usage = run(cmd, env, quiet=True)
             epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             epochs = [e for e in epochs if "train_tokens" in e]
@@ -145,11 +158,8 @@ def main() -> None:
             tags = [spans_to_word_tags(p["spans"], word_ranges(tokens)) for p, (tokens, _) in zip(predictions, test)]
             runs["tagtune"].append({**usage, "train_seconds": seconds, "train_tokens_per_second": tokens / seconds,
                                     **scores(test, tags)})
-    from tagtune.tokenizer import load_tokenizer
-
     shape = model_shape(args.model)
-    lengths = [len(e) + 2 for e in load_tokenizer(args.model).encode_batch([" ".join(t) for t, _ in train])]
-    epoch_flops = useful_flops(shape, [min(n, args.max_length) for n in lengths], training=True)
+    epoch_flops = useful_flops(shape, lengths, training=True)
     gemm = gemm_flops_per_second(shape)
     for rs in runs.values():
         for r in rs:

@@ -101,6 +101,18 @@ def test_pack_and_batches():
     assert all(sum(lengths[i] for i in b) <= 60 or len(b) == 1 for b in budget)
 
 
+def test_bucketed_batches_stay_within_their_pool():
+    """Attention's padded layout (sequences x longest) stays near the token budget: no batch
+    takes one pool's shortest sequences together with the next pool's longest."""
+    lengths = np.random.default_rng(0).integers(2, 100, 2000).tolist()
+    for seed in range(3):
+        batches = batch_indices(lengths, max_tokens=500, seed=seed, bucket=True)
+        assert sorted(i for b in batches for i in b) == list(range(2000))
+        assert max(len(b) * max(lengths[i] for i in b) for b in batches) <= 1000
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        assert padded < 1.05 * sum(lengths)
+
+
 def test_pad():
     ids, mask = pad([[1, 2, 3], [4, 5], [6]], pad_id=9)
     assert ids.dtype == np.int64 and mask.dtype == np.int64

@@ -83,26 +83,29 @@ def batch_indices(lengths: list[int], batch_size: int | None = None, max_tokens:
     n = len(lengths)
     lengths_arr = np.asarray(lengths)
     if seed is None:
-        order = np.argsort(-lengths_arr, kind="stable")
+        groups = [np.argsort(-lengths_arr, kind="stable")]
     else:
         rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(n)
+        groups = [rng.permutation(n)]
         if bucket and n:
+            # Each pool is sorted by length and cut into batches on its own, so no batch mixes
+            # one pool's shortest sequences with the next pool's longest.
             per_batch = batch_size or max(1, max_tokens // max(1, int(lengths_arr.mean())))
-            pools = np.array_split(order, -(-n // (50 * per_batch)))
-            order = np.concatenate([p[np.argsort(-lengths_arr[p], kind="stable")] for p in pools])
+            pools = np.array_split(groups[0], -(-n // (50 * per_batch)))
+            groups = [p[np.argsort(-lengths_arr[p], kind="stable")] for p in pools]
     batches: list[list[int]] = []
-    current: list[int] = []
-    tokens = 0
-    for i in order.tolist():
-        full = len(current) == batch_size if batch_size else current and tokens + lengths[i] > max_tokens
-        if full:
+    for group in groups:
+        current: list[int] = []
+        tokens = 0
+        for i in group.tolist():
+            full = len(current) == batch_size if batch_size else current and tokens + lengths[i] > max_tokens
+            if full:
+                batches.append(current)
+                current, tokens = [], 0
+            current.append(i)
+            tokens += lengths[i]
+        if current:
             batches.append(current)
-            current, tokens = [], 0
-        current.append(i)
-        tokens += lengths[i]
-    if current:
-        batches.append(current)
     if seed is not None and bucket:
         rng.shuffle(batches)
     return batches

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
     p.add_argument("--batch-size", type=int, help="windows per batch (default 32)")
     p.add_argument("--max-tokens", type=int, help="real tokens per batch, instead of --batch-size")
+    p.add_argument("--bucket", action="store_const", const=True,
+                   help="batch windows of similar length together (seeded), so attention pads less")
     p.add_argument("--max-length", type=int, help="window length in tokens; longer texts are windowed (default 128)")
     p.add_argument("--stride", type=int, help="tokens shared by consecutive windows (default 32)")
     p.add_argument("--warmup", type=float, help="warm-up: fraction of steps if < 1, else steps (default 0.1)")

@@ -61,6 +61,9 @@ class TrainConfig:
     """Windows per batch; None when max_tokens is used."""
     max_tokens: int | None = None
     """Real tokens per batch instead of a window count."""
+    bucket: bool = False
+    """Group windows of similar length into batches (within pools of 50 batches, in a seeded
+    random order), so attention pads less."""
     max_length: int = 128
     """Window length in tokens, start and end tokens included; longer texts are windowed."""
     stride: int = 32
@@ -328,7 +331,8 @@ def train(config: TrainConfig) -> dict:
         with torch.no_grad():
             model.classifier.bias.copy_(label_prior(seq_labels, len(labels)).to(device))
 
-    batches_per_epoch = len(batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, 0))
+    batches_per_epoch = len(batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, 0,
+                                           config.bucket))
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
     optimizer = make_optimizer(model, config, device)
     schedule = make_schedule(optimizer, config, total_steps)
@@ -367,7 +371,7 @@ def train(config: TrainConfig) -> dict:
             model.train()
             if mode == "bf16":
                 model.use_low_precision(torch.bfloat16)
-            batches = batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, epoch)
+            batches = batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, epoch, config.bucket)
             epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
             bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=config.progress)
             for b, indices in enumerate(batches):
