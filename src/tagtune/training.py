@@ -31,6 +31,7 @@ from tagtune.checkpoint import atomic_write, check_vocab, load_model, write_mode
 from tagtune.data import read_examples, split_dev
 from tagtune.errors import TagtuneError
 from tagtune.metrics import span_scores
+from tagtune.optim import AdamW, LinearSchedule
 from tagtune.progress import Progress
 from tagtune.schemes import SCHEMES, tag_names
 from tagtune.spans import Example
@@ -191,29 +192,19 @@ def label_prior(labels: list[list[int]], num_labels: int) -> torch.Tensor:
 # Optimisation
 
 
-def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model, config: TrainConfig) -> AdamW:
     """AdamW; weight decay on matrices only, never on biases and LayerNorm weights."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
-    except (RuntimeError, TypeError):  # builds without a fused kernel for this device
-        return torch.optim.AdamW(groups, lr=config.lr)
+    return AdamW(groups, lr=config.lr)
 
 
-def make_schedule(optimizer, config: TrainConfig, total_steps: int):
-    """Linear warm-up from zero to the peak rate, then linear decay to zero at the last step
-    (the schedule of transformers' get_linear_schedule_with_warmup)."""
+def make_schedule(optimizer: AdamW, config: TrainConfig, total_steps: int) -> LinearSchedule:
+    """Linear warm-up (a fraction of the steps, or a number of them) then linear decay to zero."""
     warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return LinearSchedule(optimizer, config.lr, warmup, total_steps)
 
 
 def cpu_has_bf16() -> bool:
@@ -334,7 +325,7 @@ def train(config: TrainConfig) -> dict:
     batches_per_epoch = len(batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, 0,
                                            config.bucket))
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
-    optimizer = make_optimizer(model, config, device)
+    optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, total_steps)
     mode = precision(config, device)
     amp = torch.bfloat16 if mode == "autocast" else None
