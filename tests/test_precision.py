@@ -103,3 +103,25 @@ def test_precision_modes():
     assert precision(TrainConfig(model="m", train="t", out="o", bf16="on"), cpu) == "bf16"
     native = any(getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     assert precision(config, cpu) == ("bf16" if native else "fp32")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_bf16_dropout_mask(p):
+    from tagtune.model import Dropout
+
+    layer = Dropout(p).train()
+    x = (torch.rand(1000, 1000) + 1).to(torch.bfloat16).requires_grad_()
+    torch.manual_seed(1)
+    y = layer(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.002  # 1e6 independent draws: the standard error is 5e-4 or less
+    kept = y != 0
+    torch.testing.assert_close(y[kept], (x[kept].float() / (1 - p)).to(torch.bfloat16), rtol=1e-2, atol=0)
+    y.float().sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient flows through the kept elements only
+    torch.manual_seed(1)
+    assert torch.equal(layer(x) == 0, y == 0)  # reproducible from the seed
+    assert not torch.equal(layer(x) == 0, y == 0)  # and fresh at every call
+    rows, cols = (y == 0).float().mean(1), (y == 0).float().mean(0)
+    assert rows.std() < 0.1 and cols.std() < 0.1  # no stripes: every row and column sees about p
+    assert torch.equal(layer.eval()(x), x)

