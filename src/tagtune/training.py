@@ -12,6 +12,7 @@ The output folder holds the best model (an HF token-classification folder plus t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,13 +30,14 @@ from tagtune.align import IGNORE, AlignStats, token_labels, window_bounds, with_
 from tagtune.batching import PackedBatch, batch_indices, pack
 from tagtune.checkpoint import atomic_write, check_vocab, load_model, write_model_files
 from tagtune.data import read_examples, split_dev
+from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.metrics import span_scores
 from tagtune.optim import AdamW, LinearSchedule
 from tagtune.progress import Progress
 from tagtune.schemes import SCHEMES, tag_names
 from tagtune.spans import Example
-from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings, default_device
+from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings
 from tagtune.tokenizer import load_tokenizer
 
 CHECKPOINT = "checkpoint/state.pt"
@@ -295,32 +297,49 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
 
 
 def train(config: TrainConfig) -> dict:
-    """Train a tagger; returns the best epoch's dev metrics (and where the model went)."""
+    """Train a tagger; returns the best epoch's dev metrics (and where the model went).
+
+    Under torchrun, every process runs this with the same config: each takes its share of every
+    batch (the batches, the learning-rate schedule and the loss are those of one process with
+    the same settings), gradients are averaged by DistributedDataParallel, dev texts are split
+    among the processes and their spans gathered, and only rank 0 writes files.
+    """
+    group = from_environment()
+    try:
+        return _train(config, group)
+    finally:
+        leave(group)
+
+
+def _train(config: TrainConfig, group: Group) -> dict:
     if config.resume:
-        prepare_output(config)
+        group.on_main(prepare_output, config)
         config = resumed_config(config)
     config.check()
     train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
     labels = label_set(config, train_examples, dev_examples)
-    out = prepare_output(config)
-    device = torch.device(config.device) if config.device else default_device()
+    out = Path(group.on_main(lambda: str(prepare_output(config))))
+    device = device_for(group, config.device)
     settings = config.settings()
 
-    torch.manual_seed(config.seed)  # the new head's initialisation
+    torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
     model, report = load_model(config.model, labels=labels)
     tokenizer = load_tokenizer(report.directory)
     check_vocab(tokenizer, model.config, report.directory)
     model.to(device)
     label2id = model.config.label2id
     sequences, seq_labels, stats = training_windows(train_examples, tokenizer, label2id, settings)
-    if stats.message():
+    if stats.message() and group.main:
         warnings.warn(f"{config.train}: {stats.message()}", stacklevel=2)
     if not sequences:
         raise TagtuneError(f"{config.train}: no text with any token to train on")
     lengths = [len(s) for s in sequences]
+    labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
     if config.head_prior and report.new_head:
         with torch.no_grad():
             model.classifier.bias.copy_(label_prior(seq_labels, len(labels)).to(device))
+    if group.active:
+        torch.manual_seed(config.seed * 1009 + group.rank)  # each process its own dropout masks
 
     batches_per_epoch = len(batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, 0,
                                            config.bucket))
@@ -336,27 +355,36 @@ def train(config: TrainConfig) -> dict:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        torch.set_rng_state(saved["rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        rngs = saved.get("rngs") or [saved["rng"]]
+        if len(rngs) == group.world:  # the same number of processes: continue every random stream
+            torch.set_rng_state(rngs[group.rank])
+        if device.type == "cuda" and saved.get("cuda_rngs") and len(saved["cuda_rngs"]) == group.world:
+            torch.cuda.set_rng_state(saved["cuda_rngs"][group.rank], device)
         state = saved["state"]
-    else:
+    elif group.main:
         atomic_write(out / "train_config.json", json.dumps(asdict(config), indent=2) + "\n")
         write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
-    log_lines = [json.dumps(h) for h in state["history"]]
-    atomic_write(out / "metrics.jsonl", "".join(line + "\n" for line in log_lines))
-    log = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    log = None
+    if group.main:
+        atomic_write(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
+        log = open(out / "metrics.jsonl", "a", encoding="utf-8")
 
     def record(entry: dict) -> None:
         state["history"].append(entry)
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
+        if log is not None:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
 
-    say = (lambda msg: print(msg, file=sys.stderr)) if config.progress else (lambda msg: None)
+    show = config.progress and group.main
+    say = (lambda msg: print(msg, file=sys.stderr)) if show else (lambda msg: None)
     say(f"tagtune: {len(train_examples)} train / {len(dev_examples)} dev texts, {len(sequences)} windows, "
         f"{len(labels)} tags, {config.epochs} epochs x {batches_per_epoch} batches on {device}"
-        + ("" if mode == "fp32" else " in bf16 mixed precision"))
+        + ("" if mode == "fp32" else " in bf16 mixed precision")
+        + (f", {group.world} processes" if group.active else ""))
     tagger = Tagger(model, tokenizer, settings, device)
+    ddp = model
+    if group.active:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     try:
         for epoch in range(state["epoch"], config.epochs):
             model.train()
@@ -364,22 +392,29 @@ def train(config: TrainConfig) -> dict:
                 model.use_low_precision(torch.bfloat16)
             batches = batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, epoch, config.bucket)
             epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
-            bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=config.progress)
+            bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=show)
             for b, indices in enumerate(batches):
-                batch = pack([sequences[i] for i in indices], [seq_labels[i] for i in indices], indices)
-                real_tokens = batch.num_tokens
+                stepping = (b + 1) % config.accumulation == 0 or b + 1 == len(batches)
+                mine = indices[group.rank::group.world] or indices[:1]  # a process with no share runs a
+                weight = 1.0 if indices[group.rank::group.world] else 0.0  # sequence with weight 0
+                batch = pack([sequences[i] for i in mine], [seq_labels[i] for i in mine], mine)
                 if mode == "bf16":
                     batch = fill_batch(batch)
                 batch = batch.to(device)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
-                loss = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE)
-                if torch.isnan(loss):  # a batch without any labelled token
-                    loss = logits.sum() * 0.0
-                (loss / config.accumulation).backward()
-                epoch_tokens += real_tokens
-                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-                if (b + 1) % config.accumulation == 0 or b + 1 == len(batches):
+                # The loss of the whole batch is the mean over its labelled tokens; each process
+                # takes its tokens' share, scaled by the number of processes DDP averages over.
+                count = sum(labelled[i] for i in indices)
+                sync = ddp.no_sync() if group.active and not stepping else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        logits = ddp(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+                    total = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE, reduction="sum")
+                    loss = total * (weight * group.world / max(count, 1))
+                    (loss / config.accumulation).backward()
+                epoch_tokens += sum(lengths[i] for i in indices)
+                loss_sum += group.sum([loss.item() / group.world], device)[0] if group.active else loss.item()
+                loss_count += 1
+                if stepping:
                     if config.clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
                     optimizer.step()
@@ -397,7 +432,7 @@ def train(config: TrainConfig) -> dict:
             train_seconds = time.perf_counter() - epoch_start
             model.use_low_precision(None)  # evaluate and save the fp32 weights
 
-            dev = evaluate_examples(tagger, dev_examples)
+            dev = evaluate_examples(tagger, dev_examples, group)
             improved = dev["f1"] > state["best_f1"]
             record({"epoch": epoch + 1, "step": state["step"], "train_loss": round(loss_sum / max(1, loss_count), 5),
                     "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
@@ -410,35 +445,45 @@ def train(config: TrainConfig) -> dict:
                 state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
             else:
                 state["bad_epochs"] += 1
-            if improved or config.save == "last":
+            if (improved or config.save == "last") and group.main:
                 write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
             state["epoch"] = epoch + 1
             stop = config.patience is not None and state["bad_epochs"] >= config.patience
-            save_checkpoint(out, model, optimizer, schedule, state, device)
+            save_checkpoint(out, model, optimizer, schedule, state, device, group)
             if stop:
                 say(f"tagtune: no better dev F1 for {config.patience} epochs; stopping early")
                 break
     finally:
-        log.close()
-    from tagtune.report import write_report
+        if log is not None:
+            log.close()
+    if group.main:
+        from tagtune.report import write_report
 
-    write_report(out, state["history"], labels)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        write_report(out, state["history"], labels)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    group.barrier()  # every process returns once the folder is complete
     kept = state["best_epoch"] if config.save == "best" else state["epoch"]
     epoch_log = next(h for h in state["history"] if h.get("epoch") == kept and "dev" in h)
     return {"out": str(out), "epoch": kept, **epoch_log["dev"], "per_label": epoch_log["dev_per_label"]}
 
 
-def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device) -> None:
-    """Everything needed to continue exactly, written to a temporary file then renamed."""
+def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device,
+                    group: Group | None = None) -> None:
+    """Everything needed to continue exactly, written (by rank 0) to a temporary file then
+    renamed. The random states of all processes are kept."""
+    group = group or Group()
+    rngs = group.gather(torch.get_rng_state())
+    cuda_rngs = group.gather(torch.cuda.get_rng_state(device).cpu()) if device.type == "cuda" else None
+    if not group.main:
+        return
     path = out / CHECKPOINT
     path.parent.mkdir(exist_ok=True)
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "rngs": rngs,
+        "cuda_rngs": cuda_rngs,
         "state": state,
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -446,9 +491,13 @@ def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: 
     os.replace(tmp, path)
 
 
-def evaluate_examples(tagger: Tagger, examples: list[Example]) -> dict:
-    """Entity scores of the tagger's spans against the examples' spans (exact character match)."""
-    predicted = tagger.predict([ex.text for ex in examples])
+def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | None = None) -> dict:
+    """Entity scores of the tagger's spans against the examples' spans (exact character match).
+    Under torchrun each process tags every world-th example and the spans are gathered."""
+    group = group or Group()
+    mine = tagger.predict([ex.text for ex in examples[group.rank::group.world]])
+    parts = group.gather(mine)
+    predicted = [parts[i % group.world][i // group.world] for i in range(len(examples))]
     return span_scores([ex.spans for ex in examples], predicted)
 
 

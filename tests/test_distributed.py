@@ -1,0 +1,104 @@
+"""torchrun: 2 CPU processes (gloo) against 1, same data, global batch and seed, dropout off."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tagtune.examples import minilm_dir
+
+
+@pytest.fixture(scope="module")
+def still_bert(tmp_path_factory):
+    """A small random BERT with the MiniLM vocabulary and every dropout at 0."""
+    import transformers as T
+
+    folder = tmp_path_factory.mktemp("still-bert")
+    torch.manual_seed(0)
+    config = T.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    T.BertModel(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir() / name, folder / name)
+    return folder
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "tagtune", *args]
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def tagtune(*args: str) -> subprocess.CompletedProcess:
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "tagtune", *args], capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+def dev_scores(folder):
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [(e["epoch"], e["train_loss"], e["dev"]) for e in lines if "dev" in e]
+
+
+@pytest.mark.parametrize("batching", [["--batch-size", "16", "--accumulation", "2"],
+                                      ["--max-tokens", "400", "--bucket"]], ids=["sequences", "budget"])
+def test_two_processes_train_like_one(still_bert, wnut_files, tmp_path, batching):
+    common = ["train", "--model", str(still_bert), "--train", str(wnut_files / "train.conll"),
+              "--dev", str(wnut_files / "dev.conll"), "--epochs", "2", "--lr", "1e-3", "--bf16", "off",
+              "--seed", "3", "--save", "last", "--quiet", *batching]
+    one = tagtune(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, *common, "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    start = load_file(still_bert / "model.safetensors")
+    moved = 0
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+        key = name.replace("bert.", "")
+        if key in start and not torch.equal(a[name], start[key]):
+            moved += 1
+    assert moved > 10  # the weights did train
+    for (e1, loss1, dev1), (e2, loss2, dev2) in zip(dev_scores(tmp_path / "one"), dev_scores(tmp_path / "two")):
+        assert e1 == e2 and loss1 == pytest.approx(loss2, rel=1e-4)
+        assert dev1 == pytest.approx(dev2, abs=1e-9)
+    assert len(dev_scores(tmp_path / "two")) == 2
+    assert not (tmp_path / "two" / "checkpoint").exists() and (tmp_path / "two" / "report.html").is_file()
+
+
+def test_sharded_prediction_writes_the_same_file(trained_tagger, tweets, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(" ".join(tokens) + "\n" for tokens, _ in tweets[900:1000]), encoding="utf-8")
+    one = tagtune("predict", str(trained_tagger), str(texts), "-o", str(tmp_path / "one.jsonl"), "--batch-texts", "7",
+                  "--quiet")
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, "predict", str(trained_tagger), str(texts), "-o", str(tmp_path / "two.jsonl"),
+                   "--batch-texts", "7", "--quiet")
+    assert two.returncode == 0, two.stderr
+    expected = (tmp_path / "one.jsonl").read_text(encoding="utf-8")
+    assert len(expected.splitlines()) == 100 and '"label"' in expected
+    assert (tmp_path / "two.jsonl").read_text(encoding="utf-8") == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "texts.txt", "two.jsonl"]  # no parts left
+    stdout = torchrun(2, "predict", str(trained_tagger), str(texts), "--batch-texts", "7", "--quiet")
+    assert stdout.returncode == 0, stdout.stderr
+    assert stdout.stdout == expected
+
+
+def test_torchrun_errors_are_one_line(still_bert, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    bad = tmp_path / "bad.conll"
+    bad.write_text("word\tO\n", encoding="utf-8")
+    run = torchrun(2, "train", "--model", str(still_bert), "--train", str(bad), "--out", str(tmp_path / "out"),
+                   "--overwrite", "--quiet")
+    assert run.returncode != 0
+    assert "tagtune: error:" in run.stderr and "not the output of an earlier tagtune run" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
