@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +40,23 @@ def tagtune(*args: str) -> subprocess.CompletedProcess:
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "tagtune", *args], capture_output=True, text=True, timeout=600,
                           env=env)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def dev_scores(folder):
@@ -103,3 +121,44 @@ def test_torchrun_errors_are_one_line(still_bert, wnut_files, tmp_path):
     # then reports the failure in its own words)
     assert ours and all("not the output of an earlier tagtune run" in line for line in ours)
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+def test_resume_under_torchrun_ends_with_the_same_weights(tiny_bert, wnut_files, tmp_path):
+    """With dropout on: each process's random state is saved and restored, so a killed and
+    resumed 2-process run ends exactly where an uninterrupted one does."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    def args(out):
+        return ["train", "--model", str(tiny_bert), "--train", str(wnut_files / "train.conll"), "--dev",
+                str(wnut_files / "dev.conll"), "--out", str(out), "--epochs", "4", "--lr", "1e-3", "--batch-size", "8",
+                "--bf16", "off", "--seed", "5", "--quiet"]
+
+    whole = torchrun(2, *args(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "tagtune",
+           *args(out)]
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while not (out / "checkpoint" / "state.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and its workers (in sessions of their own)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "report.html").exists()
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert 1 <= state["state"]["epoch"] < 4 and len(state["rngs"]) == 2
+
+    resumed = torchrun(2, "train", "--resume", "--out", str(out), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=0, rtol=0, msg=name)
+    assert [d for _, _, d in dev_scores(out)] == [d for _, _, d in dev_scores(tmp_path / "whole")]
