@@ -64,7 +64,7 @@ def dev_scores(folder):
     return [(e["epoch"], e["train_loss"], e["dev"]) for e in lines if "dev" in e]
 
 
-@pytest.mark.parametrize("batching", [["--batch-size", "16", "--accumulation", "2"],
+@pytest.mark.parametrize("batching", [["--batch-size", "16", "--accumulation", "2", "--no-bucket"],
                                       ["--max-tokens", "400", "--bucket"]], ids=["sequences", "budget"])
 def test_two_processes_train_like_one(still_bert, wnut_files, tmp_path, batching):
     common = ["train", "--model", str(still_bert), "--train", str(wnut_files / "train.conll"),

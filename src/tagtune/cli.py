@@ -111,10 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the trained tagger")
     p.add_argument("--epochs", type=int, help="passes over the data (default 3)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
-    p.add_argument("--batch-size", type=int, help="windows per batch (default 32)")
+    p.add_argument("--batch-size", type=int, help="windows per batch, as a token budget of that many mean-length "
+                   "windows unless --no-bucket (default 32)")
     p.add_argument("--max-tokens", type=int, help="real tokens per batch, instead of --batch-size")
-    p.add_argument("--bucket", action="store_const", const=True,
-                   help="batch windows of similar length together (seeded), so attention pads less")
+    p.add_argument("--no-bucket", dest="bucket", action="store_const", const=False,
+                   help="batches in plain seeded random order, not grouped by length; with --batch-size, "
+                        "that many windows per batch (default: grouped by length, and --batch-size N means "
+                        "the tokens of N windows of the mean length)")
+    p.add_argument("--bucket", dest="bucket", action="store_const", const=True, help=argparse.SUPPRESS)
     p.add_argument("--max-length", type=int, help="window length in tokens; longer texts are windowed (default 128)")
     p.add_argument("--stride", type=int, help="tokens shared by consecutive windows (default 32)")
     p.add_argument("--warmup", type=float, help="warm-up: fraction of steps if < 1, else steps (default 0.1)")

@@ -64,9 +64,11 @@ class TrainConfig:
     """Windows per batch; None when max_tokens is used."""
     max_tokens: int | None = None
     """Real tokens per batch instead of a window count."""
-    bucket: bool = False
+    bucket: bool = True
     """Group windows of similar length into batches (within pools of 50 batches, in a seeded
-    random order), so attention pads less."""
+    random order), so attention pads less. With ``batch_size``, a batch then holds the tokens of
+    ``batch_size`` windows of the mean length (a token budget), so that batches of long windows
+    are no larger than the others."""
     max_length: int = 128
     """Window length in tokens, start and end tokens included; longer texts are windowed."""
     stride: int = 32
@@ -341,8 +343,10 @@ def _train(config: TrainConfig, group: Group) -> dict:
     if group.active:
         torch.manual_seed(config.seed * 1009 + group.rank)  # each process its own dropout masks
 
-    batches_per_epoch = len(batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, 0,
-                                           config.bucket))
+    batch_size, max_tokens = config.batch_size, config.max_tokens
+    if config.bucket and max_tokens is None:
+        batch_size, max_tokens = None, max(1, round(config.batch_size * sum(lengths) / len(lengths)))
+    batches_per_epoch = len(batch_indices(lengths, batch_size, max_tokens, config.seed, 0, config.bucket))
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
     optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, total_steps)
@@ -378,7 +382,9 @@ def _train(config: TrainConfig, group: Group) -> dict:
     show = config.progress and group.main
     say = (lambda msg: print(msg, file=sys.stderr)) if show else (lambda msg: None)
     say(f"tagtune: {len(train_examples)} train / {len(dev_examples)} dev texts, {len(sequences)} windows, "
-        f"{len(labels)} tags, {config.epochs} epochs x {batches_per_epoch} batches on {device}"
+        f"{len(labels)} tags, {config.epochs} epochs x {batches_per_epoch} batches "
+        + (f"of up to {max_tokens} tokens" if max_tokens else f"of {batch_size} windows")
+        + (" (length-bucketed)" if config.bucket else "") + f" on {device}"
         + ("" if mode == "fp32" else " in bf16 mixed precision")
         + (f", {group.world} processes" if group.active else ""))
     tagger = Tagger(model, tokenizer, settings, device)
@@ -390,7 +396,7 @@ def _train(config: TrainConfig, group: Group) -> dict:
             model.train()
             if mode == "bf16":
                 model.use_low_precision(torch.bfloat16)
-            batches = batch_indices(lengths, config.batch_size, config.max_tokens, config.seed, epoch, config.bucket)
+            batches = batch_indices(lengths, batch_size, max_tokens, config.seed, epoch, config.bucket)
             epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
             bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=show)
             for b, indices in enumerate(batches):
