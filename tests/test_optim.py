@@ -19,6 +19,15 @@ def groups(model):
     return [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def stepper(optimizer, schedule, rates: list):
+    """One optimizer step, then one schedule step; the new rate is appended to ``rates``."""
+    def step():
+        optimizer.step()
+        schedule.step()
+        rates.append(schedule.get_last_lr()[0])
+    return step
+
+
 def run(model, data, step, zero_grad):
     for x, y in data:
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -38,25 +47,13 @@ def test_adamw_and_schedule_equal_torch(fused):
     ref_opt = torch.optim.AdamW(groups(model), lr=lr, fused=fused, foreach=False if not fused else None)
     ref_sched = torch.optim.lr_scheduler.LambdaLR(ref_opt, factor)
     rates = []
-
-    def ref_step():
-        ref_opt.step()
-        ref_sched.step()
-        rates.append(ref_sched.get_last_lr()[0])
-
-    expected = run(model, data, ref_step, ref_opt.zero_grad)
+    expected = run(model, data, stepper(ref_opt, ref_sched, rates), ref_opt.zero_grad)
 
     model, data = problem(0)
     opt = AdamW(groups(model), lr=lr, fused=fused)
     sched = LinearSchedule(opt, lr, warmup, total)
     ours = []
-
-    def step():
-        opt.step()
-        sched.step()
-        ours.append(sched.get_last_lr()[0])
-
-    got = run(model, data, step, opt.zero_grad)
+    got = run(model, data, stepper(opt, sched, ours), opt.zero_grad)
     assert ours == pytest.approx(rates, abs=1e-12)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -67,12 +64,12 @@ def test_state_dict_round_trip_continues_identically():
     model, data = problem(1)
     opt = AdamW(groups(model), lr=1e-2)
     sched = LinearSchedule(opt, 1e-2, 2, 12)
-    run(model, data[:5], lambda: (opt.step(), sched.step()), opt.zero_grad)
+    run(model, data[:5], stepper(opt, sched, []), opt.zero_grad)
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     saved_opt = {"state": {i: {k: v.clone() for k, v in s.items()} for i, s in opt.state_dict()["state"].items()},
                  "lrs": opt.state_dict()["lrs"]}
     saved_sched = sched.state_dict()
-    straight = run(model, data[5:], lambda: (opt.step(), sched.step()), opt.zero_grad)
+    straight = run(model, data[5:], stepper(opt, sched, []), opt.zero_grad)
 
     model2, _ = problem(1)
     model2.load_state_dict(saved_model)
@@ -80,6 +77,6 @@ def test_state_dict_round_trip_continues_identically():
     opt2.load_state_dict(saved_opt)
     sched2 = LinearSchedule(opt2, 1e-2, 2, 12)
     sched2.load_state_dict(saved_sched)
-    resumed = run(model2, data[5:], lambda: (opt2.step(), sched2.step()), opt2.zero_grad)
+    resumed = run(model2, data[5:], stepper(opt2, sched2, []), opt2.zero_grad)
     for a, b in zip(resumed, straight):
         assert torch.equal(a, b)

@@ -3,15 +3,14 @@
 ``torchrun --nproc-per-node N -m tagtune train ...`` (or ``predict``) starts N copies of tagtune
 with RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address in their environment; tagtune
 joins them into one process group (NCCL between GPUs, gloo on CPUs). Without torchrun
-(WORLD_SIZE unset or 1) every helper here is a no-op and nothing of torch.distributed is used.
+(WORLD_SIZE unset or 1) every helper here is a no-op and torch is not even imported, so the
+ONNX backend's prediction path can use the same code without torch.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-import torch
 
 from tagtune.errors import TagtuneError
 
@@ -34,12 +33,16 @@ class Group:
 
     def barrier(self) -> None:
         if self.active:
+            import torch
+
             torch.distributed.barrier()
 
     def sum(self, values: list[float], device) -> list[float]:
         """Element-wise sum of ``values`` over all processes."""
         if not self.active:
             return list(values)
+        import torch
+
         t = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
         return t.tolist()
@@ -48,6 +51,8 @@ class Group:
         """Every process's ``obj``, in rank order, on every process."""
         if not self.active:
             return [obj]
+        import torch
+
         out = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
@@ -62,6 +67,8 @@ class Group:
             except TagtuneError as e:
                 error = str(e)
         if self.active:
+            import torch
+
             box = [(result, error)]
             torch.distributed.broadcast_object_list(box, src=0)
             result, error = box[0]
@@ -75,6 +82,8 @@ def from_environment() -> Group:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Group()
+    import torch
+
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not torch.distributed.is_available():
         raise TagtuneError("this torch build has no torch.distributed, so it cannot run under torchrun")
@@ -88,9 +97,11 @@ def from_environment() -> Group:
     return Group(rank, world, local_rank)
 
 
-def device_for(group: Group, requested: str | None) -> torch.device:
-    """The device of this process: ``requested`` ("cpu", "cuda"), else CUDA when available;
+def device_for(group: Group, requested: str | None):
+    """The torch.device of this process: ``requested`` ("cpu", "cuda"), else CUDA when available;
     under torchrun each process takes the GPU of its local rank."""
+    import torch
+
     name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and group.active and device.index is None:
@@ -99,5 +110,8 @@ def device_for(group: Group, requested: str | None) -> torch.device:
 
 
 def leave(group: Group) -> None:
-    if group.active and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if group.active:
+        import torch
+
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

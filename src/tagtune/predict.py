@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
+from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.progress import Progress
 
@@ -51,34 +52,28 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
     the processes; each writes its spans to a part file and rank 0 joins the parts, in input
     order, into ``output``.
     """
-    from tagtune.tagger import Tagger
-
     if batch_texts < 1:
         raise TagtuneError(f"batch size must be positive, got {batch_texts}")
     if input != "-" and not Path(input).is_file():
         raise TagtuneError(f"{input}: no such file")
     if output != "-" and Path(output).exists() and not overwrite:
         raise TagtuneError(f"{output}: already exists (pass --overwrite to replace it)")
-    rank, world, group = 0, 1, None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun; torch.distributed only then (ONNX runs without torch)
-        from tagtune.distributed import device_for, from_environment
-
-        if input == "-":
-            raise TagtuneError("under torchrun the input must be a file, not stdin")
-        group = from_environment()
-        rank, world = group.rank, group.world
-        device = str(device_for(group, device)) if backend != "onnx" else device
+    group = from_environment()  # one process unless under torchrun; imports torch only then
     try:
-        return _predict(model_dir, input, output, device, batch_texts, progress and rank == 0, argmax, backend,
-                        rank, world, group, Tagger)
+        if group.active:
+            if input == "-":
+                raise TagtuneError("under torchrun the input must be a file, not stdin")
+            if backend != "onnx":
+                device = str(device_for(group, device))
+        return _predict(model_dir, input, output, device, batch_texts, progress and group.main, argmax, backend, group)
     finally:
-        if group is not None:
-            from tagtune.distributed import leave
-
-            leave(group)
+        leave(group)
 
 
-def _predict(model_dir, input, output, device, batch_texts, progress, argmax, backend, rank, world, group, Tagger):
+def _predict(model_dir, input, output, device, batch_texts, progress, argmax, backend, group: Group) -> int:
+    from tagtune.tagger import Tagger
+
+    rank, world = group.rank, group.world
     tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend)
     total = 0
     if input != "-":

@@ -221,15 +221,14 @@ def precision(config: TrainConfig, device: torch.device) -> str:
     """How training multiplies: "fp32"; "autocast" (CUDA bf16 autocast); or "bf16" (CPU: the
     encoder's activations and matrix products in bf16 against bf16 copies of fp32 master
     weights, see model.LowPrecisionLinear)."""
+    on = config.bf16 == "on"
     if config.bf16 == "off":
         return "fp32"
     if device.type == "cuda":
-        if config.bf16 == "on" or torch.cuda.is_bf16_supported():
-            return "autocast"
-        return "fp32"
-    if config.bf16 == "on" or (device.type == "cpu" and cpu_has_bf16()):
-        return "bf16" if device.type == "cpu" else "autocast"
-    return "fp32"
+        return "autocast" if on or torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if on or cpu_has_bf16() else "fp32"
+    return "autocast" if on else "fp32"
 
 
 SHAPE_MULTIPLE = 64
@@ -401,8 +400,9 @@ def _train(config: TrainConfig, group: Group) -> dict:
             bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=show)
             for b, indices in enumerate(batches):
                 stepping = (b + 1) % config.accumulation == 0 or b + 1 == len(batches)
-                mine = indices[group.rank::group.world] or indices[:1]  # a process with no share runs a
-                weight = 1.0 if indices[group.rank::group.world] else 0.0  # sequence with weight 0
+                share = indices[group.rank::group.world]
+                mine = share or indices[:1]  # a process with no share runs a window with weight 0
+                weight = 1.0 if share else 0.0
                 batch = pack([sequences[i] for i in mine], [seq_labels[i] for i in mine], mine)
                 if mode == "bf16":
                     batch = fill_batch(batch)
