@@ -4,7 +4,8 @@ PY := .venv/bin/python
 setup:
 	./scripts/setup.sh
 
-test: setup
+test:
+	./scripts/setup.sh test
 	$(PY) -m pytest -q
 
 demo: setup

@@ -93,3 +93,14 @@ def trained_tagger(tmp_path_factory, tweets):
     tagtune.train(model=str(minilm_dir()), train=str(train), out=str(out), epochs=2, lr=2e-4,
                   seed=0, progress=False, device="cpu")
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(trained_tagger, tmp_path_factory):
+    """The trained tagger exported to an fp32 ONNX folder, and the export's report."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from tagtune.export import export_onnx
+
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    return out, export_onnx(trained_tagger, out)

@@ -10,7 +10,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from tagtune import TagtuneError
-from tagtune.checkpoint import load_model, read_weights, resolve, save_model
+from tagtune.checkpoint import load_model, read_weights, save_model
+from tagtune.hub import resolve
 from tagtune.tokenizer import load_tokenizer
 
 from conftest import tiny_hf_model
@@ -156,14 +157,15 @@ def test_repo_id_resolves_offline_from_the_hub_cache(tmp_path, monkeypatch, mini
     (entry / "refs" / "main").write_text("c9745ed1d9f207416be6d2e6f8de32d1f16199bf")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve("sentence-transformers/all-MiniLM-L6-v2") == snapshot
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert resolve("sentence-transformers/all-MiniLM-L6-v2@main") == snapshot
     model, _ = load_model("sentence-transformers/all-MiniLM-L6-v2")
     assert model.config.hidden_size == 384
-    with pytest.raises(TagtuneError, match="not in the Hugging Face cache"):
+    with pytest.raises(TagtuneError, match="not in the Hugging Face cache .* HF_HUB_OFFLINE is set"):
         resolve("cl-tohoku/bert-base-japanese-v3")
-    with pytest.raises(TagtuneError, match="revision 'v2' is not in the cache"):
+    with pytest.raises(TagtuneError, match="^sentence-transformers/all-MiniLM-L6-v2@v2: not in the Hugging Face cache"):
         resolve("sentence-transformers/all-MiniLM-L6-v2@v2")
 
 

@@ -78,3 +78,77 @@ def test_missing_folder_and_bad_config_json(tmp_path):
     assert_one_line_error(run("info", tmp_path / "nowhere"), "no such folder")
     (tmp_path / "config.json").write_text('{"model_type": "bert",\n "hidden_size": }')
     assert_one_line_error(run("info", tmp_path), "config.json:2: not valid JSON")
+
+
+def project_version():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    return re.search(r'^version = "([^"]+)"', text, re.M).group(1)
+
+
+def test_version_is_the_project_version(monkeypatch):
+    import importlib.metadata
+
+    import tagtune
+    from tagtune.cli import version
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == f"tagtune {project_version()}\n"
+    assert tagtune.__version__ == project_version()
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert version() == tagtune.__version__
+
+
+def test_help_says_what_tagtune_is_with_examples():
+    from tagtune import cli
+
+    result = run("--help")
+    assert result.returncode == 0
+    assert cli.DESCRIPTION in result.stdout and "The command line" not in result.stdout
+    examples = result.stdout.split("examples:\n", 1)[1].splitlines()
+    for command in ("train", "predict", "serve", "export"):
+        assert any(line.startswith("  ") and f"tagtune {command} " in line for line in examples), command
+    parser = cli.build_parser()
+    commands = next(a.choices for a in parser._actions if isinstance(a.choices, dict))
+    assert set(commands) == {"info", "tokenize", "train", "evaluate", "predict", "serve", "export"}
+    for name, command in commands.items():  # each command's --help starts with what it does
+        assert command.description and command.description[0].isupper() and command.description.endswith("."), name
+        for action in command._actions:  # and states a default at most once per option
+            assert (action.help or "").count("(default") <= 1, (name, action.dest)
+
+
+def test_main_restores_showwarning(monkeypatch, capsys):
+    """main() turns warnings into `tagtune: warning:` lines while it runs and leaves the process as
+    it found it, whether the command succeeds, fails or raises."""
+    import warnings
+
+    from tagtune import cli
+    from tagtune.errors import TagtuneError
+
+    def warn_then(outcome):
+        def command(args):
+            warnings.warn("some keywords never occur")
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        return command
+
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for outcome, code in ((0, 0), (TagtuneError("bad file"), 1)):
+            monkeypatch.setattr(cli, "cmd_info", warn_then(outcome))
+            assert cli.main(["info", "anything"]) == code
+            assert capsys.readouterr().err.splitlines()[0] == "tagtune: warning: some keywords never occur"
+            assert warnings.showwarning is before
+        monkeypatch.setattr(cli, "cmd_info", warn_then(RuntimeError("a bug")))
+        with pytest.raises(RuntimeError):
+            cli.main(["info", "anything"])
+        assert warnings.showwarning is before

@@ -29,13 +29,6 @@ def spans_of(predictions):
 
 
 @pytest.fixture(scope="module")
-def exported(trained_tagger, tmp_path_factory):
-    """The trained tagger exported to an fp32 ONNX folder, and the export's report."""
-    out = tmp_path_factory.mktemp("export") / "onnx"
-    return out, export_onnx(trained_tagger, out)
-
-
-@pytest.fixture(scope="module")
 def torch_tagger(trained_tagger):
     return Tagger.load(trained_tagger, device="cpu")
 

@@ -116,3 +116,72 @@ def test_errors_are_shown(page):
     page.click("#run")
     page.wait_for_selector("#error", state="visible")
     assert "413" in page.text_content("#error") and "limit" in page.text_content("#error")
+
+
+JA_WORDS = ["大阪", "東京タワー", "港区", "ＡＢＣ株式会社", "京都", "下京区", "富士山", "名古屋城", "北海道大学", "横浜"]
+JA_LABELS = ["地名", "組織名"]
+ONE_LINE = """marks => marks.map(mark => {
+    // the vertical middle of every character of the span and of its label: on one line, they
+    // lie within a fraction of a line of each other
+    const middle = rect => rect.top + rect.height / 2;
+    const middles = [];
+    const inner = mark.querySelector('.ent-text');
+    const text = inner.firstChild;
+    const range = document.createRange();
+    for (let i = 0; i < text.length; i++) {
+        range.setStart(text, i);
+        range.setEnd(text, i + 1);
+        const rect = range.getBoundingClientRect();
+        if (rect.width > 0) middles.push(middle(rect));
+    }
+    middles.push(middle(mark.querySelector('.ent-label').getBoundingClientRect()));
+    return {text: inner.textContent, rects: inner.getClientRects().length,
+            spread: Math.max(...middles) - Math.min(...middles)};
+})"""
+
+
+def test_japanese_spans_never_break_across_lines(page):
+    """Spans of a long Japanese text in a phone-wide window: every highlighted span, with its label,
+    sits on one line (CJK text may break between any two characters, but never inside a span)."""
+    sentence = "昨日は{}から{}まで歩き、{}の近くで{}の人に会った。"
+    text, spans, k = "", [], 0
+    while len(spans) < 40:
+        words = [JA_WORDS[(k + i) % len(JA_WORDS)] for i in range(4)]
+        start = len(text)
+        text += sentence.format(*words)
+        at = start
+        for i, word in enumerate(words):
+            at = text.index(word, at)
+            spans.append({"start": at, "end": at + len(word), "label": JA_LABELS[(k + i) % 2], "text": word,
+                          "score": 0.9})
+            at += len(word)
+        k += 1
+
+    def answer(route):
+        route.fulfill(json={"results": [{"spans": spans}]})
+
+    page.set_viewport_size({"width": 360, "height": 900})
+    page.route("**/v1/extract", answer)
+    page.evaluate("""labels => labels.forEach(label => {
+        const c = chip(label); c.dataset.added = "1"; el("legend").append(c); })""",
+                  ["固有表現（地名・組織名・人名）"])
+    try:
+        marks, shown_text = submit(page, text)
+        assert shown_text == text and [m["text"] for m in marks] == [s["text"] for s in spans]
+        lines = page.eval_on_selector_all("#result mark.ent", ONE_LINE)
+        result_lines = page.evaluate("Math.round(document.getElementById('result').getBoundingClientRect().height"
+                                     " / parseFloat(getComputedStyle(document.getElementById('result')).lineHeight))")
+        assert result_lines >= 10  # the text does wrap, many times
+        line_height = page.evaluate("parseFloat(getComputedStyle(document.getElementById('result')).lineHeight)")
+        broken = [line for line in lines if line["rects"] != 1 or line["spread"] > line_height / 3]
+        assert broken == [], broken
+        chips = page.eval_on_selector_all("#legend .chip", """cs => cs.map(c => {
+            const range = document.createRange(); range.selectNodeContents(c);
+            return [c.textContent, range.getClientRects().length]; })""")
+        assert chips and all(count == 1 for _, count in chips), chips
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-ja.png"), full_page=True)
+    finally:
+        page.unroute("**/v1/extract")
+        page.evaluate("document.querySelectorAll('#legend [data-added]').forEach(c => c.remove())")
+        page.set_viewport_size({"width": 1000, "height": 640})

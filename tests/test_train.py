@@ -235,3 +235,266 @@ def test_new_head_starts_from_the_label_prior(tiny_bert, wnut_files, tmp_path):
                       epochs=1, lr=1e-5, progress=False, save="last", head_prior=False))
     bias = load_file(tmp_path / "b" / "model.safetensors")["classifier.bias"]
     assert bias.abs().max() < 0.1  # HF's zero bias, moved a little by one epoch at a small rate
+
+
+# ---------------------------------------------------------------------------------------------
+# Dev set: none by default, --dev-fraction to hold some out, too small to choose by
+
+
+KEYWORDS = ('{"text": "Rust and Python both have BERT tooling now.", "keywords": ["Rust", "Python", "BERT"]}\n'
+            '{"text": "Fine-tuning BERT in Python is easy with tagtune.", "keywords": ["BERT", "Python", "tagtune"]}\n')
+
+
+def test_readme_keyword_example_trains_on_both_texts_and_finds_keywords(minilm, tmp_path):
+    """Without --dev nothing is held out: the two texts of the README's example both train the
+    tagger, which then finds the keywords in a new sentence (with 1 train / 1 dev text it
+    early-stopped on a dev F1 of 0 and found nothing)."""
+    (tmp_path / "kw.jsonl").write_text(KEYWORDS)
+    result = cli("train", "--model", minilm, "--train", "kw.jsonl", "--out", "kw-tagger", "--epochs", "10",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tagtune: training on all 2 texts (no dev set: pass --dev FILE or --dev-fraction 0.1" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["epoch"] == 10 and summary["dev_texts"] == 0 and summary["f1"] is None
+    assert summary["per_label"] is None and summary["train_loss"] > 0
+    log = [json.loads(line) for line in (tmp_path / "kw-tagger" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in log if "train_loss" in e]
+    assert [e["epoch"] for e in epochs] == list(range(1, 11)) and not any("dev" in e for e in log)
+    assert "no dev set" in (tmp_path / "kw-tagger" / "report.html").read_text()
+    spans = Tagger.load(tmp_path / "kw-tagger")("We moved the BERT service from Python to Rust.")
+    found = {"We moved the BERT service from Python to Rust."[s.start:s.end] for s in spans}
+    assert {"BERT", "Python"} <= found <= {"BERT", "Python", "Rust"}, found
+
+
+def test_dev_fraction_holds_out_a_seeded_dev_set(tiny_bert, wnut_files, tmp_path, capsys):
+    config = dict(model=str(tiny_bert), train=str(wnut_files / "train.conll"), epochs=2, lr=1e-3, dev_fraction=0.2)
+    result = train(TrainConfig(**config, out=str(tmp_path / "a")))
+    err = capsys.readouterr().err
+    assert "tagtune: 240 train / 60 dev texts (20% of train.conll held out as dev, seed 42)" in err
+    assert result["dev_texts"] == 60 and 0.0 <= result["f1"] <= 1.0 and result["per_label"]
+    log = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log if "dev" in e] == [1, 2]
+    assert json.loads((tmp_path / "a" / "train_config.json").read_text())["dev_fraction"] == 0.2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dev_fraction": 0}, "--dev-fraction must be between 0 and 1"),
+    ({"dev_fraction": 1.0}, "--dev-fraction must be between 0 and 1"),
+    ({"dev_fraction": -0.1}, "--dev-fraction must be between 0 and 1"),
+    ({"dev_fraction": 0.1, "dev": "dev.conll"}, "--dev FILE or --dev-fraction, not both"),
+])
+def test_dev_fraction_is_checked(tiny_bert, wnut_files, tmp_path, change, message):
+    base = dict(model=str(tiny_bert), train=str(wnut_files / "train.conll"), out=str(tmp_path / "o"))
+    with pytest.raises(TagtuneError, match=message):
+        train(TrainConfig(**base, **change))
+    assert not (tmp_path / "o").exists()
+
+
+def test_dev_fraction_on_the_command_line(tiny_bert, wnut_files, tmp_path):
+    result = cli("train", "--model", tiny_bert, "--train", wnut_files / "train.conll", "--out", tmp_path / "o",
+                 "--dev-fraction", "1.5")
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "tagtune: error: --dev-fraction must be between 0 and 1 (exclusive), e.g. 0.1; got 1.5"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dev_set_with_few_spans_neither_stops_the_run_nor_picks_the_epoch(tiny_bert, wnut_files, tweets,
+                                                                           tmp_path):
+    """5 tweets, under 20 entity spans: its F1 is reported each epoch, but with patience 1 all 3
+    epochs still run and the model kept is the last epoch's, not the "best"."""
+    from tagtune.examples import write_conll
+
+    small = tmp_path / "small.conll"
+    write_conll(small, [t for t in tweets[400:] if any(tag != "O" for tag in t[1])][:5])
+    with pytest.warns(UserWarning, match=r"small\.conll: only \d+ entity spans in 5 texts \(fewer than 20\), too few"):
+        result = train(TrainConfig(model=str(tiny_bert), train=str(wnut_files / "train.conll"), dev=str(small),
+                                   out=str(tmp_path / "o"), epochs=3, lr=1e-3, patience=1, progress=False))
+    log = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in log if "train_loss" in e]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and all("dev" in e and not e["best"] for e in epochs)
+    assert result["epoch"] == 3 and result["f1"] == epochs[-1]["dev"]["f1"]
+    assert "too few to compare epochs by" in (tmp_path / "o" / "report.html").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# A failed run leaves no folder behind
+
+
+def test_bad_data_leaves_no_output_folder_and_the_fixed_rerun_needs_no_overwrite(tiny_bert, wnut_files, tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"text": "Tokyo", "spans": [{"start": 0, "end": 9, "label": "LOC"}]}\n')
+    out = tmp_path / "runs" / "new"
+    failed = cli("train", "--model", tiny_bert, "--train", bad, "--out", out, "--epochs", "1", "--quiet")
+    assert failed.returncode == 1 and "train.jsonl:1:" in failed.stderr
+    assert not (tmp_path / "runs").exists()
+    bad.write_text('{"text": "Tokyo is big", "spans": [{"start": 0, "end": 5, "label": "LOC"}]}\n' * 3)
+    fixed = cli("train", "--model", tiny_bert, "--train", bad, "--out", out, "--epochs", "1", "--quiet")
+    assert fixed.returncode == 0, fixed.stderr
+    assert (out / "model.safetensors").is_file()
+
+
+def test_bad_model_leaves_no_output_folder(wnut_files, tmp_path):
+    out = tmp_path / "new"
+    result = cli("train", "--model", tmp_path / "no-model", "--train", wnut_files / "train.conll", "--out", out)
+    assert result.returncode == 1 and "no such folder" in result.stderr and not out.exists()
+
+
+def test_a_run_failing_after_it_made_the_folder_removes_it(tiny_bert, wnut_files, tmp_path, monkeypatch):
+    """A failure once the folder exists but before the first checkpoint (here an interrupt in the
+    first epoch) removes the folder the run made, and never one that was there before."""
+    import tagtune.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    config = dict(model=str(tiny_bert), train=str(wnut_files / "dev.conll"), epochs=1, progress=False)
+    monkeypatch.setattr(training.Progress, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config, out=str(tmp_path / "new" / "run")))
+    assert not (tmp_path / "new").exists()  # the parent it made too
+
+    monkeypatch.undo()
+    train(TrainConfig(**config, out=str(tmp_path / "earlier")))  # an earlier run, replaced with overwrite
+    monkeypatch.setattr(training.Progress, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config, out=str(tmp_path / "earlier"), overwrite=True))
+    assert (tmp_path / "earlier").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the run says: precision, ETA
+
+
+def test_run_header_names_device_and_precision(tiny_bert, wnut_files, tmp_path):
+    result = cli("train", "--model", tiny_bert, "--train", wnut_files / "dev.conll", "--out", tmp_path / "o",
+                 "--epochs", "2", "--bf16", "off", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    [header] = [line for line in result.stderr.splitlines() if " windows, " in line]
+    assert header.startswith("tagtune: ") and header.endswith(", on cpu, fp32 (--bf16 off)"), header
+    # the epoch's bar has a time estimate while it runs (non-terminal: a line every 10%), and
+    # the epoch line says how long the rest of the run should take
+    assert "eta " in "".join(line for line in result.stderr.splitlines() if line.startswith("epoch 1/2 ["))
+    assert any(line.startswith("epoch 1: loss ") and "(1 epoch left, eta " in line
+               for line in result.stderr.splitlines()), result.stderr
+
+
+def test_precision_note_gives_the_reason(monkeypatch):
+    from tagtune.training import precision, precision_note
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+
+    def note(bf16, device):
+        config = TrainConfig(model="m", train="t", out="o", bf16=bf16)
+        return precision_note(config, device, precision(config, device))
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert note("auto", cpu) == "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"
+    assert note("on", cpu) == "bf16 mixed precision (--bf16 on; emulated, no native bf16 here)"
+    assert note("off", cpu) == "fp32 (--bf16 off)"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert note("auto", cpu) == "bf16 mixed precision (CPU has AMX; --bf16 off for fp32)"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert note("auto", cuda) == "bf16 mixed precision (GPU supports bf16; --bf16 off for fp32)"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert note("auto", cuda) == "fp32 (this GPU has no bf16)"
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_estimates_the_time_left_from_the_rate_so_far():
+    import io
+
+    from tagtune.progress import Progress, duration, remaining
+
+    assert [duration(s) for s in (0, 4.4, 59.6, 83, 600, 3599, 3723, 90061)] == [
+        "0s", "4s", "1m00s", "1m23s", "10m00s", "59m59s", "1h02m", "25h01m"]
+    assert remaining(10.0, 0, 100) is None and remaining(10.0, 100, 100) is None
+    assert remaining(10.0, 25, 100) == 30.0
+
+    clock, stream = FakeClock(), io.StringIO()
+    bar = Progress(200, "epoch 1/3", "batches", stream=stream, clock=clock)
+    assert bar.eta() is None
+    clock.now += 20.0
+    bar.update(20, loss=0.5)  # 20 of 200 in 20 s: 180 s left
+    assert bar.eta() == 180.0
+    assert stream.getvalue().splitlines()[-1] == f"epoch 1/3 [{'#' * 2}{'.' * 22}] 20/200 batches 20s eta 3m00s  loss 0.5"
+    clock.now += 40.0
+    bar.update(40)  # 60 in 60 s: 140 s left
+    assert stream.getvalue().splitlines()[-1] == f"epoch 1/3 [{'#' * 7}{'.' * 17}] 60/200 batches 1m00s eta 2m20s  loss 0.5"
+    clock.now += 140.0
+    bar.update(140)
+    last = stream.getvalue().splitlines()[-1]
+    assert "200/200 batches 3m20s  loss 0.5" in last and "eta" not in last
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate and export: progress and a warning for labels the tagger does not know
+
+
+@pytest.fixture(scope="module")
+def tiny_tagger(tiny_bert, wnut_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-tagger") / "tagger"
+    train(TrainConfig(model=str(tiny_bert), train=str(wnut_files / "train.conll"), out=str(out), epochs=1,
+                      lr=1e-3, progress=False))
+    return out
+
+
+def test_evaluate_shows_progress_and_warns_about_unknown_labels(tiny_tagger, wnut_files, tmp_path):
+    result = cli("evaluate", tiny_tagger, wnut_files / "dev.conll")
+    assert result.returncode == 0, result.stderr
+    assert f"tagtune: loading the tagger in {tiny_tagger}" in result.stderr
+    assert "evaluating on dev.conll [" in result.stderr and "60/60 texts" in result.stderr
+    assert "warning" not in result.stderr
+    assert 0.0 <= json.loads(result.stdout)["f1"] <= 1.0
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"text": "Barack Obama visited Lisbon", "spans": [{"start": 0, "end": 12, "label": "PER"}, '
+                    '{"start": 21, "end": 27, "label": "LOC"}]}\n'
+                    '{"text": "Obama again", "spans": [{"start": 0, "end": 5, "label": "person"}]}\n')
+    result = cli("evaluate", tiny_tagger, gold)
+    assert result.returncode == 0, result.stderr
+    warnings_ = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings_) == 1, result.stderr
+    assert warnings_[0].startswith("tagtune: warning: ") and "labels LOC, PER not among the tagger's" in warnings_[0]
+    assert "company, facility, geo-loc, movie, musicartist, other, person, product, sportsteam, tvshow" in warnings_[0]
+    assert json.loads(result.stdout)["per_label"]["PER"]["f1"] == 0.0
+
+
+def test_export_says_what_it_does(tiny_tagger, wnut_files, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    result = cli("export", tiny_tagger, "--onnx", tmp_path / "onnx", "--int8", "--eval", wnut_files / "dev.conll")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    stages = ["exporting", "checking ONNX Runtime against PyTorch", "quantising", "evaluating on"]
+    firsts = [next(i for i, line in enumerate(lines) if line.startswith(f"tagtune: {stage}")) for stage in stages]
+    assert firsts == sorted(firsts), result.stderr
+    assert any(line.startswith("scoring onnx_int8 [") for line in lines), result.stderr
+    assert json.loads(result.stdout)["int8"] is True
+
+
+def test_undetectable_format_names_the_flag(tiny_bert, tmp_path):
+    odd = tmp_path / "notes.xyz"
+    odd.write_text("just some prose, no annotations\n")
+    result = cli("train", "--model", tiny_bert, "--train", odd, "--out", tmp_path / "out")
+    assert result.returncode == 1 and "name it with --format (format= in Python), one of: conll" in result.stderr
+
+
+def test_demo_hint_is_a_command_that_works_here(tiny_tagger, tmp_path):
+    import shlex
+
+    from tagtune.demo import predict_command
+
+    command = predict_command(str(tiny_tagger))
+    assert command.endswith(f"predict {shlex.quote(str(tiny_tagger))} -")
+    result = subprocess.run(shlex.split(command), input="Barack Obama visited Lisbon\n", capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["text"] == "Barack Obama visited Lisbon"

@@ -17,7 +17,8 @@ __all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", 
 
 def train(config=None, /, **settings):
     """Fine-tune a tagger: ``train(TrainConfig(...))`` or ``train(model=..., train=..., out=...)``.
-    Returns the kept epoch's dev scores."""
+    Returns where the tagger went, the kept epoch, its train loss and its dev scores (None
+    without a dev set)."""
     from tagtune.training import TrainConfig
     from tagtune.training import train as run
 

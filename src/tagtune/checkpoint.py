@@ -1,8 +1,9 @@
-"""Find, read and write HF checkpoint folders; the weight-name tables live here.
+"""Read and write HF checkpoint folders; the weight-name tables live here.
 
 A checkpoint is a folder with config.json and weights (model.safetensors, sharded safetensors
-with model.safetensors.index.json, or pytorch_model.bin read with ``weights_only=True``), found
-as a path or, offline, as a repo id in the Hugging Face hub cache.
+with model.safetensors.index.json, or pytorch_model.bin read with ``weights_only=True``), given
+as a path or as a Hugging Face Hub repo id ``org/name[@revision]``, which tagtune.hub finds in the
+HF cache or downloads into it.
 
 Reading is strict: after the architecture's prefix is removed, the known heads of other tasks
 (pretraining, pooler, sequence classification, QA) dropped and the rename table applied, every
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ import torch
 
 from tagtune.config import EncoderConfig, read_config
 from tagtune.errors import TagtuneError
+from tagtune.hub import resolve
 from tagtune.model import TokenClassifier
 
 # Per family: (checkpoint's layer prefix, {tagtune module path in a layer: checkpoint's}).
@@ -68,69 +69,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding a checkpoint
-
-
-def hf_cache_dir() -> Path:
-    """The hub cache the way huggingface_hub finds it: HF_HUB_CACHE, else HF_HOME/hub, else
-    XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "huggingface" / "hub"
-
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
-
-
-def resolve(source: str | os.PathLike) -> Path:
-    """A model folder from a path, or from ``org/name[@revision]`` in the local hub cache.
-
-    Nothing is downloaded: a repo id that is not in the cache is an error that says so.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise TagtuneError(f"{source}: is a file; expected a model folder or a hub repo id")
-    text = str(source)
-    if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
-        raise TagtuneError(f"{source}: no such folder")
-    repo, _, revision = text.partition("@")
-    cache = hf_cache_dir()
-    entry = cache / ("models--" + repo.replace("/", "--"))
-    if not entry.is_dir():
-        raise TagtuneError(
-            f"{source}: no such folder, and not in the Hugging Face cache at {cache} "
-            "(tagtune never downloads; fetch it once with `hf download "
-            f"{repo}` or pass a local folder)"
-        )
-    revision = revision or "main"
-    snapshots = entry / "snapshots"
-    ref = entry / "refs" / revision
-    if ref.is_file():
-        commit = ref.read_text().strip()
-    elif (snapshots / revision).is_dir():
-        commit = revision
-    else:
-        available = sorted(p.name for p in snapshots.iterdir()) if snapshots.is_dir() else []
-        if revision == "main" and len(available) == 1:
-            commit = available[0]
-        else:
-            raise TagtuneError(
-                f"{source}: revision {revision!r} is not in the cache at {entry} "
-                f"(snapshots there: {', '.join(available) or 'none'})"
-            )
-    folder = snapshots / commit
-    if not folder.is_dir():
-        raise TagtuneError(f"{source}: the cache names snapshot {commit} but {folder} is missing")
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +196,7 @@ def is_token_classifier(config: EncoderConfig) -> bool:
 
 
 def load_model(source: str | os.PathLike, labels: list[str] | None = None) -> tuple[TokenClassifier, LoadReport]:
-    """A TokenClassifier from a checkpoint folder or cached repo id.
+    """A TokenClassifier from a checkpoint folder or Hub repo id (downloaded when not cached).
 
     ``labels`` None keeps the head of a token-classification checkpoint (and gives a base
     checkpoint no head); labels that differ from the checkpoint's get a new head initialised

@@ -1,16 +1,20 @@
 """The command line: each subcommand calls one library function and prints its result.
 
 Errors a user can fix (tagtune.TagtuneError) print one line, ``tagtune: error: ...``, and exit 1.
+A closed stdout (``tagtune predict ... | head``) ends the command quietly with exit status 0, as
+the reader chose to stop reading: no traceback, nothing more written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
 from tagtune.data import FORMATS
+from tagtune.predict import INPUT_FORMATS
 from tagtune.errors import TagtuneError
 
 
@@ -22,7 +26,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from tagtune.checkpoint import resolve
+    from tagtune.hub import resolve
     from tagtune.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(resolve(args.model))
@@ -57,7 +61,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from tagtune.training import evaluate
 
-    print(json.dumps(evaluate(args.model_dir, args.file, args.format, device=args.device), indent=2))
+    scores = evaluate(args.model_dir, args.file, args.format, device=args.device, progress=not args.quiet)
+    print(json.dumps(scores, indent=2))
     return 0
 
 
@@ -65,7 +70,8 @@ def cmd_predict(args) -> int:
     from tagtune.predict import predict_file
 
     predict_file(args.model_dir, args.input, args.output, device=args.device, batch_texts=args.batch_texts,
-                 progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite, backend=args.backend)
+                 progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite, backend=args.backend,
+                 format=args.format)
     return 0
 
 
@@ -83,31 +89,85 @@ def cmd_export(args) -> int:
     from tagtune.export import export_onnx, summary
 
     report = export_onnx(args.model_dir, args.onnx, overwrite=args.overwrite, int8=args.int8,
-                         eval_file=args.eval, eval_format=args.format)
+                         eval_file=args.eval, eval_format=args.format, progress=not args.quiet)
     print(json.dumps(report, indent=2))
     if not args.quiet:
         print(summary(report), file=sys.stderr)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tagtune", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = "Fine-tune BERT-family encoders into token taggers (entities, keywords, any spans) and run them."
+EPILOG = """examples:
+  tagtune train --model bert-base-cased --train train.conll --out my-tagger
+  echo "Angela Merkel visited Lisbon" | tagtune predict my-tagger
+  tagtune serve my-tagger --port 8080
+  tagtune export my-tagger --onnx my-tagger-onnx --int8
 
-    p = sub.add_parser("info", help="load a model folder or cached hub id and describe it")
-    p.add_argument("model", help="model folder, or org/name[@revision] in the local Hugging Face cache")
+Run 'tagtune COMMAND --help' for the options of a command."""
+
+
+def version() -> str:
+    """The installed distribution's version, or the package's own when it is not installed."""
+    try:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        return installed("tagtune")
+    except (ImportError, PackageNotFoundError):
+        from tagtune import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """--version, looking the version up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"tagtune {version()}")
+        parser.exit()
+
+
+def _described(add_parser):
+    """``sub.add_parser`` that also shows a command's one-line help atop its own --help."""
+
+    def add(name, **kwargs):
+        if "help" in kwargs and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"][0].upper() + kwargs["help"][1:] + "."
+        return add_parser(name, **kwargs)
+
+    return add
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagtune", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    sub.add_parser = _described(sub.add_parser)
+
+    p = sub.add_parser("info", help="load a model folder or Hub model and describe it")
+    p.add_argument("model", help="model folder, or Hub id org/name[@revision] (downloaded into the Hugging Face "
+                   "cache unless already there)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("tokenize", help="print tokens with character offsets into the text, as JSON lines")
-    p.add_argument("model", help="model folder, or org/name[@revision] in the local Hugging Face cache")
+    p.add_argument("model", help="model folder, or Hub id org/name[@revision] (downloaded into the Hugging Face "
+                   "cache unless already there)")
     p.add_argument("text", nargs="*", help="texts to tokenise (default: one per line from stdin)")
     p.add_argument("--special", action="store_true", help="include the start and end tokens")
     p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("train", help="fine-tune a model on annotated text; writes a tagger folder")
-    p.add_argument("--model", help="base model folder or cached hub id (e.g. cl-tohoku/bert-base-japanese-v3)")
+    p.add_argument("--model", help="base model folder or Hub id org/name[@revision], downloaded unless cached "
+                   "(e.g. cl-tohoku/bert-base-japanese-v3)")
     p.add_argument("--train", help="annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano)")
-    p.add_argument("--dev", help="dev file for per-epoch evaluation (default: 10%% of --train, seeded)")
+    p.add_argument("--dev", help="dev file for per-epoch evaluation, the best epoch and early stopping "
+                   "(default: none, train on all of --train)")
+    p.add_argument("--dev-fraction", type=float, metavar="F",
+                   help="without --dev, hold this share of --train out as the dev set (seeded), e.g. 0.1")
     p.add_argument("--out", required=True, help="output folder for the trained tagger")
     p.add_argument("--epochs", type=int, help="passes over the data (default 3)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
@@ -128,13 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--scheme", choices=["BIO", "BIOES", "IO"], help="tagging scheme (default BIO)")
     p.add_argument("--all-subwords", action="store_const", const=True, help="label every subword, not only the first")
-    p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1 (default 3)")
+    p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1 (default 3; "
+                   "only with a dev set of at least 20 entity spans)")
     p.add_argument("--no-head-prior", dest="head_prior", action="store_const", const=False,
                    help="keep HF's zero bias on a new head instead of the training labels' log frequencies")
-    p.add_argument("--save", choices=["best", "last"], help="keep the best epoch's model by dev F1 (default) or the last")
+    p.add_argument("--save", choices=["best", "last"], help="keep the best epoch's model by dev F1 (default) or the "
+                   "last; without a dev set of at least 20 entity spans, the last")
     p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--keyword-label", help="label of spans from keyword lists (default KEY)")
-    p.add_argument("--bf16", choices=["auto", "on", "off"], help="bf16 autocast (default auto: CUDA with bf16)")
+    p.add_argument("--bf16", choices=["auto", "on", "off"],
+                   help="bf16 mixed precision (default auto: on for CUDA GPUs with bf16 and CPUs with AVX512-BF16 "
+                        "or AMX, fp32 elsewhere; on forces it, emulated where not native; off: fp32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace --out if it holds an earlier run")
     p.add_argument("--resume", action="store_const", const=True, help="continue the interrupted run in --out")
@@ -142,53 +206,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a trained tagger on an annotated file; prints JSON")
-    p.add_argument("model_dir", help="trained tagger folder")
+    p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")
     p.add_argument("file", help="annotated file")
     p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (warnings and errors only)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="spans for texts, as JSON lines {text, spans}")
-    p.add_argument("model_dir", help="trained tagger folder")
+    p = sub.add_parser("predict", help="tag texts with a trained tagger; prints JSON lines {text, spans}")
+    p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")
     p.add_argument("input", nargs="?", default="-",
-                   help="text file (one text per line) or JSONL with a text field; - or nothing for stdin")
-    p.add_argument("-o", "--output", default="-", help="output JSONL file (default stdout)")
+                   help="texts: a text per line, JSONL with a \"text\" field, or CoNLL (a token per line, "
+                        "a blank line between sentences); - or nothing for stdin, where a terminal gets each "
+                        "line answered as it is entered")
+    p.add_argument("--format", choices=INPUT_FORMATS,
+                   help="read the input as text, jsonl or conll (default: detected from the file name "
+                        "and first lines)")
+    p.add_argument("-o", "--output", default="-", metavar="FILE", help="output JSONL file (default: stdout)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
-    p.add_argument("--batch-texts", type=int, default=512, help="texts read and tagged at a time (default 512)")
+    p.add_argument("--batch-texts", type=int, default=512, metavar="N",
+                   help="texts (lines, records or sentences) read and tagged at a time (default 512)")
     p.add_argument("--argmax", action="store_true", help="per-token argmax instead of constrained decoding")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="PyTorch or ONNX Runtime (default auto: ONNX for a folder with model.onnx and no weights)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true",
+                   help="nothing on stderr but errors and warnings: no progress bar, input format or terminal hint")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="serve a tagger over HTTP: POST /v1/extract, a page to try it at /")
-    p.add_argument("model_dir", help="trained tagger folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    p.add_argument("--max-texts", type=int, default=128, help="texts per request (default 128)")
-    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
-    p.add_argument("--max-total-chars", type=int, default=100_000,
+    p = sub.add_parser("serve", help="serve a tagger over HTTP (POST /v1/extract), with a page to try it")
+    p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, metavar="N", help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--max-texts", type=int, default=128, metavar="N", help="texts per request (default 128)")
+    p.add_argument("--max-chars", type=int, default=10_000, metavar="N", help="characters per text (default 10000)")
+    p.add_argument("--max-total-chars", type=int, default=100_000, metavar="N",
                    help="characters in all texts of a request (default 100000)")
-    p.add_argument("--max-body", type=int, default=1_048_576, help="request body bytes (default 1048576)")
-    p.add_argument("--batch-texts", type=int, default=256,
+    p.add_argument("--max-body", type=int, default=1_048_576, metavar="BYTES",
+                   help="request body size (default 1048576)")
+    p.add_argument("--batch-texts", type=int, default=256, metavar="N",
                    help="texts of concurrent requests tagged together at most (default 256)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to share its batch (default 5 ms)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a request waits for others to share its batch (default 5)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write an ONNX tagger folder (model.onnx, config, tokenizer) from a trained one")
-    p.add_argument("model_dir", help="trained tagger folder")
+    p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")
     p.add_argument("--onnx", required=True, metavar="OUT_DIR",
                    help="output folder: model.onnx plus the config and tokenizer files, for the ONNX backend")
     p.add_argument("--int8", action="store_true", help="quantise the weights to int8 (ONNX Runtime dynamic quantisation)")
     p.add_argument("--eval", metavar="FILE", help="annotated file: report entity F1 of PyTorch, fp32 ONNX (and int8)")
     p.add_argument("--format", choices=FORMATS, help="format of --eval (default: detected)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
-    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     p.set_defaults(func=cmd_export)
+    for p in sub.choices.values():
+        p.set_defaults(command_parser=p)
     return parser
 
 
@@ -197,14 +272,70 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"tagtune: warning: {message}", file=sys.stderr)
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that a command's positionals may also come after its options
+    (``tagtune predict my-tagger --quiet texts.txt``), which argparse alone refuses."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    command = args.command
+    args = args.command_parser.parse_intermixed_args(argv[argv.index(command) + 1:])
+    args.command = command
+    return args
+
+
+def _discard_output() -> None:
+    """Point a closed stdout (and stderr, if closed too) at /dev/null, so that nothing more is
+    written and the interpreter's flush at exit finds no broken pipe to report."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        if stream is sys.stderr:
+            try:
+                stream.flush()
+                continue  # stderr still works: keep it
+            except OSError:
+                pass
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a stream replaced in Python)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
+    """Run the command of ``argv`` (default: sys.argv); returns the exit status. Warnings show as
+    ``tagtune: warning: ...`` lines while it runs; the previous ``warnings.showwarning`` is back
+    when it returns."""
+    shown = warnings.showwarning
     try:
-        return args.func(args)
-    except TagtuneError as e:
-        print(f"tagtune: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tagtune: interrupted", file=sys.stderr)
-        return 130
+        try:
+            args = parse(build_parser(), argv)
+            warnings.showwarning = _show_warning
+            try:
+                return args.func(args)
+            except TagtuneError as e:
+                print(f"tagtune: error: {e}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print("tagtune: interrupted", file=sys.stderr)
+                return 130
+            except ModuleNotFoundError as e:
+                if e.name != "torch":
+                    raise
+                print(f"tagtune: error: {args.command} needs PyTorch, which is not installed: "
+                      "pip install 'tagtune[torch]' (or the build for your machine from pytorch.org)",
+                      file=sys.stderr)
+                return 1
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's flush at exit
+    except BrokenPipeError:  # the reader stopped reading (| head): stop quietly, like other tools
+        _discard_output()
+        return 0
+    finally:
+        warnings.showwarning = shown

@@ -250,8 +250,8 @@ def _detect(path: Path, text: str) -> tuple[str, list | None]:
             return "conll", None
         if first_line.lstrip()[0] not in "[{":
             raise TagtuneError(
-                f"{path}: cannot tell the format of the file; name it with format= "
-                f"(the formats are: {', '.join(FORMATS)})"
+                f"{path}: cannot tell the format of the file; name it with --format (format= in Python), "
+                f"one of: {', '.join(FORMATS)}"
             )
     records = _json_records(path, text)
     if not records:
@@ -282,7 +282,7 @@ def _format_of_records(path: Path, records: list) -> str:
     raise TagtuneError(
         f"{path}:{line}: cannot tell the format from the first record (its fields: {fields}); "
         'expected "spans", "entities", "label", "labels" or "keywords" next to "text", '
-        f"or a Label Studio task; or name it with format= (the formats are: {', '.join(FORMATS)})"
+        f"or a Label Studio task; or name it with --format (format= in Python), one of: {', '.join(FORMATS)}"
     )
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tagtune.checkpoint import _umask, check_vocab, load_model, replace_folder, resolve
+from tagtune.checkpoint import _umask, check_vocab, load_model, replace_folder
 from tagtune.errors import TagtuneError
+from tagtune.hub import resolve
 from tagtune.onnx_backend import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxModel
 from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings
 from tagtune.tokenizer import load_tokenizer
@@ -159,11 +161,10 @@ def quantize_int8(source: Path, target: Path) -> None:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
 
 
-def _f1(tagger: Tagger, examples) -> float:
-    from tagtune.metrics import span_scores
+def _f1(tagger: Tagger, examples, progress: bool = False, desc: str = "evaluating") -> float:
+    from tagtune.training import evaluate_examples
 
-    scores = span_scores([ex.spans for ex in examples], tagger.predict([ex.text for ex in examples]))
-    return float(scores["f1"])
+    return float(evaluate_examples(tagger, examples, progress=progress, desc=desc)["f1"])
 
 
 def _check_output(source: Path, out: Path, overwrite: bool) -> None:
@@ -178,8 +179,10 @@ def _check_output(source: Path, out: Path, overwrite: bool) -> None:
 
 
 def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eval_file: str | None = None,
-                eval_format: str | None = None) -> dict:
-    """Write ``out`` as an ONNX tagger folder; returns what was done and measured."""
+                eval_format: str | None = None, progress: bool = True) -> dict:
+    """Write ``out`` as an ONNX tagger folder; returns what was done and measured. With
+    ``progress``, each stage is announced on stderr once the input is checked."""
+    say = (lambda msg: print(f"tagtune: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     source = resolve(model_dir)
     out = Path(out)
     _check_output(source, out, overwrite)
@@ -204,11 +207,13 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         fp32 = tmp / ONNX_FILE
+        say(f"exporting {source} to ONNX...")
         write_onnx(model, fp32, settings.max_length)
         shutil.copyfile(source / "config.json", tmp / "config.json")
         tokenizer.save(tmp)
         (tmp / SETTINGS_FILE).write_text(settings.to_json(), encoding="utf-8")
         onnx_model = OnnxModel.load(tmp)
+        say("checking ONNX Runtime against PyTorch...")
         difference = max_logit_difference(model, onnx_model, tokenizer, settings.max_length)
         if not difference <= TOLERANCE:  # also catches NaN
             raise TagtuneError(f"the ONNX model's logits differ from PyTorch's by up to {difference:.2e} "
@@ -221,12 +226,14 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
             taggers["onnx_fp32"] = Tagger(onnx_model, tokenizer, settings)
         if int8:
             quantized = tmp / "model.int8.onnx"
+            say("quantising the weights to int8...")
             quantize_int8(fp32, quantized)
             report["int8_bytes"] = quantized.stat().st_size
             if examples is not None:
                 taggers["onnx_int8"] = Tagger(OnnxModel(quantized, onnx_model.config), tokenizer, settings)
         if examples is not None:
-            scores = {name: _f1(tagger, examples) for name, tagger in taggers.items()}
+            say(f"evaluating on {eval_file} ({len(examples)} texts)...")
+            scores = {name: _f1(tagger, examples, progress, f"scoring {name}") for name, tagger in taggers.items()}
             report["eval"] = {"file": str(eval_file), "texts": len(examples), "f1": scores}
             if int8:
                 report["eval"]["int8_f1_change"] = scores["onnx_int8"] - scores["onnx_fp32"]

@@ -22,6 +22,7 @@ from tagtune.align import Units, merge_windows, units_of, window_bounds, with_sp
 from tagtune.batching import batch_indices, pad
 from tagtune.decode import as_array, decode, spans_from_tags
 from tagtune.errors import TagtuneError
+from tagtune.hub import resolve
 from tagtune.onnx_backend import ONNX_FILE
 from tagtune.schemes import SCHEMES
 from tagtune.spans import Span
@@ -131,16 +132,9 @@ class Tagger:
     @classmethod
     def load(cls, directory, device=None, constrained: bool = True, backend: str = "auto") -> Tagger:
         """A tagger from a folder tagtune trained or exported (or any HF token-classification
-        folder). ``backend``: "torch", "onnx", or "auto" (see :func:`choose_backend`)."""
-        path = Path(directory).expanduser()
-        if path.is_dir():
-            folder = path
-        elif _torch_importable():
-            from tagtune.checkpoint import resolve  # folders in the HF cache
-
-            folder = resolve(directory)
-        else:
-            raise TagtuneError(f"{directory}: no such folder")
+        folder), or from a Hub repo id ``org/name[@revision]`` (downloaded when not cached).
+        ``backend``: "torch", "onnx", or "auto" (see :func:`choose_backend`)."""
+        folder = resolve(directory)
         if choose_backend(folder, backend) == "onnx":
             return cls._load_onnx(folder, device, constrained)
         try:

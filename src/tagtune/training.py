@@ -5,9 +5,15 @@ cut texts into labelled windows, then per epoch: batches from (seed, epoch), for
 backward, clip, step, schedule, log; evaluate on dev; keep the best model by entity F1; save a
 resumable checkpoint; stop early when dev F1 stops improving.
 
-The output folder holds the best model (an HF token-classification folder plus tagtune.json),
+Without a dev set (no ``dev`` file and no ``dev_fraction``) every text is trained on, there is
+no per-epoch evaluation or early stopping, and the last epoch's model is kept. A dev set with
+fewer than MIN_DEV_SPANS entity spans is scored every epoch but, its F1 being too coarse to
+compare epochs by, picks nothing: all epochs run and the last epoch's model is kept.
+
+The output folder holds the kept model (an HF token-classification folder plus tagtune.json),
 ``train_config.json``, ``metrics.jsonl``, ``report.html``, and while training runs,
-``checkpoint/state.pt`` for ``resume``.
+``checkpoint/state.pt`` for ``resume``. A run that fails before its first checkpoint removes the
+output folder if it made it, so the corrected command can be run again as it is.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.metrics import span_scores
 from tagtune.optim import AdamW, LinearSchedule
-from tagtune.progress import Progress
+from tagtune.progress import Progress, duration
 from tagtune.schemes import SCHEMES, tag_names
 from tagtune.spans import Example
 from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings
@@ -42,6 +48,10 @@ from tagtune.tokenizer import load_tokenizer
 
 CHECKPOINT = "checkpoint/state.pt"
 OUTPUT_MARKERS = ("train_config.json", SETTINGS_FILE)  # what makes a folder a tagtune output
+MIN_DEV_SPANS = 20
+"""A dev set with fewer entity spans is scored but does not pick the best epoch or stop the run:
+with under 20 spans one span more or less moves F1 by several points, so epochs would be
+compared by noise."""
 
 
 @dataclass
@@ -49,13 +59,13 @@ class TrainConfig:
     """Everything a training run depends on; saved as train_config.json."""
 
     model: str
-    """Base checkpoint: a folder, or org/name[@revision] in the local HF cache."""
+    """Base checkpoint: a folder, or a Hub repo id org/name[@revision] (downloaded when not cached)."""
     train: str
     """Annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano)."""
     out: str
     """Output folder for the trained tagger."""
     dev: str | None = None
-    """Dev file; None splits dev_fraction of train off (seeded)."""
+    """Dev file; None trains on all of train, unless dev_fraction holds a share of it out."""
     epochs: int = 3
     """Passes over the training data."""
     lr: float = 5e-5
@@ -88,13 +98,16 @@ class TrainConfig:
     all_subwords: bool = False
     """Label every subword, not just the first of each word."""
     patience: int | None = 3
-    """Stop after this many epochs without a better dev F1; None never stops early."""
+    """Stop after this many epochs without a better dev F1; None never stops early. Only with a
+    dev set of at least MIN_DEV_SPANS entity spans."""
     head_prior: bool = True
     """Start a new head's bias at the log frequencies of the training labels (see label_prior)."""
     save: str = "best"
-    """Which model the output folder keeps: "best" (by dev entity F1) or "last" epoch's."""
-    dev_fraction: float = 0.1
-    """Share of train held out as dev when no dev file is given."""
+    """Which model the output folder keeps: "best" (by dev entity F1) or "last" epoch's. Without
+    a dev set of at least MIN_DEV_SPANS spans, the last epoch's either way."""
+    dev_fraction: float | None = None
+    """Share of train held out (seeded) as dev when no dev file is given, for the dev curve, the
+    best epoch and early stopping; None trains on all of train, without a dev set."""
     format: str | None = None
     """Input format; None detects it from the file."""
     keyword_label: str = "KEY"
@@ -131,8 +144,12 @@ class TrainConfig:
             raise TagtuneError(f"max length must be at least 3 (start, end and one token), got {self.max_length}")
         if self.max_tokens is not None and self.max_tokens < self.max_length:
             raise TagtuneError(f"the token budget {self.max_tokens} is smaller than one window ({self.max_length})")
-        if not 0 < self.dev_fraction < 1:
-            raise TagtuneError(f"dev fraction must be between 0 and 1, got {self.dev_fraction}")
+        if self.dev_fraction is not None:
+            fraction = self.dev_fraction
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+                raise TagtuneError(f"--dev-fraction must be between 0 and 1 (exclusive), e.g. 0.1; got {fraction!r}")
+            if self.dev:
+                raise TagtuneError("pass --dev FILE or --dev-fraction, not both")
         window_bounds(0, self.max_length - 2, self.stride)  # checks the stride
 
     def settings(self) -> TaggerSettings:
@@ -144,14 +161,40 @@ class TrainConfig:
 
 
 def read_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """(train, dev): dev from its file, or dev_fraction of train held out, or empty."""
     train = read_examples(config.train, config.format, config.keyword_label)
     if config.dev:
         dev = read_examples(config.dev, config.format, config.keyword_label)
-    else:
+    elif config.dev_fraction is not None:
         if len(train) < 2:
-            raise TagtuneError(f"{config.train}: {len(train)} example; at least 2 are needed to split off a dev set")
+            raise TagtuneError(f"{config.train}: {len(train)} example; at least 2 are needed to hold out a dev set "
+                               "(drop --dev-fraction to train on all of it)")
         train, dev = split_dev(train, config.dev_fraction, config.seed)
+    else:
+        dev = []
     return train, dev
+
+
+def describe_data(config: TrainConfig, train: list[Example], dev: list[Example]) -> str:
+    """One line on what is trained on and what the dev set is."""
+    if not dev:
+        return (f"training on all {len(train)} texts (no dev set: pass --dev FILE or --dev-fraction 0.1 for a dev "
+                "curve and early stopping; the last epoch's model is kept)")
+    if config.dev:
+        return f"{len(train)} train / {len(dev)} dev texts (dev from {Path(config.dev).name})"
+    return (f"{len(train)} train / {len(dev)} dev texts ({config.dev_fraction * 100:g}% of {Path(config.train).name} "
+            f"held out as dev, seed {config.seed})")
+
+
+def dev_too_small(config: TrainConfig, dev: list[Example]) -> str | None:
+    """Why the dev set cannot pick the best epoch (too few spans), or None when it can."""
+    spans = sum(len(ex.spans) for ex in dev)
+    if not dev or spans >= MIN_DEV_SPANS:
+        return None
+    name = config.dev or "the held-out dev set"
+    return (f"{name}: only {spans} entity span{'s' if spans != 1 else ''} in {len(dev)} texts (fewer than "
+            f"{MIN_DEV_SPANS}), too few to compare epochs by; its F1 is reported, but all {config.epochs} epochs "
+            "run and the last epoch's model is kept")
 
 
 def label_set(config: TrainConfig, train: list[Example], dev: list[Example]) -> list[str]:
@@ -217,6 +260,27 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def precision_note(config: TrainConfig, device: torch.device, mode: str) -> str:
+    """The precision ``mode`` (see precision) in words, with the reason it was chosen."""
+    if mode == "fp32":
+        if config.bf16 == "off":
+            return "fp32 (--bf16 off)"
+        if device.type == "cpu":
+            return "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"
+        if device.type == "cuda":
+            return "fp32 (this GPU has no bf16)"
+        return f"fp32 (bf16 is automatic on CUDA and CPU only; --bf16 on forces it on {device.type})"
+    if config.bf16 == "on":
+        native = cpu_has_bf16() if device.type == "cpu" else device.type != "cuda" or torch.cuda.is_bf16_supported()
+        return "bf16 mixed precision (--bf16 on" + ("" if native else "; emulated, no native bf16 here") + ")"
+    if device.type == "cpu":
+        features = [name for name, check in (("AVX512-BF16", "_is_avx512_bf16_supported"),
+                                             ("AMX", "_is_amx_tile_supported"))
+                    if getattr(torch.cpu, check, lambda: False)()]
+        return f"bf16 mixed precision (CPU has {' and '.join(features)}; --bf16 off for fp32)"
+    return "bf16 mixed precision (GPU supports bf16; --bf16 off for fp32)"
+
+
 def precision(config: TrainConfig, device: torch.device) -> str:
     """How training multiplies: "fp32"; "autocast" (CUDA bf16 autocast); or "bf16" (CPU: the
     encoder's activations and matrix products in bf16 against bf16 copies of fp32 master
@@ -279,6 +343,15 @@ def prepare_output(config: TrainConfig) -> Path:
     return out
 
 
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet: what ``mkdir(parents=True)``
+    makes. None when ``path`` exists."""
+    path, missing = path.absolute(), None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
 def resumed_config(config: TrainConfig) -> TrainConfig:
     """The saved config of the run in ``config.out``; given values must agree with it."""
     saved = json.loads((Path(config.out) / "train_config.json").read_text(encoding="utf-8"))
@@ -298,7 +371,9 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
 
 
 def train(config: TrainConfig) -> dict:
-    """Train a tagger; returns the best epoch's dev metrics (and where the model went).
+    """Train a tagger; returns where the model went, the kept epoch and its train loss, and that
+    epoch's dev scores (``precision``, ``recall``, ``f1``, ``macro_f1``, ``per_label``; None
+    without a dev set).
 
     Under torchrun, every process runs this with the same config: each takes its share of every
     batch (the batches, the learning-rate schedule and the loss are those of one process with
@@ -306,20 +381,44 @@ def train(config: TrainConfig) -> dict:
     among the processes and their spans gathered, and only rank 0 writes files.
     """
     group = from_environment()
+    made = NewFolder()
     try:
-        return _train(config, group)
+        return _train(config, group, made)
+    except BaseException:
+        made.remove()
+        raise
     finally:
         leave(group)
 
 
-def _train(config: TrainConfig, group: Group) -> dict:
+class NewFolder:
+    """The output folder while a failed run should remove it: this run made it, and it holds
+    nothing worth keeping yet (no checkpoint)."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def made(self, path: Path) -> None:
+        self.path = path
+
+    def keep(self) -> None:
+        self.path = None
+
+    def remove(self) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
+def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
     if config.resume:
         group.on_main(prepare_output, config)
         config = resumed_config(config)
     config.check()
     train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
     labels = label_set(config, train_examples, dev_examples)
-    out = Path(group.on_main(lambda: str(prepare_output(config))))
+    small_dev = dev_too_small(config, dev_examples)
+    choose = bool(dev_examples) and small_dev is None  # dev F1 picks the kept epoch and stops early
     device = device_for(group, config.device)
     settings = config.settings()
 
@@ -334,6 +433,12 @@ def _train(config: TrainConfig, group: Group) -> dict:
         warnings.warn(f"{config.train}: {stats.message()}", stacklevel=2)
     if not sequences:
         raise TagtuneError(f"{config.train}: no text with any token to train on")
+    if small_dev and group.main:
+        warnings.warn(small_dev, stacklevel=2)
+    new = first_missing(Path(config.out)) if group.main else None
+    out = Path(group.on_main(lambda: str(prepare_output(config))))  # data and model are good: make the folder
+    if new is not None:
+        made.made(new)
     lengths = [len(s) for s in sequences]
     labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
     if config.head_prior and report.new_head:
@@ -380,16 +485,18 @@ def _train(config: TrainConfig, group: Group) -> dict:
 
     show = config.progress and group.main
     say = (lambda msg: print(msg, file=sys.stderr)) if show else (lambda msg: None)
-    say(f"tagtune: {len(train_examples)} train / {len(dev_examples)} dev texts, {len(sequences)} windows, "
-        f"{len(labels)} tags, {config.epochs} epochs x {batches_per_epoch} batches "
+    data_line = describe_data(config, train_examples, dev_examples)
+    say(f"tagtune: {data_line}")
+    say(f"tagtune: {len(sequences)} windows, {len(labels)} tags, {config.epochs} epoch{'s' * (config.epochs > 1)} x "
+        f"{batches_per_epoch} batch{'es' * (batches_per_epoch > 1)} "
         + (f"of up to {max_tokens} tokens" if max_tokens else f"of {batch_size} windows")
-        + (" (length-bucketed)" if config.bucket else "") + f" on {device}"
-        + ("" if mode == "fp32" else " in bf16 mixed precision")
+        + (" (length-bucketed)" if config.bucket else "") + f", on {device}, {precision_note(config, device, mode)}"
         + (f", {group.world} processes" if group.active else ""))
     tagger = Tagger(model, tokenizer, settings, device)
     ddp = model
     if group.active:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run_start, first_epoch = time.perf_counter(), state["epoch"]
     try:
         for epoch in range(state["epoch"], config.epochs):
             model.train()
@@ -436,41 +543,56 @@ def _train(config: TrainConfig, group: Group) -> dict:
                 bar.update(1, loss=loss_sum / loss_count, **{"tok/s": f"{epoch_tokens / seconds:,.0f}"})
             bar.close()
             train_seconds = time.perf_counter() - epoch_start
+            train_loss = loss_sum / max(1, loss_count)
             model.use_low_precision(None)  # evaluate and save the fp32 weights
 
-            dev = evaluate_examples(tagger, dev_examples, group)
-            improved = dev["f1"] > state["best_f1"]
-            record({"epoch": epoch + 1, "step": state["step"], "train_loss": round(loss_sum / max(1, loss_count), 5),
-                    "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
-                    "tokens_per_second": round(epoch_tokens / train_seconds, 1),
-                    "dev": {k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")}, "dev_per_label": dev["per_label"],
-                    "best": improved})
-            say(f"epoch {epoch + 1}: loss {loss_sum / max(1, loss_count):.4f}  dev P {dev['precision']:.4f} "
-                f"R {dev['recall']:.4f} F1 {dev['f1']:.4f}" + ("  (best so far)" if improved else ""))
+            entry = {"epoch": epoch + 1, "step": state["step"], "train_loss": round(train_loss, 5),
+                     "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
+                     "tokens_per_second": round(epoch_tokens / train_seconds, 1)}
+            line = f"epoch {epoch + 1}: loss {train_loss:.4f}"
+            improved = False
+            if dev_examples:
+                dev = evaluate_examples(tagger, dev_examples, group, show, f"dev {epoch + 1}/{config.epochs}")
+                improved = choose and dev["f1"] > state["best_f1"]
+                entry.update(dev={k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")},
+                             dev_per_label=dev["per_label"], best=improved)
+                line += (f"  dev P {dev['precision']:.4f} R {dev['recall']:.4f} F1 {dev['f1']:.4f}"
+                         + ("  (best so far)" if improved else ""))
+            record(entry)
             if improved:
                 state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
             else:
                 state["bad_epochs"] += 1
-            if (improved or config.save == "last") and group.main:
+            if (improved or config.save == "last" or not choose) and group.main:
                 write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
             state["epoch"] = epoch + 1
-            stop = config.patience is not None and state["bad_epochs"] >= config.patience
+            stop = choose and config.patience is not None and state["bad_epochs"] >= config.patience
             save_checkpoint(out, model, optimizer, schedule, state, device, group)
+            made.keep()  # a resumable run from here on
+            left = config.epochs - state["epoch"]
+            if left and not stop:
+                per_epoch = (time.perf_counter() - run_start) / (state["epoch"] - first_epoch)
+                line += f"  ({left} epoch{'s' if left > 1 else ''} left, eta {duration(left * per_epoch)})"
+            say(line)
             if stop:
                 say(f"tagtune: no better dev F1 for {config.patience} epochs; stopping early")
                 break
     finally:
         if log is not None:
             log.close()
+    kept = state["best_epoch"] if config.save == "best" and choose else state["epoch"]
     if group.main:
         from tagtune.report import write_report
 
-        write_report(out, state["history"], labels)
+        write_report(out, state["history"], labels, kept_epoch=kept, data=data_line, note=small_dev)
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     group.barrier()  # every process returns once the folder is complete
-    kept = state["best_epoch"] if config.save == "best" else state["epoch"]
-    epoch_log = next(h for h in state["history"] if h.get("epoch") == kept and "dev" in h)
-    return {"out": str(out), "epoch": kept, **epoch_log["dev"], "per_label": epoch_log["dev_per_label"]}
+    epoch_log = next(h for h in state["history"] if h.get("epoch") == kept and "train_loss" in h)
+    scores = dict.fromkeys(("precision", "recall", "f1", "macro_f1", "per_label"))
+    if "dev" in epoch_log:
+        scores.update(epoch_log["dev"], per_label=epoch_log["dev_per_label"])
+    return {"out": str(out), "epoch": kept, "train_loss": epoch_log["train_loss"], "dev_texts": len(dev_examples),
+            **scores}
 
 
 def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device,
@@ -497,19 +619,41 @@ def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: 
     os.replace(tmp, path)
 
 
-def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | None = None) -> dict:
+def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | None = None, progress: bool = False,
+                      desc: str = "evaluating", chunk: int = 256) -> dict:
     """Entity scores of the tagger's spans against the examples' spans (exact character match).
-    Under torchrun each process tags every world-th example and the spans are gathered."""
+    Texts are tagged ``chunk`` at a time, with a progress bar over them when ``progress``. Under
+    torchrun each process tags every world-th example and the spans are gathered."""
     group = group or Group()
-    mine = tagger.predict([ex.text for ex in examples[group.rank::group.world]])
+    texts = [ex.text for ex in examples[group.rank::group.world]]
+    mine = []
+    with Progress(len(texts), desc, "texts", enabled=progress and group.main and bool(texts)) as bar:
+        for lo in range(0, len(texts), chunk):
+            mine += tagger.predict(texts[lo:lo + chunk])
+            bar.update(len(texts[lo:lo + chunk]))
     parts = group.gather(mine)
     predicted = [parts[i % group.world][i // group.world] for i in range(len(examples))]
     return span_scores([ex.spans for ex in examples], predicted)
 
 
+def unknown_labels(tagger: Tagger, examples: list[Example]) -> tuple[list[str], list[str]]:
+    """(labels of the examples' spans the tagger does not predict, the tagger's labels)."""
+    known = sorted({tag[2:] for tag in tagger.labels if tag[1:2] == "-" and tag[2:]})  # B-PER -> PER
+    gold = {s.label for ex in examples for s in ex.spans}
+    return sorted(gold - set(known)), known
+
+
 def evaluate(directory: str, path: str, format: str | None = None, keyword_label: str = "KEY",
-             device: str | None = None) -> dict:
-    """Load a trained tagger and score it on an annotated file."""
+             device: str | None = None, progress: bool = True) -> dict:
+    """Load a trained tagger and score it on an annotated file. With ``progress``, says what it
+    does on stderr. Labels in the file that the tagger does not know are warned about: their
+    spans can never be found."""
     examples = read_examples(path, format, keyword_label)
+    if progress and Path(directory).expanduser().is_dir():
+        print(f"tagtune: loading the tagger in {directory}", file=sys.stderr)
     tagger = Tagger.load(directory, device=device)
-    return evaluate_examples(tagger, examples)
+    unknown, known = unknown_labels(tagger, examples)
+    if unknown:
+        warnings.warn(f"{path}: label{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} not among the tagger's "
+                      f"({', '.join(known)}); those spans count as missed", stacklevel=2)
+    return evaluate_examples(tagger, examples, progress=progress, desc=f"evaluating on {Path(path).name}")

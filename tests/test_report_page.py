@@ -1,0 +1,157 @@
+"""report.html of real short runs, with and without a dev set, in a headless chromium: the x axes
+start at epoch 1, the loss chart draws a line even for a run of a few steps, no label is broken
+across lines. Screenshots are written to test-artifacts/report.png and report-nodev.png."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tagtune.report import loss_points, render
+from tagtune.training import TrainConfig, train
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def run_with_dev(tiny_bert, wnut_files, tmp_path_factory):
+    """3 epochs of some 40 steps on 300 tweets (a loss entry every 10), dev scores every epoch."""
+    out = tmp_path_factory.mktemp("report") / "with-dev"
+    train(TrainConfig(model=str(tiny_bert), train=str(wnut_files / "train.conll"), dev=str(wnut_files / "dev.conll"),
+                      out=str(out), epochs=3, lr=1e-3, batch_size=8, progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_without_dev(tiny_bert, wnut_files, tmp_path_factory):
+    """2 epochs of 2 steps on 60 tweets, no dev set: no step in metrics.jsonl reaches the 10th."""
+    out = tmp_path_factory.mktemp("report") / "no-dev"
+    train(TrainConfig(model=str(tiny_bert), train=str(wnut_files / "dev.conll"), out=str(out), epochs=2,
+                      lr=1e-3, progress=False))
+    return out
+
+
+def open_report(browser, folder: Path):
+    page = browser.new_page(viewport={"width": 1140, "height": 900})
+    page.goto((folder / "report.html").as_uri())
+    return page
+
+
+def chart(page, kind: str) -> dict:
+    """Ticks, points and line of one chart, as the browser laid them out."""
+    return page.evaluate("""kind => {
+        const fig = document.querySelector(`figure[data-chart="${kind}"]`);
+        const ticks = [...fig.querySelectorAll('text.x-tick')].map(t => ({
+            label: t.textContent, x: parseFloat(t.getAttribute('x'))}));
+        const points = [...fig.querySelectorAll('circle.point')].map(c => ({
+            x: parseFloat(c.getAttribute('cx')), epoch: parseFloat(c.dataset.x)}));
+        const line = fig.querySelector('path.line');
+        return {ticks, points, d: line ? line.getAttribute('d') : null,
+                length: line ? line.getTotalLength() : 0, text: fig.textContent,
+                plotLeft: parseFloat(fig.querySelector('rect.frame').getAttribute('x'))};
+    }""", kind)
+
+
+def label_layout(page) -> list[dict]:
+    """Each label element: its text, height and the number of line boxes its text takes."""
+    return page.eval_on_selector_all("ul.labels li", """items => items.map(li => {
+        const range = document.createRange();
+        range.selectNodeContents(li);
+        return {text: li.textContent, height: li.getBoundingClientRect().height,
+                lines: range.getClientRects().length};
+    })""")
+
+
+def assert_labels_whole(page, folder: Path):
+    labels = [label for _, label in sorted(json.loads((folder / "config.json").read_text())["id2label"].items(),
+                                           key=lambda kv: int(kv[0]))]
+    layout = label_layout(page)
+    assert [item["text"] for item in layout] == labels
+    assert all(item["lines"] == 1 for item in layout), [item for item in layout if item["lines"] != 1]
+    assert len({round(item["height"], 1) for item in layout}) == 1, layout
+
+
+def assert_epoch_axis(c: dict, epochs: int):
+    assert [t["label"] for t in c["ticks"]] == [str(e) for e in range(1, epochs + 1)]
+    assert c["ticks"][0]["x"] >= c["plotLeft"]
+
+
+def test_report_of_a_short_run_with_dev(browser, run_with_dev):
+    page = open_report(browser, run_with_dev)
+    assert "no data yet" not in page.content()
+
+    f1 = chart(page, "f1")
+    assert_epoch_axis(f1, 3)
+    # the first point is at epoch 1, on the first tick, at the left edge of the plot
+    assert [p["epoch"] for p in f1["points"]] == [1, 2, 3]
+    assert f1["points"][0]["x"] == pytest.approx(f1["ticks"][0]["x"]) == pytest.approx(f1["plotLeft"])
+    assert f1["d"].count("L") == 2 and f1["length"] > 100
+
+    # the loss line starts at the first logged step, a fraction into epoch 1; dots at epoch ends
+    loss = chart(page, "loss")
+    assert_epoch_axis(loss, 3)
+    assert loss["d"].startswith(f"M{loss['plotLeft']:.1f},") and loss["d"].count("L") >= 6 and loss["length"] > 100
+    assert [p["epoch"] for p in loss["points"]] == [1, 2, 3]
+    assert loss["points"][0]["x"] == pytest.approx(loss["ticks"][0]["x"])
+    assert loss["ticks"][0]["x"] > loss["plotLeft"] + 10
+
+    assert_labels_whole(page, run_with_dev)
+    kept = page.text_content("tr.kept td")
+    assert kept.endswith("(saved)")
+    assert page.eval_on_selector_all("h2", "hs => hs.map(h => h.textContent)")[1].startswith("Per label, epoch ")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    page.close()
+
+
+def test_report_of_a_run_without_dev(browser, run_without_dev):
+    history = [json.loads(line) for line in (run_without_dev / "metrics.jsonl").read_text().splitlines()]
+    assert not any("loss" in h for h in history), "the run was meant to log no step entries"
+    page = open_report(browser, run_without_dev)
+    assert "no data yet" not in page.content()
+
+    loss = chart(page, "loss")
+    assert_epoch_axis(loss, 2)
+    assert loss["d"] is not None and loss["d"].count("L") == 1 and loss["length"] > 100
+    assert loss["points"][0]["x"] == pytest.approx(loss["plotLeft"])
+
+    f1 = chart(page, "f1")
+    assert "no dev set" in f1["text"] and f1["d"] is None
+    body = page.text_content("body")
+    assert "No dev set: the saved model is the last epoch's (epoch 2)" in body
+    assert "training on all 60 texts" in body and "No dev set, so no per-label scores." in body
+    assert "dev F1" not in page.text_content("table")  # the epochs table has no empty dev columns
+
+    assert_labels_whole(page, run_without_dev)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report-nodev.png"), full_page=True)
+    page.close()
+
+
+def test_loss_points_sit_at_their_fraction_of_the_epoch():
+    history = [
+        {"step": 10, "epoch": 1, "loss": 0.9},
+        {"step": 20, "epoch": 1, "loss": 0.8},
+        {"epoch": 1, "step": 20, "train_loss": 0.8, "tokens_per_second": 1.0},
+        {"step": 30, "epoch": 2, "loss": 0.5},
+        {"epoch": 2, "step": 40, "train_loss": 0.45, "tokens_per_second": 1.0},
+    ]
+    assert loss_points(history) == [(0.5, 0.9), (1.0, 0.8), (1.5, 0.5), (2.0, 0.45)]
+    assert loss_points(history[2:3]) == [(1.0, 0.8)]
+    page = render(history[2:3], ["O", "B-x", "I-x"])  # one epoch of a few steps: a point, not "no data yet"
+    assert "no data yet" not in page and 'class="point"' in page and "no dev set" in page
