@@ -145,8 +145,15 @@ def test_resume_under_torchrun_ends_with_the_same_weights(tiny_bert, wnut_files,
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.time() + 240
-    while not (out / "checkpoint" / "state.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+
+    def epochs_saved():  # epochs in the checkpoint (one is written before the first step too)
+        log = out / "metrics.jsonl"
+        if not log.exists() or '"train_loss"' not in log.read_text():
+            return 0
+        return torch.load(out / "checkpoint" / "state.pt", weights_only=True)["state"]["epoch"]
+
+    while proc.poll() is None and time.time() < deadline and epochs_saved() < 1:
+        time.sleep(0.02)
     for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and its workers (in sessions of their own)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

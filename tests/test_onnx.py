@@ -12,7 +12,7 @@ import torch
 
 from tagtune.cli import main
 from tagtune.examples import write_conll
-from tagtune.export import TOLERANCE, export_onnx
+from tagtune.export import TOLERANCE
 from tagtune.onnx_backend import OnnxModel
 from tagtune.tagger import Tagger
 

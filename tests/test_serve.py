@@ -24,20 +24,18 @@ LIMITS = ["--max-texts", "8", "--max-chars", "400", "--max-total-chars", "1200",
 
 
 @contextmanager
-def running_server(folder, *options, log_path):
-    """`python -m tagtune serve FOLDER --port 0 ...` in a subprocess; yields its base URL."""
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tagtune", "serve", str(folder), "--port", "0",
-                                    *map(str, options)], stdout=log, stderr=subprocess.STDOUT)
+def serving(process, log_path, timeout: float = 180):
+    """The base URL a started `tagtune serve` process prints to ``log_path``; the process is
+    stopped (terminated, then killed) when the block ends."""
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout
         while True:
             found = re.search(r"on (http://\S+)", Path(log_path).read_text())
             if found:
                 break
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the server did not start:\n{Path(log_path).read_text()}")
-            time.sleep(0.1)
+            time.sleep(0.05)
         yield found.group(1)
     finally:
         process.terminate()
@@ -46,6 +44,16 @@ def running_server(folder, *options, log_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def running_server(folder, *options, log_path):
+    """`python -m tagtune serve FOLDER --port 0 ...` in a subprocess; yields its base URL."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "tagtune", "serve", str(folder), "--port", "0",
+                                    *map(str, options)], stdout=log, stderr=subprocess.STDOUT)
+    with serving(process, log_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +134,12 @@ def test_health_and_openapi(client, tagger):
     assert health["labels"] == entity_labels(tagger.labels)
     assert "person" in health["labels"] and "O" not in health["labels"]
     assert health["limits"] == {"max_texts": 8, "max_chars": 400, "max_total_chars": 1200, "max_body": 20000}
+    assert health["queue"]["max_queue"] == 1024 and health["queue"]["timeout"] == 30.0
+    assert health["queue"]["waiting_texts"] == 0
     schema = client.get("/openapi.json").json()
     validate(schema)
     assert set(schema["paths"]) >= {"/v1/extract", "/health", "/openapi.json"}
+    assert "Retry-After" in schema["paths"]["/v1/extract"]["post"]["responses"]["503"]["headers"]
     assert client.get("/").headers["content-type"].startswith("text/html")
 
 
@@ -309,6 +320,8 @@ def test_load_bench_smoke(trained_tagger, tmp_path):
                              str(trained_tagger), "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(out.read_text())
-    assert figures["errors"] == 0 and figures["requests"] > 0
+    assert figures["errors"] == 0 and figures["busy_503"] == 0
+    assert figures["answered"] == figures["requests"] == 64
     assert figures["requests_per_second"] > 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
     assert sum(int(k) * n for k, n in figures["requests_per_batch"].items()) == figures["requests"]
+    assert figures["server_queue"]["rejected"] == 0

@@ -36,8 +36,10 @@ def test_output_folder_is_complete_and_loads(tiny_bert, wnut_files, tmp_path):
     out = tmp_path / "run"
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tagtune.json", "train_config.json",
-            "metrics.jsonl", "report.html"} <= names
+            "metrics.jsonl", "report.html", "tagtune-run.json"} <= names
     assert "checkpoint" not in names  # removed once the run completes
+    assert json.loads((out / "tagtune-run.json").read_text()) == {"format": 1, "finished": True}
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [e for e in log if "dev" in e]
     assert [e["epoch"] for e in epochs] == [1, 2]
@@ -58,16 +60,26 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_bert, wnut_files, t
     proc = subprocess.Popen([sys.executable, "-m", "tagtune", *map(str, train_args(
         tiny_bert, wnut_files, out, "--epochs", "4"))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (out / "checkpoint" / "state.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+
+    def epochs_saved():  # epochs in the checkpoint, once the first epoch has been logged
+        log = out / "metrics.jsonl"
+        if not log.exists() or '"train_loss"' not in log.read_text():
+            return 0
+        return torch.load(out / "checkpoint" / "state.pt", weights_only=True)["state"]["epoch"]
+
+    while proc.poll() is None and time.time() < deadline and epochs_saved() < 1:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (out / "report.html").exists()
-    # what an interrupted run leaves is readable: its checkpoint and its last saved model
+    # what an interrupted run leaves: a readable checkpoint, and no model files that could be
+    # taken for a trained tagger
+    assert not (out / "report.html").exists() and not (out / "model.safetensors").exists()
+    assert not (out / "config.json").exists()
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
     assert 1 <= state["state"]["epoch"] < 4
-    assert Tagger.load(out)("Empire State Building") is not None
+    with pytest.raises(TagtuneError, match="an unfinished training run"):
+        Tagger.load(out)
 
     changed = cli("train", "--resume", "--out", out, "--lr", "0.5")
     assert changed.returncode == 1 and "lr 0.5 (the run used 0.001)" in changed.stderr
@@ -340,25 +352,35 @@ def test_bad_model_leaves_no_output_folder(wnut_files, tmp_path):
 
 
 def test_a_run_failing_after_it_made_the_folder_removes_it(tiny_bert, wnut_files, tmp_path, monkeypatch):
-    """A failure once the folder exists but before the first checkpoint (here an interrupt in the
-    first epoch) removes the folder the run made, and never one that was there before."""
+    """A failure once the folder exists but before the first checkpoint (here an interrupt while
+    it is written) removes the folder the run made, and never one that was there before; an
+    interrupt after it (in the first epoch) leaves a run that --resume continues."""
     import tagtune.training as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     config = dict(model=str(tiny_bert), train=str(wnut_files / "dev.conll"), epochs=1, progress=False)
-    monkeypatch.setattr(training.Progress, "update", interrupted)
+    monkeypatch.setattr(training, "save_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**config, out=str(tmp_path / "new" / "run")))
     assert not (tmp_path / "new").exists()  # the parent it made too
 
     monkeypatch.undo()
     train(TrainConfig(**config, out=str(tmp_path / "earlier")))  # an earlier run, replaced with overwrite
-    monkeypatch.setattr(training.Progress, "update", interrupted)
+    before = sorted(p.name for p in (tmp_path / "earlier").iterdir())
+    monkeypatch.setattr(training, "save_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**config, out=str(tmp_path / "earlier"), overwrite=True))
-    assert (tmp_path / "earlier").is_dir()
+    assert sorted(p.name for p in (tmp_path / "earlier").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]  # no replacement folder left
+
+    monkeypatch.undo()
+    monkeypatch.setattr(training.Progress, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="continue with tagtune train --resume --out"):
+        train(TrainConfig(**config, out=str(tmp_path / "stopped")))
+    assert (tmp_path / "stopped" / "checkpoint" / "state.pt").is_file()
+    assert not (tmp_path / "stopped" / "model.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------------------------

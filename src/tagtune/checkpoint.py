@@ -12,16 +12,19 @@ key must be one the model has, with the model's shape, and every model weight mu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tagtune.config import EncoderConfig, read_config
+from tagtune.config import EncoderConfig, check_memory, device_memory, read_config
 from tagtune.errors import TagtuneError
 from tagtune.hub import resolve
 from tagtune.model import TokenClassifier
@@ -195,12 +198,15 @@ def is_token_classifier(config: EncoderConfig) -> bool:
     return any(str(a).endswith("ForTokenClassification") for a in config.raw.get("architectures") or [])
 
 
-def load_model(source: str | os.PathLike, labels: list[str] | None = None) -> tuple[TokenClassifier, LoadReport]:
+def load_model(source: str | os.PathLike, labels: list[str] | None = None,
+               train_on=None) -> tuple[TokenClassifier, LoadReport]:
     """A TokenClassifier from a checkpoint folder or Hub repo id (downloaded when not cached).
 
     ``labels`` None keeps the head of a token-classification checkpoint (and gives a base
     checkpoint no head); labels that differ from the checkpoint's get a new head initialised
-    as HF initialises one (normal(0, initializer_range) weights, zero bias).
+    as HF initialises one (normal(0, initializer_range) weights, zero bias). ``train_on``: the
+    device it will be trained on, whose memory must hold weights, gradients and AdamW state;
+    checked, as config.json is, before anything is allocated.
     """
     directory = resolve(source)
     config = read_config(directory)
@@ -208,6 +214,9 @@ def load_model(source: str | os.PathLike, labels: list[str] | None = None) -> tu
     if labels is None:
         labels = own_labels
     config = config.with_labels(list(labels))
+    limit = device_memory(train_on) if train_on is not None else None
+    if limit is not None:
+        check_memory(config, str(directory / "config.json"), training=True, limit=limit)
     keep_head = bool(labels) and labels == own_labels
     state, dropped = to_tagtune_names(read_weights(directory), config, keep_head)
     model = TokenClassifier(config)
@@ -247,34 +256,129 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``path`` through a temporary file renamed over it: readers see the old file or the
-    new one, never half of one."""
+def write_error(path: str | os.PathLike, error: OSError) -> TagtuneError:
+    """The one-line error for a file or folder that could not be written: its path and the cause
+    (disk full, read-only filesystem, no permission, ...)."""
+    return TagtuneError(f"{path}: cannot be written ({error.strerror or error})")
+
+
+def fsync_folder(path: str | os.PathLike) -> None:
+    """Make the renames and new names in folder ``path`` durable (where the filesystem allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems do not fsync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: str | os.PathLike) -> None:
+    """fsync every file directly in folder ``path``, then the folder itself."""
+    for child in Path(path).iterdir():
+        if child.is_file() and not child.is_symlink():
+            try:
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise write_error(child, e) from None
+    fsync_folder(path)
+
+
+def atomic_save(path: str | os.PathLike, write) -> None:
+    """Write ``path`` with ``write(file)`` (a binary file open for writing) through ``path.tmp``:
+    the data is flushed and fsynced, then renamed over ``path``, so readers and a crash see the
+    old file or the new one, never half of one. On any failure, an interrupt included, the
+    temporary file is removed and ``path`` is as it was; an OSError (disk full, read-only, no
+    permission) becomes a one-line TagtuneError naming ``path`` and the cause."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
+        raise
+    fsync_folder(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` as atomic_save does."""
+    payload = data if isinstance(data, bytes) else data.encode("utf-8")
+    atomic_save(path, lambda f: f.write(payload))
+
+
+class _WriteRecorder:
+    """A file's write and flush, keeping the OSError a write raised: torch.save reports a failed
+    write as a RuntimeError without its cause."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` into ``path`` as atomic_save writes (a full disk is a one-line error
+    naming the file, and the previous file stays)."""
+
+    def write(f) -> None:
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    atomic_save(path, write)
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A state dict (on any device) as the bytes of a safetensors file."""
+    from safetensors.torch import save
+
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return save(cpu, metadata=metadata)
 
 
 def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
                       extra_files: dict[str, str | bytes] | None = None) -> None:
-    """Write config.json, model.safetensors, the tokenizer files and ``extra_files`` into an
-    existing folder, each to a temporary name first and then renamed over the old one."""
-    from safetensors.torch import save_file
-
+    """Write model.safetensors, the tokenizer files, ``extra_files`` and config.json into an
+    existing folder, config.json last, so that a folder with the new config.json has the rest.
+    Each file is written whole (an fsynced temporary file renamed over the old one); a failure
+    is a one-line TagtuneError naming the file."""
     if model.classifier is None:
         raise TagtuneError("the model has no labels; nothing to save as a token classifier")
     directory = Path(directory)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / "model.safetensors.tmp"
-    save_file(to_checkpoint_names(state, model.config), str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o666 & ~_umask())  # an ordinary file, as the others
-    os.replace(tmp, directory / "model.safetensors")
-    files = {"config.json": json.dumps(model.config.to_hf_dict(), indent=2, ensure_ascii=False) + "\n"}
-    files.update(extra_files or {})
-    for name, content in files.items():
-        atomic_write(directory / name, content)
+    weights = to_checkpoint_names(model.state_dict(), model.config)
+    atomic_write(directory / "model.safetensors", safetensors_bytes(weights, {"format": "pt"}))
     if tokenizer is not None:
-        tokenizer.save(directory)
+        try:
+            tokenizer.save(directory)
+        except OSError as e:
+            raise write_error(e.filename or directory, e) from None
+    for name, content in (extra_files or {}).items():
+        atomic_write(directory / name, content)
+    atomic_write(directory / "config.json", json.dumps(model.config.to_hf_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
 def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwrite: bool = False,
@@ -302,16 +406,49 @@ def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwr
     return out
 
 
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``out``; an earlier ``out`` is moved aside first and
-    deleted only once the new one is in place."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done (in the main thread, where Python runs
+    signal handlers; elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def replace_folder(tmp: Path, out: Path, aside: Path | None = None) -> None:
+    """Rename the finished folder ``tmp`` to ``out``. An earlier ``out`` is first renamed
+    ``aside`` (by default into a new hidden folder beside it), renamed back if the second rename
+    fails, and deleted only once the new folder is in place and the renames are on disk (the
+    parent folder fsynced). Interrupts wait until both renames are done."""
+    tmp, out = Path(tmp), Path(out)
+    holder = None
+    try:
+        with signals_held():
+            if os.path.lexists(out):
+                if aside is None:
+                    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+                    aside = holder / out.name
+                os.replace(out, aside)
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    os.replace(aside, out)
+                    raise
+            else:
+                aside = None
+                os.replace(tmp, out)
+            fsync_folder(out.parent)
+    except OSError as e:
+        if holder is not None and os.path.lexists(out):  # the earlier folder is back in place
+            shutil.rmtree(holder, ignore_errors=True)
+        raise write_error(out, e) from None
+    if aside is not None:
+        shutil.rmtree(holder or aside, ignore_errors=True)
 
 
 def describe(source: str | os.PathLike) -> dict:

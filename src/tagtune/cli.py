@@ -8,14 +8,16 @@ the reader chose to stop reading: no traceback, nothing more written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 
 from tagtune.data import FORMATS
 from tagtune.predict import INPUT_FORMATS
-from tagtune.errors import TagtuneError
+from tagtune.errors import TagtuneError, Terminated
 
 
 def cmd_info(args) -> int:
@@ -53,9 +55,28 @@ def cmd_train(args) -> int:
     given.setdefault("model", None)
     given.setdefault("train", None)
     given["progress"] = not args.quiet
-    result = train(TrainConfig(**given))
+    with _sigterm_as_interrupt():
+        result = train(TrainConfig(**given))
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises Terminated (a KeyboardInterrupt) while the block runs, so that a stopped
+    run is left as Ctrl-C leaves it."""
+    def terminated(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_evaluate(args) -> int:
@@ -81,7 +102,8 @@ def cmd_serve(args) -> int:
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars,
                     max_body=args.max_body)
     serve(args.model_dir, host=args.host, port=args.port, limits=limits, device=args.device,
-          batch_texts=args.batch_texts, batch_wait=args.batch_wait_ms / 1000, access_log=args.access_log)
+          batch_texts=args.batch_texts, batch_wait=args.batch_wait_ms / 1000, access_log=args.access_log,
+          timeout=args.timeout, max_queue=args.max_queue)
     return 0
 
 
@@ -248,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="texts of concurrent requests tagged together at most (default 256)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="answer 503 to a request still waiting for its answer after this long (default 30; 0: never)")
+    p.add_argument("--max-queue", type=int, default=1024, metavar="N",
+                   help="texts that may wait for the model; beyond, 503 at once with Retry-After (default 1024)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
@@ -321,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             except TagtuneError as e:
                 print(f"tagtune: error: {e}", file=sys.stderr)
                 return 1
-            except KeyboardInterrupt:
-                print("tagtune: interrupted", file=sys.stderr)
+            except Terminated as e:
+                print("tagtune: terminated" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+                return 143
+            except KeyboardInterrupt as e:
+                print("tagtune: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
                 return 130
             except ModuleNotFoundError as e:
                 if e.name != "torch":

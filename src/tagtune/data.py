@@ -35,6 +35,10 @@ records, anything else is JSON Lines; ``jsonl`` and ``doccano`` records may use 
 keys above (``spans``, ``entities``, ``label``, ``labels``; triples or objects), and a span object
 that carries its ``text`` has it checked against the offsets. Spans are not trimmed or otherwise
 changed; exact duplicates (same start, end and label) are merged, any other overlap is an error.
+
+JSON is parsed within the bounds of :mod:`tagtune.safejson` (nesting depth, length of a number,
+no NaN or Infinity, no half surrogate pairs), a record of JSON Lines and a whole JSON list alike;
+beyond them is a ``file:line:`` error. Values quoted in errors are cut to a short excerpt.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ import warnings
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
+from tagtune import safejson
 from tagtune.errors import TagtuneError
+from tagtune.safejson import cut, excerpt
 from tagtune.spans import Example, Span
 
 __all__ = [
@@ -132,7 +138,7 @@ def read_examples(
             where, keyword = missing[0]
             warnings.warn(
                 f"{path}: {len(missing)} keyword(s) never occur in their text as a whole word "
-                f"(the first: {where}: {keyword!r})",
+                f"(the first: {where}: {excerpt(keyword)})",
                 KeywordWarning,
                 stacklevel=2,
             )
@@ -278,7 +284,7 @@ def _format_of_records(path: Path, records: list) -> str:
         if isinstance(entities, list) and any(isinstance(e, dict) and "start_offset" in e for e in entities):
             return "doccano"
         return "jsonl"
-    fields = ", ".join(map(str, record)) or "none"
+    fields = excerpt(", ".join(map(str, record)), 200) or "none"
     raise TagtuneError(
         f"{path}:{line}: cannot tell the format from the first record (its fields: {fields}); "
         'expected "spans", "entities", "label", "labels" or "keywords" next to "text", '
@@ -296,19 +302,23 @@ def _json_records(path: Path, text: str) -> list[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            records.append((number, json.loads(line)))
+            records.append((number, safejson.loads(line)))
         except json.JSONDecodeError as e:
             raise TagtuneError(f"{path}:{number}: invalid JSON: {e.msg} (column {e.colno})") from None
+        except safejson.JsonLimitError as e:
+            raise TagtuneError(f"{path}:{number}: {e.msg}") from None
     return records
 
 
 def _json_list(path: Path, text: str, start: int) -> list[tuple[int, object]]:
     try:
-        json.loads(text)
+        safejson.loads(text)
     except json.JSONDecodeError as e:
         raise TagtuneError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-    # Valid JSON: walk the list again to learn the line each item starts on.
-    decoder = json.JSONDecoder()
+    except safejson.JsonLimitError as e:
+        raise TagtuneError(f"{path}:{e.lineno}: {e.msg}") from None
+    # Valid JSON within the bounds: walk the list again to learn the line each item starts on.
+    decoder = safejson.DECODER
     whitespace = re.compile(r"[ \t\n\r]*")
     records = []
     line, counted = 1, 0
@@ -341,7 +351,7 @@ def _parse_tag(tag: str, where: str) -> tuple[str, str]:
     if dash and prefix in _TAG_PREFIXES and kind:
         return _TAG_PREFIXES[prefix], kind
     raise TagtuneError(
-        f"{where}: unknown tag {tag!r} (expected O, or B-, I-, E-, S-, L- or U- and an entity type)"
+        f"{where}: unknown tag {excerpt(tag)} (expected O, or B-, I-, E-, S-, L- or U- and an entity type)"
     )
 
 
@@ -367,12 +377,12 @@ def _read_conll(path: Path, text: str, labels: frozenset[str] | None) -> list[Ex
             continue
         if len(fields) < 2:
             raise TagtuneError(
-                f"{path}:{number}: token {fields[0]!r} has no tag (a line needs the token first "
+                f"{path}:{number}: token {excerpt(fields[0])} has no tag (a line needs the token first "
                 "and its tag last)"
             )
         prefix, kind = _parse_tag(fields[-1], f"{path}:{number}")
         if labels is not None and prefix != "O" and kind not in labels:
-            raise TagtuneError(f"{path}:{number}: unknown label {kind!r} in tag {fields[-1]!r} "
+            raise TagtuneError(f"{path}:{number}: unknown label {excerpt(kind)} in tag {excerpt(fields[-1])} "
                                f"(expected one of: {', '.join(sorted(labels))})")
         if not tokens:
             first_line = number
@@ -419,19 +429,7 @@ def _conll_example(tokens: list[str], tags: list[tuple[str, str]], source: str) 
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return safejson.shown(value)
 
 
 def _record_text(record: dict, where: str) -> str:
@@ -475,7 +473,7 @@ def _span_record(path: Path, line: int, record: object, labels: frozenset[str] |
             claimed = item.get("text")
         elif isinstance(item, str):
             raise TagtuneError(
-                f"{where}: {what} is the string {item!r}, not a span [start, end, label] "
+                f"{where}: {what} is the string {excerpt(item)}, not a span [start, end, label] "
                 "(is this a text classification export?)"
             )
         else:
@@ -520,23 +518,23 @@ def _checked_span(
         raise TagtuneError(f"{where}: {what} label is empty")
     if labels is not None and label not in labels:
         raise TagtuneError(
-            f"{where}: {what} has unknown label {label!r} (expected one of: {', '.join(sorted(labels))})"
+            f"{where}: {what} has unknown label {excerpt(label)} (expected one of: {', '.join(sorted(labels))})"
         )
     if start < 0:
-        raise TagtuneError(f"{where}: {what} start {start} is negative")
+        raise TagtuneError(f"{where}: {what} start {excerpt(start)} is negative")
     if start >= end:
-        raise TagtuneError(f"{where}: {what} start {start} is not before its end {end} (an empty "
-                           "or reversed span)")
+        raise TagtuneError(f"{where}: {what} start {excerpt(start)} is not before its end {excerpt(end)} "
+                           "(an empty or reversed span)")
     if isinstance(claimed, str) and text[start:end] != claimed:
         converted = _from_utf16(text, start, end)
         if converted is not None and text[converted[0]:converted[1]] == claimed:
             start, end = converted
         elif end <= len(text):
-            raise TagtuneError(f"{where}: {what} [{start}, {end}) covers {text[start:end]!r} in the "
-                               f"text, but the span says its text is {claimed!r}")
+            raise TagtuneError(f"{where}: {what} [{start}, {end}) covers {excerpt(text[start:end])} in "
+                               f"the text, but the span says its text is {excerpt(claimed)}")
     if end > len(text):
         raise TagtuneError(
-            f"{where}: {what} end {end} is past the end of the text ({len(text)} characters)"
+            f"{where}: {what} end {excerpt(end)} is past the end of the text ({len(text)} characters)"
         )
     return Span(start, end, label)
 
@@ -557,7 +555,7 @@ def _from_utf16(text: str, start: int, end: int) -> tuple[int, int] | None:
 
 
 def _describe(span: Span, text: str) -> str:
-    return f"{span.label} [{span.start}, {span.end}) {text[span.start:span.end]!r}"
+    return f"{cut(span.label)} [{span.start}, {span.end}) {excerpt(text[span.start:span.end])}"
 
 
 def _no_overlaps(text: str, spans: list[Span], where: str) -> list[Span]:
@@ -635,7 +633,7 @@ def _read_label_studio(path: Path, records: list, labels: frozenset[str] | None)
         if not isinstance(task, dict):
             raise TagtuneError(f"{where}: expected a Label Studio task (a JSON object), got {_kind(task)}")
         if "id" in task:
-            where += f": task {task['id']}"
+            where += f": task {excerpt(task['id'])}"
         data = task.get("data")
         if not isinstance(data, dict):
             raise TagtuneError(f'{where}: the task has no "data" object')

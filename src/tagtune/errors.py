@@ -6,3 +6,8 @@ class TagtuneError(Exception):
 
     Messages name the file (and line, where there is one) and say what is wrong.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during ``tagtune train``, handled as Ctrl-C is (the run stops where it is and stays
+    resumable); the CLI exits with status 143 instead of 130."""

@@ -32,6 +32,7 @@ from tagtune.checkpoint import _umask, check_vocab, load_model, replace_folder
 from tagtune.errors import TagtuneError
 from tagtune.hub import resolve
 from tagtune.onnx_backend import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxModel
+from tagtune.runs import check_finished
 from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings
 from tagtune.tokenizer import load_tokenizer
 
@@ -184,6 +185,7 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
     ``progress``, each stage is announced on stderr once the input is checked."""
     say = (lambda msg: print(f"tagtune: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     source = resolve(model_dir)
+    check_finished(source, model_dir)
     out = Path(out)
     _check_output(source, out, overwrite)
     examples = None

@@ -12,20 +12,32 @@ Input (``format``, detected unless given) is one of:
     ignored), a blank line between sentences, ``-DOCSTART-`` lines skipped. Each sentence is one
     text, its tokens joined by single spaces as :func:`tagtune.data.read_examples` joins them.
 
+JSON is parsed within the bounds of :mod:`tagtune.safejson` (nesting depth, length of a number,
+no NaN or Infinity, no half surrogate pairs); beyond them is a ``file:line:`` error.
+
 Texts are read and tagged ``batch_texts`` at a time, so memory stays flat however large the file.
 When the input is a terminal, each line is answered as soon as it is entered.
+
+An output file is written under a fresh temporary name in its folder (``mkstemp``) and renamed
+over the output only once it is complete: a failure (bad input halfway, an interrupt, a full disk)
+leaves an earlier output as it was and no temporary file behind. The output must be a regular
+file or not exist yet; a symbolic link, a named pipe or a device is refused, ``overwrite`` or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import chain, islice
 from pathlib import Path
 
+from tagtune import safejson
 from tagtune.data import CONLL_SUFFIXES, _conll_fields, _looks_like_conll
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
@@ -105,9 +117,11 @@ def read_records(lines: Iterable[tuple[int, str]], name: str, format: str | None
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = safejson.loads(line)
         except json.JSONDecodeError as e:
             raise TagtuneError(f"{name}:{number}: not valid JSON ({e.msg})") from None
+        except safejson.JsonLimitError as e:
+            raise TagtuneError(f"{name}:{number}: {e.msg}") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise TagtuneError(f'{name}:{number}: expected a JSON object with a "text" string')
         yield record
@@ -178,10 +192,8 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
     if output == "-":
         if sys.stdout is None:
             raise TagtuneError("stdout is closed; name an output file")
-    elif Path(output).is_dir():
-        raise TagtuneError(f"{output}: is a directory; the output must be a file")
-    elif Path(output).exists() and not overwrite:
-        raise TagtuneError(f"{output}: already exists (pass --overwrite to replace it)")
+    else:
+        check_output(output, overwrite)
     group = from_environment()  # one process unless under torchrun; imports torch only then
     try:
         if group.active:
@@ -243,24 +255,153 @@ def _predict(model_dir, input, output, device, batch_texts, progress, argmax, ba
             source.close()
 
 
+def check_output(output: str, overwrite: bool) -> os.stat_result | None:
+    """The status of an existing output file (None if there is none), after making sure that
+    it may be replaced: a regular file, and ``overwrite``. Symbolic links (even with
+    ``overwrite``), folders, named pipes, sockets and devices are one-line errors."""
+    try:
+        status = os.lstat(output)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise TagtuneError(f"{output}: cannot be written ({e.strerror})") from None
+    mode = status.st_mode
+    if stat.S_ISLNK(mode):
+        raise TagtuneError(f"{output}: is a symbolic link; tagtune does not write through links "
+                           "(name the file it points to, or remove the link)")
+    if stat.S_ISDIR(mode):
+        raise TagtuneError(f"{output}: is a directory; the output must be a file")
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device")
+        raise TagtuneError(f"{output}: is {kind}, not a regular file; the output must be a regular file "
+                           "(leave -o out to write to stdout)")
+    if not overwrite:
+        raise TagtuneError(f"{output}: already exists (pass --overwrite to replace it)")
+    return status
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _Sink:
+    """A text file being written for ``output``: an OSError (disk full, file too large, ...)
+    becomes a one-line TagtuneError naming ``output``. ``path`` None: stdout, as it is."""
+
+    def __init__(self, output: str, path: Path | None, fd: int | None = None):
+        """Write the new file ``path`` (created here, or already open as ``fd``)."""
+        self.output = output
+        self.path = path
+        if path is None:
+            self.file = sys.stdout
+            return
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError as e:
+                raise TagtuneError(f"{output}: cannot be written ({e.strerror})") from None
+        self.file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def _failed(self, error: OSError) -> TagtuneError:
+        return TagtuneError(f"{self.output}: cannot be written ({error.strerror or error})")
+
+    def write(self, text: str) -> None:
+        if self.path is None:
+            self.file.write(text)
+            return
+        try:
+            self.file.write(text)
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def flush(self) -> None:
+        if self.path is None:
+            self.file.flush()
+            return
+        try:
+            self.file.flush()
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def close(self) -> None:
+        if self.path is not None and not self.file.closed:
+            try:
+                self.file.close()
+            except OSError as e:
+                raise self._failed(e) from None
+
+    def discard(self) -> None:
+        """Close (ignoring errors) and remove the file: after a failure."""
+        if self.path is None:
+            return
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _temporary_file(output: Path) -> tuple[int, Path]:
+    """A new, empty, private file beside ``output``, open for writing: (descriptor, path). mkstemp
+    makes it with O_EXCL under a random name, so no file that was there already is ever used."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
+    except OSError as e:
+        raise TagtuneError(f"{output}: cannot be written ({e.strerror})") from None
+    return fd, Path(name)
+
+
+def _temporary_folder(output: Path | None) -> str:
+    """A new private folder for the part files: beside ``output``, or in the temporary folder."""
+    try:
+        if output is None:
+            return tempfile.mkdtemp(prefix="tagtune-predict.")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".parts", dir=output.parent)
+    except OSError as e:
+        raise TagtuneError(f"{output or 'a temporary folder'}: cannot be written ({e.strerror})") from None
+
+
+def _put_in_place(finished: Path, output: str, before: os.stat_result | None) -> None:
+    """Rename the complete file ``finished`` over ``output``, with the mode the output had (or a
+    new file's); ``output`` is checked again first, as something may have taken its place."""
+    now = check_output(output, overwrite=True)
+    if before is None and now is not None:
+        raise TagtuneError(f"{output}: was created by something else while tagtune was writing it; left as it is")
+    mode = stat.S_IMODE(now.st_mode) if now is not None else 0o666 & ~_umask()
+    try:
+        os.chmod(finished, mode)
+        os.replace(finished, output)
+    except OSError as e:
+        raise TagtuneError(f"{output}: cannot be written ({e.strerror})") from None
+
+
 def _write(tagger, records: Iterator[dict], total: int, output: str, batch_texts: int, progress: bool, unit: str,
            group: Group) -> int:
     rank, world = group.rank, group.world
     mine = sum(min(batch_texts, total - k * batch_texts) for k in range(rank, -(-total // batch_texts), world))
-    partial = Path(str(output) + ".partial") if output != "-" else None
-    parts: list[Path] = []
-    if world > 1:  # one part file per process, beside the output (or in a temporary folder for stdout)
-        base = partial if partial is not None else Path(group.on_main(tempfile.mkdtemp)) / "part"
-        parts = [base.with_name(f"{base.name}.{r}") for r in range(world)]
-    target = parts[rank] if parts else partial
-    if target is not None:
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            sink = open(target, "w", encoding="utf-8")
-        except OSError as e:
-            raise TagtuneError(f"{output}: cannot be written ({e.strerror})") from None
-    else:
-        sink = sys.stdout
+    before = check_output(output, overwrite=True) if output != "-" else None  # its mode, if it exists
+    out = Path(output) if output != "-" else None
+    if world == 1:
+        fd, target = _temporary_file(out) if out is not None else (None, None)
+        return _write_parts(tagger, records, mine, output, out, _Sink(output, target, fd), None, before,
+                            batch_texts, progress, unit, group)
+    # One part file per process, in a new private folder beside the output, removed at the end.
+    folder = Path(group.on_main(_temporary_folder, out))
+    try:
+        return _write_parts(tagger, records, mine, output, out, _Sink(output, folder / f"part.{rank}"), folder,
+                            before, batch_texts, progress, unit, group)
+    finally:
+        if rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_parts(tagger, records, mine, output, out, sink: _Sink, folder, before, batch_texts, progress, unit,
+                 group: Group) -> int:
+    rank, world = group.rank, group.world
     count = 0
     sizes: list[int] = []  # texts per chunk, for joining the parts
     try:
@@ -275,55 +416,54 @@ def _write(tagger, records: Iterator[dict], total: int, output: str, batch_texts
                     continue
                 texts = [r["text"] for r in chunk]
                 for record, spans in zip(chunk, tagger.predict(texts)):
-                    out = dict(record)
-                    out["spans"] = [s.to_dict(record["text"]) for s in spans]
-                    sink.write(json.dumps(out, ensure_ascii=False) + "\n")
+                    result = dict(record)
+                    result["spans"] = [s.to_dict(record["text"]) for s in spans]
+                    sink.write(json.dumps(result, ensure_ascii=False) + "\n")
                 sink.flush()
                 bar.update(len(chunk))
-    except BaseException:
-        if target is not None:
-            sink.close()
-            target.unlink(missing_ok=True)
-        raise
-    if target is not None:
         sink.close()
+    except BaseException:
+        sink.discard()
+        raise
     if world > 1:
         group.barrier()  # every part is complete
         error = None
         if rank == 0:
+            parts = [folder / f"part.{r}" for r in range(world)]
+            joined = folder / "joined" if out is not None else None
             try:
-                join_parts(parts, sizes, partial)
+                join_parts(parts, sizes, joined, output)
+                if joined is not None:
+                    _put_in_place(joined, output, before)
             except Exception as e:  # e.g. a closed stdout: raised after the others are released
                 error = e
-            finally:
-                for path in parts:
-                    path.unlink(missing_ok=True)
-                if partial is None:
-                    parts[0].parent.rmdir()
         group.barrier()
         if error is not None:
             raise error
-    if partial is not None and rank == 0:
+    elif sink.path is not None:
         try:
-            os.replace(partial, output)
-        except OSError as e:
-            partial.unlink(missing_ok=True)
-            raise TagtuneError(f"{output}: cannot be written ({e.strerror})") from None
+            _put_in_place(sink.path, output, before)
+        except BaseException:
+            sink.discard()
+            raise
     return count
 
 
-def join_parts(parts: list[Path], sizes: list[int], partial: Path | None) -> None:
-    """Chunk k of the input (``sizes[k]`` lines) is in part k % len(parts): interleave them back."""
+def join_parts(parts: list[Path], sizes: list[int], joined: Path | None, output: str = "-") -> None:
+    """Chunk k of the input (``sizes[k]`` lines) is in part k % len(parts): interleave them back
+    into ``joined`` (None: stdout)."""
     streams = [open(path, encoding="utf-8") for path in parts]
-    sink = open(partial, "w", encoding="utf-8") if partial is not None else sys.stdout
+    sink = _Sink(output, joined)
     try:
         for k, size in enumerate(sizes):
             stream = streams[k % len(parts)]
             for _ in range(size):
                 sink.write(stream.readline())
         sink.flush()
+        sink.close()
+    except BaseException:
+        sink.discard()
+        raise
     finally:
         for stream in streams:
             stream.close()
-        if partial is not None:
-            sink.close()

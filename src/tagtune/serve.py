@@ -2,8 +2,11 @@
 
 Requests that arrive together are micro-batched: they wait in a queue for at most ``batch_wait``
 seconds (a few ms) and run as one ``Tagger.predict`` call in a single worker thread, so the model
-never runs twice at once and the event loop keeps answering. Offsets in responses are Python
-``str`` indices (Unicode code points) into each text as sent.
+never runs twice at once and the event loop keeps answering. At most ``max_queue`` texts wait
+(beyond, 503 at once with Retry-After) and a request not answered within ``timeout`` seconds gets
+503; a request whose client disconnects or times out leaves the queue, so the model never runs its
+texts unless their batch had started. Offsets in responses are Python ``str`` indices (Unicode
+code points) into each text as sent.
 
 Needs the ``serve`` extra (uvicorn, starlette).
 """
@@ -13,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -69,28 +74,74 @@ def entity_labels(tags: list[str]) -> list[str]:
     return out
 
 
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` texts already: answer 503 with ``Retry-After: retry_after``."""
+
+    def __init__(self, waiting: int, limit: int, retry_after: int):
+        super().__init__(f"the queue is full: {waiting} texts are waiting (the limit is {limit}); "
+                         f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class TimedOut(Exception):
+    """No answer within the timeout."""
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
+
+
+class Stopping(Exception):
+    """The server stopped before the request's batch ran."""
+
+
+class Pending:
+    """One request's texts in the queue, and the future its answer arrives on."""
+
+    __slots__ = ("texts", "chars", "future", "arrived")
+
+    def __init__(self, texts: list[str], future: asyncio.Future):
+        self.texts = texts
+        self.chars = sum(map(len, texts))
+        self.future = future
+        self.arrived = time.monotonic()
+
+
 class Batcher:
     """Queues requests' texts and runs them, several requests at a time, as one ``predict`` call.
 
-    A batch starts with the oldest waiting request and takes more while they fit in
+    A batch starts with the oldest waiting request and takes more, in order, while they fit in
     ``batch_texts`` texts and ``batch_chars`` characters, waiting at most ``batch_wait`` seconds
     after the first one arrived. A request larger than the budget runs alone.
+
+    At most ``max_queue`` texts wait (a request is always let into an empty queue); a request
+    that would pass that is refused at once with QueueFull. A request that gives up waiting
+    (timeout, client gone) leaves the queue, so its texts never run unless their batch had
+    already started.
     """
 
-    def __init__(self, predict, batch_texts: int = 256, batch_chars: int = 100_000, batch_wait: float = 0.005):
+    def __init__(self, predict, batch_texts: int = 256, batch_chars: int = 100_000, batch_wait: float = 0.005,
+                 max_queue: int = 1024):
         self.predict = predict
         self.batch_texts = batch_texts
         self.batch_chars = batch_chars
         self.batch_wait = batch_wait
-        self.queue: asyncio.Queue | None = None
+        self.max_queue = max_queue
+        self.waiting: deque[Pending] = deque()
+        self.waiting_texts = 0
+        self.waiting_chars = 0
+        self.arrived: asyncio.Event | None = None
         self.task: asyncio.Task | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagtune-model")
         self.requests_per_batch: Counter = Counter()
         self.texts_per_batch: Counter = Counter()
         self.failures = 0
+        self.counts: Counter = Counter()
+        self.model_seconds = 0.0
+        self.model_texts = 0
 
     def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.arrived = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -100,13 +151,65 @@ class Batcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
+        while self.waiting:
+            _resolve(self.waiting.popleft().future, error=Stopping("the server is stopping"))
         self.executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str]) -> list:
+    def submit(self, texts: list[str]) -> Pending:
+        """Queue ``texts``; QueueFull if the queue has no room for them."""
+        if self.waiting and self.waiting_texts + len(texts) > self.max_queue:
+            self.counts["rejected"] += 1
+            raise QueueFull(self.waiting_texts, self.max_queue, self.retry_after())
+        pending = Pending(texts, asyncio.get_running_loop().create_future())
+        self.waiting.append(pending)
+        self.waiting_texts += len(texts)
+        self.waiting_chars += pending.chars
+        self.arrived.set()
+        return pending
+
+    def drop(self, pending: Pending) -> bool:
+        """Nobody waits for ``pending`` any more: take it out of the queue. False if its batch had started."""
+        pending.future.cancel()
+        try:
+            self.waiting.remove(pending)
+        except ValueError:
+            return False
+        self.waiting_texts -= len(pending.texts)
+        self.waiting_chars -= pending.chars
+        self.counts["dropped_requests"] += 1
+        self.counts["dropped_texts"] += len(pending.texts)
+        self.arrived.set()  # the head of the queue may have changed
+        return True
+
+    async def wait(self, pending: Pending, timeout: float | None = None, gone: Awaitable | None = None) -> list:
+        """The spans of a submitted request. TimedOut after ``timeout`` seconds; ClientGone as soon as
+        ``gone`` completes. In both cases, and if the caller is cancelled, the request leaves the queue."""
+        watch = asyncio.ensure_future(gone) if gone is not None else None
+        try:
+            done, _ = await asyncio.wait({pending.future} | ({watch} if watch else set()), timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if pending.future in done:
+                return pending.future.result()
+            if watch in done:
+                self.counts["disconnected"] += 1
+                raise ClientGone()
+            self.counts["timed_out"] += 1
+            raise TimedOut()
+        finally:
+            if watch is not None:
+                watch.cancel()
+            if not pending.future.done():
+                self.drop(pending)
+
+    async def run(self, texts: list[str]) -> list:
         """Spans for ``texts``, predicted in a batch shared with other waiting requests."""
-        future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((texts, future, time.monotonic()))
-        return await future
+        return await self.wait(self.submit(texts))
+
+    def retry_after(self) -> int:
+        """Seconds the model needs for the texts now waiting, from its speed so far (1 to 60)."""
+        if not self.model_texts or self.model_seconds <= 0:
+            return 1
+        return max(1, min(60, math.ceil(self.waiting_texts * self.model_seconds / self.model_texts)))
 
     def stats(self) -> dict:
         batches = sum(self.requests_per_batch.values())
@@ -120,56 +223,75 @@ class Batcher:
             "failed_batches": self.failures,
         }
 
-    async def _run(self) -> None:
-        held = None  # a request taken from the queue that did not fit in the last batch
-        while True:
-            first = held if held is not None else await self.queue.get()
-            held = None
-            batch = [first]
-            n_texts, n_chars = len(first[0]), sum(map(len, first[0]))
-            deadline = first[2] + self.batch_wait
-            while True:
-                if self.queue.empty():
-                    wait = deadline - time.monotonic()
-                    if wait <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), wait)
-                    except asyncio.TimeoutError:
-                        break
-                else:
-                    item = self.queue.get_nowait()
-                chars = sum(map(len, item[0]))
-                if n_texts + len(item[0]) > self.batch_texts or n_chars + chars > self.batch_chars:
-                    held = item
-                    break
-                batch.append(item)
-                n_texts += len(item[0])
-                n_chars += chars
-            await self._predict(batch)
+    def queue_stats(self) -> dict:
+        return {
+            "waiting_requests": len(self.waiting),
+            "waiting_texts": self.waiting_texts,
+            **{key: self.counts[key] for key in ("rejected", "timed_out", "disconnected", "dropped_requests",
+                                                 "dropped_texts")},
+        }
 
-    async def _predict(self, batch: list) -> None:
+    async def _run(self) -> None:
+        while True:
+            if not self.waiting:
+                self.arrived.clear()
+                await self.arrived.wait()
+                continue
+            wait = self.waiting[0].arrived + self.batch_wait - time.monotonic()
+            if wait > 0 and self.waiting_texts < self.batch_texts and self.waiting_chars < self.batch_chars:
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            await self._predict(self._take())
+
+    def _take(self) -> list[Pending]:
+        """The batch that starts now, out of the queue: the oldest requests that fit in the budget."""
+        batch: list[Pending] = []
+        n_texts = n_chars = 0
+        while self.waiting:
+            item = self.waiting[0]
+            if batch and (n_texts + len(item.texts) > self.batch_texts or n_chars + item.chars > self.batch_chars):
+                break
+            self.waiting.popleft()
+            self.waiting_texts -= len(item.texts)
+            self.waiting_chars -= item.chars
+            batch.append(item)
+            n_texts += len(item.texts)
+            n_chars += item.chars
+        return batch
+
+    async def _predict(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
-        texts = [text for item in batch for text in item[0]]
+        texts = [text for item in batch for text in item.texts]
         self.requests_per_batch[len(batch)] += 1
         self.texts_per_batch[len(texts)] += 1
+        start = time.monotonic()
         try:
             spans = await loop.run_in_executor(self.executor, self.predict, texts)
+            if len(spans) != len(texts):
+                raise RuntimeError(f"the model answered {len(spans)} rows for {len(texts)} texts")
         except Exception as e:  # noqa: BLE001 - every failure becomes an answer, never a dead server
             if len(batch) > 1:  # find the request that fails: the others still get their spans
                 self.requests_per_batch[len(batch)] -= 1
                 self.texts_per_batch[len(texts)] -= 1
                 for item in batch:
-                    await self._predict([item])
+                    if not item.future.done():  # nobody waits for the others' answers
+                        await self._predict([item])
                 return
             self.failures += 1
-            log.exception("prediction failed")
-            _resolve(batch[0][1], error=e)
+            log.error("prediction failed: %s: %s", type(e).__name__, e, exc_info=True)
+            _resolve(batch[0].future, error=e)
             return
+        finally:
+            self.model_seconds += time.monotonic() - start
+            self.model_texts += len(texts)
         lo = 0
-        for item_texts, future, _ in batch:
-            _resolve(future, spans[lo:lo + len(item_texts)])
-            lo += len(item_texts)
+        for item in batch:
+            _resolve(item.future, spans[lo:lo + len(item.texts)])
+            lo += len(item.texts)
 
 
 def _resolve(future: asyncio.Future, result=None, error: Exception | None = None) -> None:
@@ -181,19 +303,58 @@ def _resolve(future: asyncio.Future, result=None, error: Exception | None = None
         future.set_result(result)
 
 
+MAX_NUMBER_CHARS = 100
+"""A number in a request body longer than this is refused (400) rather than converted."""
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _BadNumber(f"the body has a number of {len(text)} characters; the limit is {MAX_NUMBER_CHARS}")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _BadNumber(f"the body has a number of {len(text)} characters; the limit is {MAX_NUMBER_CHARS}")
+    value = float(text)
+    if math.isinf(value):
+        raise _BadNumber(f"the body has a number out of range: {text}")
+    return value
+
+
+def _parse_constant(name: str):
+    raise _BadNumber(f"the body is not valid JSON: {name} is not a JSON number")
+
+
+def excerpt(value, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters, saying how long it was."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
 def parse_request(body: bytes, limits: Limits) -> list[str]:
     """The texts of an extract request, or ApiError 400 (not JSON), 422 (wrong shape), 413 (too large)."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "the body is not UTF-8") from None
     except json.JSONDecodeError as e:
         raise ApiError(400, f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except _BadNumber as e:
+        raise ApiError(400, str(e)) from None
+    except RecursionError:
+        raise ApiError(400, "the body nests arrays or objects too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(422, f'expected a JSON object {{"texts": [...]}}, got {_json_type(data)}')
     unknown = sorted(set(data) - {"texts"})
     if unknown:
-        raise ApiError(422, f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+        shown = ", ".join(map(excerpt, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ApiError(422, f"unknown field{'s' if len(unknown) > 1 else ''} {shown}; "
                             'the request is {"texts": [...]}')
     if "texts" not in data:
         raise ApiError(422, 'missing field "texts" (a list of strings)')
@@ -230,7 +391,7 @@ async def read_body(request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
-            raise ApiError(400, f"bad Content-Length {length!r}")
+            raise ApiError(400, f"bad Content-Length {excerpt(length)}")
         if int(length) > limit:
             raise ApiError(413, f"the body has {int(length)} bytes; the limit is {limit}")
     chunks, size = [], 0
@@ -271,11 +432,15 @@ def openapi_schema(labels: list[str], limits: Limits) -> dict:
                         "200": {"description": "One result per text, in the order of the texts",
                                 "content": {"application/json": {
                                     "schema": {"$ref": "#/components/schemas/ExtractResponse"}}}},
-                        "400": err("The body is not valid JSON (or not UTF-8)"),
+                        "400": err("The body is not valid JSON (or not UTF-8), nests too deeply or has a "
+                                   f"number longer than {MAX_NUMBER_CHARS} characters or out of range"),
                         "413": err(f"Too large: more than {limits.max_body} bytes, {limits.max_texts} texts, "
                                    f"{limits.max_chars} characters in a text or {limits.max_total_chars} in all"),
                         "422": err('Not {"texts": [strings]}: a missing or unknown field, or a wrong type'),
                         "500": err("Prediction failed; the server keeps serving"),
+                        "503": dict(err("Busy: the queue is full, or no answer within the timeout"),
+                                    headers={"Retry-After": {"description": "Seconds to wait before retrying",
+                                                             "schema": {"type": "integer"}}}),
                     },
                 }
             },
@@ -348,6 +513,9 @@ def openapi_schema(labels: list[str], limits: Limits) -> dict:
                         "device": {"type": "string"},
                         "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
                         "batching": {"type": "object", "description": "Counters of micro-batches since start"},
+                        "queue": {"type": "object", "description": "max_queue and timeout as set; texts and "
+                                  "requests waiting now; counters since start of requests refused (rejected), "
+                                  "timed out, disconnected while waiting, and dropped from the queue unrun"},
                     },
                 },
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
@@ -367,41 +535,74 @@ def page_html() -> str:
     return resources.files("tagtune").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+async def client_gone(receive) -> None:
+    """Returns once the client has closed its connection (ASGI ``http.disconnect``); call it only after the
+    body has been read. Any other message means the server does not report disconnects: never returns."""
+    message = await receive()
+    if message["type"] != "http.disconnect":
+        await asyncio.Event().wait()
+
+
 def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch_texts: int = 256,
-               batch_wait: float = 0.005):
-    """The Starlette app serving ``tagger`` (anything with ``predict(texts)`` and ``labels``)."""
+               batch_wait: float = 0.005, timeout: float | None = 30.0, max_queue: int = 1024):
+    """The Starlette app serving ``tagger`` (anything with ``predict(texts)`` and ``labels``).
+
+    A request gets 503 when its answer is not ready ``timeout`` seconds (None: no limit) after its
+    texts were queued, or at once when ``max_queue`` texts already wait."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     limits = limits or Limits()
     limits.check()
+    check_queue(timeout, max_queue)
+    timeout = timeout or None
     batcher = Batcher(tagger.predict, batch_texts=batch_texts, batch_chars=limits.max_total_chars,
-                      batch_wait=batch_wait)
+                      batch_wait=batch_wait, max_queue=max_queue)
     labels = entity_labels(list(tagger.labels))
     schema = openapi_schema(labels, limits)
     page = page_html()
+
+    def error(status: int, message: str, headers: dict | None = None):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     async def extract(request: Request):
         try:
             texts = parse_request(await read_body(request, limits.max_body), limits)
         except ApiError as e:
-            return JSONResponse({"error": e.message}, status_code=e.status)
+            return error(e.status, e.message)
+        except ClientDisconnect:  # nobody to answer; the server sends nothing on a closed connection
+            batcher.counts["disconnected"] += 1
+            log.debug("client closed the connection before sending all of its body")
+            return Response(status_code=400)
         if not texts:
             return JSONResponse({"results": []})
         try:
-            spans = await batcher.submit(texts)
+            pending = batcher.submit(texts)
+            spans = await batcher.wait(pending, timeout, client_gone(request.receive))
+        except QueueFull as e:
+            return error(503, str(e), {"Retry-After": str(e.retry_after)})
+        except TimedOut:
+            return error(503, f"no answer within the timeout of {timeout:g} s; the server is busy, retry later",
+                         {"Retry-After": str(batcher.retry_after())})
+        except ClientGone:
+            log.debug("client closed the connection while waiting for its answer")
+            return Response(status_code=503)
+        except Stopping as e:
+            return error(503, str(e))
         except Exception as e:  # noqa: BLE001
-            return JSONResponse({"error": f"prediction failed: {type(e).__name__}: {e}"}, status_code=500)
+            message = str(e) if len(str(e)) <= 300 else str(e)[:300] + "..."
+            return error(500, f"prediction failed: {type(e).__name__}: {message}")
         return JSONResponse({"results": [{"spans": [s.to_dict(text) for s in row]}
                                          for text, row in zip(texts, spans)]})
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": name, "labels": labels, "tags": list(tagger.labels),
                              "device": str(getattr(tagger, "device", "")), "limits": asdict(limits),
-                             "batching": batcher.stats()})
+                             "batching": batcher.stats(),
+                             "queue": {"max_queue": max_queue, "timeout": timeout, **batcher.queue_stats()}})
 
     async def openapi(request: Request):
         return JSONResponse(schema)
@@ -411,6 +612,9 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
 
     async def http_error(request: Request, exc: HTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def internal_error(request: Request, exc: Exception):  # a bug: uvicorn logs it and closes the connection
+        return error(500, f"internal error: {type(exc).__name__}", {"Connection": "close"})
 
     @asynccontextmanager
     async def lifespan(app):
@@ -425,11 +629,18 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
             Route("/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
     app.state.batcher = batcher
     return app
+
+
+def check_queue(timeout: float | None, max_queue: int) -> None:
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 <= timeout < math.inf):
+        raise TagtuneError(f"timeout must be a number of seconds, 0 or more (0: no limit), got {timeout!r}")
+    if not isinstance(max_queue, int) or max_queue < 1:
+        raise TagtuneError(f"max-queue must be a positive integer, got {max_queue!r}")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -455,12 +666,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits | None = None,
           device: str | None = None, batch_texts: int = 256, batch_wait: float = 0.005,
-          access_log: bool = False) -> None:
+          access_log: bool = False, timeout: float | None = 30.0, max_queue: int = 1024) -> None:
     """Load the tagger, open the port, serve until interrupted. Prints the address once listening."""
-    import sys
-
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
         import starlette  # noqa: F401
     except ImportError:
         raise TagtuneError("serving needs uvicorn and starlette: pip install 'tagtune[serve]'") from None
@@ -472,11 +681,23 @@ def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits |
         raise TagtuneError(f"batch-texts must be positive, got {batch_texts}")
     if batch_wait < 0:
         raise TagtuneError(f"batch wait must not be negative, got {batch_wait}")
+    check_queue(timeout, max_queue)
     tagger = Tagger.load(model_dir, device=device)
-    app = create_app(tagger, Path(model_dir).resolve().name, limits, batch_texts, batch_wait)
+    app = create_app(tagger, Path(model_dir).resolve().name, limits, batch_texts, batch_wait, timeout, max_queue)
+    run_app(app, host, port, access_log, shown=model_dir)
+
+
+def run_app(app, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False, shown="the app") -> None:
+    """Serve ``app`` (from create_app) until interrupted; prints ``serving SHOWN on URL`` once listening."""
+    import sys
+
+    import uvicorn
+
     sock = bind(host, port)
     shown_host, shown_port = sock.getsockname()[:2]
     shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
-    print(f"tagtune: serving {model_dir} on http://{shown_host}:{shown_port}", file=sys.stderr, flush=True)
+    print(f"tagtune: serving {shown} on http://{shown_host}:{shown_port}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on")
+    if access_log:  # uvicorn gives its access logger the server's level, which would hide every line
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     uvicorn.Server(config).run(sockets=[sock])

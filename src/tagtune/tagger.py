@@ -24,6 +24,7 @@ from tagtune.decode import as_array, decode, spans_from_tags
 from tagtune.errors import TagtuneError
 from tagtune.hub import resolve
 from tagtune.onnx_backend import ONNX_FILE
+from tagtune.runs import check_finished
 from tagtune.schemes import SCHEMES
 from tagtune.spans import Span
 from tagtune.tokenizer import load_tokenizer
@@ -51,20 +52,31 @@ class TaggerSettings:
     """Tokens shared by consecutive windows of a long text."""
 
     @classmethod
-    def read(cls, directory: Path, labels: list[str]) -> TaggerSettings:
+    def read(cls, directory: Path, labels: list[str], config=None) -> TaggerSettings:
+        """The settings of ``directory`` (inferred from the ``labels`` without a tagtune.json);
+        with the model's ``config``, its window is checked to fit the model's positions."""
         path = Path(directory) / SETTINGS_FILE
         if not path.is_file():  # any HF token classifier: infer the scheme from its label names
             prefixes = {label.split("-", 1)[0] for label in labels if label != "O"}
             scheme = "BIOES" if prefixes & {"E", "S"} else "BIO" if "B" in prefixes else "IO"
             return cls(scheme=scheme)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise TagtuneError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        from tagtune import safejson
+
+        values = safejson.read_object(path)
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        for name, kind, what in (("scheme", str, "a string"), ("all_subwords", bool, "true or false"),
+                                 ("max_length", int, "an integer"), ("stride", int, "an integer")):
+            value = known.get(name, getattr(cls, name))
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TagtuneError(f"{path}: {name} is {safejson.excerpt(value)}, not {what}")
         settings = cls(**known)
         if settings.scheme not in SCHEMES:
-            raise TagtuneError(f"{path}: scheme {settings.scheme!r} is not one of {', '.join(SCHEMES)}")
+            raise TagtuneError(f"{path}: scheme {safejson.excerpt(settings.scheme)} is not one of {', '.join(SCHEMES)}")
+        if not 3 <= settings.max_length <= 1_048_576 or not 0 <= settings.stride < settings.max_length - 2:
+            raise TagtuneError(f"{path}: max_length {settings.max_length} and stride {settings.stride} must be "
+                               "3 <= max_length <= 1,048,576 and 0 <= stride < max_length - 2")
+        if config is not None:
+            config.check_window(settings.max_length, f"{path}: max_length")
         return settings
 
     def to_json(self) -> str:
@@ -135,6 +147,7 @@ class Tagger:
         folder), or from a Hub repo id ``org/name[@revision]`` (downloaded when not cached).
         ``backend``: "torch", "onnx", or "auto" (see :func:`choose_backend`)."""
         folder = resolve(directory)
+        check_finished(folder, directory)
         if choose_backend(folder, backend) == "onnx":
             return cls._load_onnx(folder, device, constrained)
         try:
@@ -149,7 +162,8 @@ class Tagger:
         check_vocab(tokenizer, model.config, folder)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         device = _torch_device(device) if device is not None else default_device()
-        return cls(model.to(device).eval(), tokenizer, TaggerSettings.read(folder, labels), device, constrained)
+        return cls(model.to(device).eval(), tokenizer, TaggerSettings.read(folder, labels, model.config), device,
+                   constrained)
 
     @classmethod
     def _load_onnx(cls, folder: Path, device, constrained: bool) -> Tagger:
@@ -165,7 +179,8 @@ class Tagger:
                 f"embedding has {model.config.vocab_size} rows (tokenizer and weights do not belong together)"
             )
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        return cls(model, tokenizer, TaggerSettings.read(folder, labels), device, constrained)
+        return cls(model, tokenizer, TaggerSettings.read(folder, labels, model.config), device,
+                   constrained)
 
     def __call__(self, texts: str | list[str], progress=None) -> list[Span] | list[list[Span]]:
         """Spans for one text, or a list of span lists for a list of texts."""

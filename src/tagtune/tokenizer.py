@@ -15,7 +15,6 @@ character positions in the text the caller passed: ``text[start:end]`` is the to
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from tagtune import safejson
 from tagtune.errors import TagtuneError
 
 # Files that make up a tokenizer in an HF checkpoint folder; saving copies those present.
@@ -56,16 +56,7 @@ class Encoding:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except json.JSONDecodeError as e:
-        raise TagtuneError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise TagtuneError(f"{path}: not UTF-8 text") from None
-    if not isinstance(value, dict):
-        raise TagtuneError(f"{path}: expected a JSON object")
-    return value
+    return safejson.read_object(path)
 
 
 def read_vocab(path: Path) -> dict[str, int]:

@@ -10,10 +10,36 @@ no per-epoch evaluation or early stopping, and the last epoch's model is kept. A
 fewer than MIN_DEV_SPANS entity spans is scored every epoch but, its F1 being too coarse to
 compare epochs by, picks nothing: all epochs run and the last epoch's model is kept.
 
-The output folder holds the kept model (an HF token-classification folder plus tagtune.json),
-``train_config.json``, ``metrics.jsonl``, ``report.html``, and while training runs,
-``checkpoint/state.pt`` for ``resume``. A run that fails before its first checkpoint removes the
-output folder if it made it, so the corrected command can be run again as it is.
+The output folder, once the run is finished, holds the kept model (an HF token-classification
+folder plus tagtune.json), ``train_config.json``, ``metrics.jsonl``, ``report.html`` and
+``tagtune-run.json``. That last file is what makes a folder a tagtune run (tagtune.runs): it is
+written when the run starts, ``{"format": 1, "finished": false}``, and rewritten with
+``"finished": true`` as the last step of the final save. A folder without it is never replaced,
+even with ``overwrite``.
+
+An unfinished run looks unfinished. Until the final save the folder holds no config.json or
+model.safetensors: ``checkpoint/state.pt`` holds the full state (weights, optimizer, schedule,
+every process's random state, the history), written before the first step and after every
+epoch, and with ``save="best"`` the best epoch's weights wait in
+``checkpoint/model-epoch-N.safetensors``. Loading the folder as a tagger says it is unfinished.
+The final save writes report.html, the model files (config.json last), fsyncs them, marks the
+run finished and deletes checkpoint/.
+
+Where a run is trained: a new ``out`` is trained in place. An existing ``out`` (with
+``overwrite``, and only a tagtune run or an empty folder) is left as it is while the new run is
+trained in the sibling ``.OUT.tagtune-new``; once that run is finished it is swapped in (OUT
+renamed to ``.OUT.tagtune-old``, the new run renamed to OUT, the parent folder fsynced, the old
+run deleted). ``resume`` continues the sibling when there is one, else ``out`` itself. Before
+anything is written, everything that can be checked is: options, data, labels, the model and
+tokenizer, that the folder can be made and written, and the free space (see check_room).
+
+Every file is written whole (an fsynced temporary file renamed into place); a failed write (disk
+full, read-only, no permission) is a one-line error naming the file, leaves the previous
+checkpoint, and removes its temporary file. An error before the first epoch is saved removes
+the folder the run made (the replacement sibling, or a new ``out`` with the parents it made), so
+the corrected command can be run again as it is. Ctrl-C or SIGTERM once the first checkpoint is
+written (before the first step), and any failure after the first epoch is saved, leave the run
+resumable.
 """
 
 from __future__ import annotations
@@ -24,6 +50,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -31,23 +58,25 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from tagtune.align import IGNORE, AlignStats, token_labels, window_bounds, with_specials
 from tagtune.batching import PackedBatch, batch_indices, pack
-from tagtune.checkpoint import atomic_write, check_vocab, load_model, write_model_files
+from tagtune.checkpoint import (atomic_write, check_vocab, load_model, replace_folder, safetensors_bytes, signals_held,
+                                sync_folder, torch_save, write_error, write_model_files)
 from tagtune.data import read_examples, split_dev
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.metrics import span_scores
 from tagtune.optim import AdamW, LinearSchedule
 from tagtune.progress import Progress, duration
+from tagtune.runs import RUN_MARKER, marker_text, replacement_of, run_state, set_aside_of
 from tagtune.schemes import SCHEMES, tag_names
 from tagtune.spans import Example
 from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings
 from tagtune.tokenizer import load_tokenizer
 
 CHECKPOINT = "checkpoint/state.pt"
-OUTPUT_MARKERS = ("train_config.json", SETTINGS_FILE)  # what makes a folder a tagtune output
 MIN_DEV_SPANS = 20
 """A dev set with fewer entity spans is scored but does not pick the best epoch or stop the run:
 with under 20 spans one span more or less moves F1 by several points, so epochs would be
@@ -118,9 +147,11 @@ class TrainConfig:
     device: str | None = None
     """"cpu", "cuda", ...; None picks CUDA when available."""
     overwrite: bool = False
-    """Replace an existing output folder of an earlier run."""
+    """Replace an earlier tagtune run (or an empty folder) in ``out``: the new run is trained beside
+    it and swapped in once finished; a folder that is not a tagtune run is never replaced."""
     resume: bool = False
-    """Continue the interrupted run in ``out`` from its last checkpoint."""
+    """Continue the unfinished run for ``out`` from its last checkpoint: the replacement being
+    trained beside ``out`` when there is one, else the run in ``out``."""
     progress: bool = True
     """Show progress bars on stderr."""
 
@@ -325,22 +356,169 @@ def fill_batch(batch: PackedBatch, multiple: int = SHAPE_MULTIPLE) -> PackedBatc
 # Output folder
 
 
-def prepare_output(config: TrainConfig) -> Path:
+class RunFolder:
+    """Where a run is trained and where it ends up, and what a failed run leaves.
+
+    ``out`` is the --out folder (absolute) and ``name`` the same as the user gave it; ``work``
+    is the folder being trained: ``out`` itself for a new folder, its sibling
+    ``.OUT.tagtune-new`` when an existing ``out`` is replaced. ``made`` is the outermost folder
+    this run created, removed when the run fails before its first epoch is saved, unless an
+    interrupt stops a run that is ``resumable`` (its checkpoint written before the first step).
+    """
+
+    def __init__(self, out: str) -> None:
+        self.name = out
+        self.out = Path(os.path.abspath(out))
+        self.work: Path | None = None
+        self.made: Path | None = None
+        self.resumable = False
+
+    @property
+    def replacing(self) -> bool:
+        return self.work is not None and self.work != self.out
+
+    def make(self, config: TrainConfig) -> str:
+        """Make the folder to train in and mark it as an unfinished run (rank 0; returns it).
+        A stale replacement folder of an earlier run for the same ``out`` is removed first."""
+        sibling = replacement_of(self.out)
+        try:
+            if run_state(sibling) is not None:  # superseded by this run
+                shutil.rmtree(sibling)
+            if self.out.exists():
+                self.work = self.made = sibling
+                sibling.mkdir()
+            else:
+                self.made = first_missing(self.out)
+                self.work = self.out
+                self.out.mkdir(parents=True)
+        except OSError as e:
+            raise write_error(e.filename or self.out, e) from None
+        atomic_write(self.work / RUN_MARKER, marker_text(finished=False))
+        atomic_write(self.work / "train_config.json", json.dumps(asdict(config), indent=2) + "\n")
+        return str(self.work)
+
+    def checkpointed(self) -> None:
+        """The first checkpoint is written: an interrupt leaves the run to be resumed."""
+        self.resumable = True
+
+    def keep(self) -> None:
+        """An epoch is saved (or the run was resumed): any failure leaves the run to be resumed."""
+        self.made, self.resumable = None, True
+
+    def give_up(self, interrupted: bool) -> str | None:
+        """After a failure (``interrupted``: by Ctrl-C or SIGTERM), on rank 0: remove the folder
+        this run made unless it is to be resumed; returns what is left, in words. An error
+        before the first epoch is saved removes it, so the corrected command runs as it is."""
+        if self.made is not None and not (interrupted and self.resumable):
+            shutil.rmtree(self.made, ignore_errors=True)
+            self.made, self.resumable = None, False
+        if self.work is None:
+            return None
+        if self.resumable:
+            kept = f"{self.name} still holds the earlier run; " if self.replacing else ""
+            return f"{kept}continue with tagtune train --resume --out {self.name}"
+        return f"{self.name} is unchanged" if self.replacing else None
+
+    def finish(self, write_files) -> None:
+        """The final save (rank 0): ``write_files(work)`` writes the model files and the report,
+        all are fsynced, then the run is marked finished and a replacement swapped into ``out``
+        (interrupts wait for both), and the checkpoint is removed."""
+        write_files(self.work)
+        sync_folder(self.work)
+        with signals_held():
+            atomic_write(self.work / RUN_MARKER, marker_text(finished=True))
+            if self.replacing:
+                replace_folder(self.work, self.out, aside=set_aside_of(self.out))
+        shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
+
+
+def check_destination(config: TrainConfig) -> None:
+    """Before anything is read: --out may be trained into. A folder that does not exist yet
+    always; an existing one only with --overwrite, and only when it holds a tagtune run (or
+    nothing). Finishes a replacement that a killed run left half done."""
     out = Path(config.out)
-    if config.resume:
-        if not (out / CHECKPOINT).is_file():
-            raise TagtuneError(f"{out}: no checkpoint to resume from ({CHECKPOINT} is missing)")
-        return out
-    if out.exists():
-        if not config.overwrite:
-            raise TagtuneError(f"{out}: already exists (pass --overwrite to replace it, or --resume to continue it)")
-        if not out.is_dir():
-            raise TagtuneError(f"{out}: exists and is not a folder; not replacing it")
-        if any(out.iterdir()) and not any((out / m).is_file() for m in OUTPUT_MARKERS):
-            raise TagtuneError(f"{out}: is not the output of an earlier tagtune run; not replacing it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    return out
+    recover_swap(Path(os.path.abspath(out)))
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TagtuneError(f"{out}: exists and is not a folder; not replacing it")
+    state = run_state(out)
+    if state is None and any(out.iterdir()):
+        raise TagtuneError(f"{out}: already exists and is not the output of an earlier tagtune run (no {RUN_MARKER}); "
+                           "not replacing it, even with --overwrite")
+    if not config.overwrite:
+        if state == "unfinished":
+            raise TagtuneError(f"{out}: already exists and holds an unfinished run (pass --resume to continue it, "
+                               "or --overwrite to start again)")
+        raise TagtuneError(f"{out}: already exists (pass --overwrite to replace it)")
+    sibling = replacement_of(out)
+    if sibling.exists() and run_state(sibling) is None:
+        raise TagtuneError(f"{sibling}: exists and is not a tagtune run; move it away to replace {out}")
+
+
+def check_room(config: TrainConfig, model, keeps_best: bool) -> None:
+    """Before anything is written: the folder to train in can be made where --out points, and
+    its filesystem has room for what the run writes. The estimate, from the model's parameter
+    bytes P: the checkpoint (weights and AdamW's two moments, 3P) twice while it is replaced,
+    and with --save best two copies of the best weights (the new one written before the old is
+    deleted): 6P or 8P; the final model (P) is written after the last checkpoint replacement."""
+    out = Path(os.path.abspath(config.out))
+    base = out.parent if out.exists() else first_missing(out).parent
+    if not base.is_dir():
+        raise TagtuneError(f"{config.out}: cannot be made: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tagtune-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise TagtuneError(f"{config.out}: cannot write in {base} ({e.strerror})") from None
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = parameter_bytes * (8 if keeps_best else 6)
+    free = shutil.disk_usage(base).free
+    if free < needed:
+        raise TagtuneError(f"{base}: {size(free)} free, but the run needs about {size(needed)} for its checkpoints "
+                           f"({size(parameter_bytes)} of weights); free some space or choose another --out")
+
+
+def size(n: int) -> str:
+    """Bytes for people: ``412.3 MB``."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "bytes" else f"{n} bytes"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def find_resumable(config: TrainConfig) -> str:
+    """The unfinished run --resume continues (rank 0): the replacement folder beside --out when
+    there is one, else --out itself. Temporary files a killed save left are removed."""
+    out = Path(os.path.abspath(config.out))
+    recover_swap(out)
+    for work in (replacement_of(out), out):
+        if run_state(work) == "unfinished" and (work / CHECKPOINT).is_file():
+            for tmp in [*work.glob("*.tmp"), *(work / "checkpoint").glob("*.tmp")]:
+                tmp.unlink(missing_ok=True)
+            return str(work)
+    if run_state(out) == "finished":
+        raise TagtuneError(f"{config.out}: a finished run; no checkpoint to resume from")
+    raise TagtuneError(f"{config.out}: no checkpoint to resume from (no unfinished tagtune run in it "
+                       f"or in {replacement_of(out).name})")
+
+
+def recover_swap(out: Path) -> None:
+    """Complete or undo the swap of a replacement run that was stopped half way: an ``out``
+    that was set aside comes back unless a finished replacement takes its place; a finished
+    replacement still beside ``out`` is swapped in; a set-aside folder left behind is deleted."""
+    new, old = replacement_of(out), set_aside_of(out)
+    try:
+        if not out.exists() and old.exists():
+            os.replace(new if run_state(new) == "finished" else old, out)
+        if out.exists() and old.exists():
+            shutil.rmtree(old)
+        if run_state(new) == "finished":
+            replace_folder(new, out, aside=old)
+    except OSError as e:
+        raise write_error(e.filename or out, e) from None
 
 
 def first_missing(path: Path) -> Path | None:
@@ -352,9 +530,9 @@ def first_missing(path: Path) -> Path | None:
     return missing
 
 
-def resumed_config(config: TrainConfig) -> TrainConfig:
-    """The saved config of the run in ``config.out``; given values must agree with it."""
-    saved = json.loads((Path(config.out) / "train_config.json").read_text(encoding="utf-8"))
+def resumed_config(config: TrainConfig, work: Path) -> TrainConfig:
+    """The saved config of the run in ``work``; given values must agree with it."""
+    saved = json.loads((work / "train_config.json").read_text(encoding="utf-8"))
     given = asdict(config)
     differ = [f"{k} {given[k]!r} (the run used {saved[k]!r})" for k in saved
               if k not in TrainConfig.RUN_FIELDS and k in given and given[k] is not None
@@ -364,6 +542,24 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
     values = {k: saved[k] for k in saved if k in {f.name for f in fields(TrainConfig)}}
     values.update({k: given[k] for k in TrainConfig.RUN_FIELDS})
     return TrainConfig(**values)
+
+
+def kept_weights(work: Path, epoch: int) -> Path:
+    """Where the weights of the best epoch so far wait for the final save (``--save best``):
+    inside checkpoint/, where neither tagtune nor transformers takes them for a model."""
+    return work / "checkpoint" / f"model-epoch-{epoch}.safetensors"
+
+
+def save_kept_weights(work: Path, model, epoch: int) -> None:
+    (work / "checkpoint").mkdir(exist_ok=True)
+    atomic_write(kept_weights(work, epoch), safetensors_bytes(model.state_dict()))
+
+
+def remove_other_kept_weights(work: Path, epoch: int) -> None:
+    """Delete the best-epoch weights the checkpoint no longer names."""
+    for path in (work / "checkpoint").glob("model-epoch-*.safetensors"):
+        if path != kept_weights(work, epoch):
+            path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,51 +575,45 @@ def train(config: TrainConfig) -> dict:
     batch (the batches, the learning-rate schedule and the loss are those of one process with
     the same settings), gradients are averaged by DistributedDataParallel, dev texts are split
     among the processes and their spans gathered, and only rank 0 writes files.
+
+    An error before the first epoch is saved removes the folder the run made; Ctrl-C or SIGTERM
+    once the first checkpoint is written, and any failure after the first epoch is saved, leave
+    the run resumable, and the message says how to continue it.
     """
     group = from_environment()
-    made = NewFolder()
+    run = RunFolder(config.out)
     try:
-        return _train(config, group, made)
-    except BaseException:
-        made.remove()
+        return _train(config, group, run)
+    except BaseException as e:
+        note = run.give_up(isinstance(e, KeyboardInterrupt)) if group.main else None
+        if note and isinstance(e, TagtuneError):
+            raise TagtuneError(f"{e}; {note}") from None
+        if note and isinstance(e, KeyboardInterrupt):
+            e.args = (note,)
         raise
     finally:
         leave(group)
 
 
-class NewFolder:
-    """The output folder while a failed run should remove it: this run made it, and it holds
-    nothing worth keeping yet (no checkpoint)."""
-
-    def __init__(self) -> None:
-        self.path: Path | None = None
-
-    def made(self, path: Path) -> None:
-        self.path = path
-
-    def keep(self) -> None:
-        self.path = None
-
-    def remove(self) -> None:
-        if self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            self.path = None
-
-
-def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
+def _train(config: TrainConfig, group: Group, run: RunFolder) -> dict:
     if config.resume:
-        group.on_main(prepare_output, config)
-        config = resumed_config(config)
+        run.work = Path(group.on_main(find_resumable, config))
+        run.keep()
+        config = resumed_config(config, run.work)
     config.check()
+    if not config.resume:
+        group.on_main(check_destination, config)
     train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
     labels = label_set(config, train_examples, dev_examples)
     small_dev = dev_too_small(config, dev_examples)
     choose = bool(dev_examples) and small_dev is None  # dev F1 picks the kept epoch and stops early
+    keeps_best = choose and config.save == "best"  # the best epoch's weights wait in checkpoint/
     device = device_for(group, config.device)
     settings = config.settings()
 
     torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
-    model, report = load_model(config.model, labels=labels)
+    model, report = load_model(config.model, labels=labels, train_on=device)
+    model.config.check_window(settings.max_length, "--max-length")
     tokenizer = load_tokenizer(report.directory)
     check_vocab(tokenizer, model.config, report.directory)
     model.to(device)
@@ -435,10 +625,10 @@ def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
         raise TagtuneError(f"{config.train}: no text with any token to train on")
     if small_dev and group.main:
         warnings.warn(small_dev, stacklevel=2)
-    new = first_missing(Path(config.out)) if group.main else None
-    out = Path(group.on_main(lambda: str(prepare_output(config))))  # data and model are good: make the folder
-    if new is not None:
-        made.made(new)
+    if not config.resume:  # data and model are good: check the place, then make the folder
+        group.on_main(check_room, config, model, keeps_best)
+        run.work = Path(group.on_main(run.make, config))
+    work = run.work
     lengths = [len(s) for s in sequences]
     labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
     if config.head_prior and report.new_head:
@@ -457,9 +647,10 @@ def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
     mode = precision(config, device)
     amp = torch.bfloat16 if mode == "autocast" else None
 
-    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False,
+             "history": []}
     if config.resume:
-        saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        saved = torch.load(work / CHECKPOINT, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -468,20 +659,23 @@ def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
             torch.set_rng_state(rngs[group.rank])
         if device.type == "cuda" and saved.get("cuda_rngs") and len(saved["cuda_rngs"]) == group.world:
             torch.cuda.set_rng_state(saved["cuda_rngs"][group.rank], device)
-        state = saved["state"]
-    elif group.main:
-        atomic_write(out / "train_config.json", json.dumps(asdict(config), indent=2) + "\n")
-        write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
+        state = {"stopped": False, **saved["state"]}
+    else:  # before the first step, so that a run stopped in its first epoch resumes
+        save_checkpoint(work, model, optimizer, schedule, state, device, group)
+        run.checkpointed()
     log = None
     if group.main:
-        atomic_write(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
-        log = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        atomic_write(work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
+        log = open(work / "metrics.jsonl", "a", encoding="utf-8")
 
     def record(entry: dict) -> None:
         state["history"].append(entry)
         if log is not None:
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
+            try:
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+            except OSError as e:
+                raise write_error(work / "metrics.jsonl", e) from None
 
     show = config.progress and group.main
     say = (lambda msg: print(msg, file=sys.stderr)) if show else (lambda msg: None)
@@ -497,8 +691,9 @@ def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
     if group.active:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run_start, first_epoch = time.perf_counter(), state["epoch"]
+    last_epoch = state["epoch"] if state["stopped"] else config.epochs  # an early stop resumes at the final save
     try:
-        for epoch in range(state["epoch"], config.epochs):
+        for epoch in range(state["epoch"], last_epoch):
             model.train()
             if mode == "bf16":
                 model.use_low_precision(torch.bfloat16)
@@ -563,12 +758,14 @@ def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
                 state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
             else:
                 state["bad_epochs"] += 1
-            if (improved or config.save == "last" or not choose) and group.main:
-                write_model_files(model, tokenizer, out, {SETTINGS_FILE: settings.to_json()})
-            state["epoch"] = epoch + 1
+            if improved and keeps_best and group.main:
+                save_kept_weights(work, model, epoch + 1)
             stop = choose and config.patience is not None and state["bad_epochs"] >= config.patience
-            save_checkpoint(out, model, optimizer, schedule, state, device, group)
-            made.keep()  # a resumable run from here on
+            state.update(epoch=epoch + 1, stopped=stop)
+            save_checkpoint(work, model, optimizer, schedule, state, device, group)
+            run.keep()
+            if keeps_best and group.main:
+                remove_other_kept_weights(work, state["best_epoch"])
             left = config.epochs - state["epoch"]
             if left and not stop:
                 per_epoch = (time.perf_counter() - run_start) / (state["epoch"] - first_epoch)
@@ -579,33 +776,44 @@ def _train(config: TrainConfig, group: Group, made: NewFolder) -> dict:
                 break
     finally:
         if log is not None:
-            log.close()
-    kept = state["best_epoch"] if config.save == "best" and choose else state["epoch"]
+            with contextlib.suppress(OSError):  # a failed write was reported where it happened
+                log.close()
+    kept = state["best_epoch"] if keeps_best else state["epoch"]
     if group.main:
         from tagtune.report import write_report
 
-        write_report(out, state["history"], labels, kept_epoch=kept, data=data_line, note=small_dev)
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        if keeps_best:
+            model.load_state_dict(load_file(kept_weights(work, kept), device=str(device)))
+
+        def write_files(folder: Path) -> None:
+            write_report(folder, state["history"], labels, kept_epoch=kept, data=data_line, note=small_dev)
+            write_model_files(model, tokenizer, folder, {SETTINGS_FILE: settings.to_json()})
+
+        run.finish(write_files)
     group.barrier()  # every process returns once the folder is complete
     epoch_log = next(h for h in state["history"] if h.get("epoch") == kept and "train_loss" in h)
     scores = dict.fromkeys(("precision", "recall", "f1", "macro_f1", "per_label"))
     if "dev" in epoch_log:
         scores.update(epoch_log["dev"], per_label=epoch_log["dev_per_label"])
-    return {"out": str(out), "epoch": kept, "train_loss": epoch_log["train_loss"], "dev_texts": len(dev_examples),
-            **scores}
+    return {"out": str(Path(config.out)), "epoch": kept, "train_loss": epoch_log["train_loss"],
+            "dev_texts": len(dev_examples), **scores}
 
 
 def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device,
                     group: Group | None = None) -> None:
     """Everything needed to continue exactly, written (by rank 0) to a temporary file then
-    renamed. The random states of all processes are kept."""
+    renamed: a failed save leaves the previous checkpoint. The random states of all processes
+    are kept."""
     group = group or Group()
     rngs = group.gather(torch.get_rng_state())
     cuda_rngs = group.gather(torch.cuda.get_rng_state(device).cpu()) if device.type == "cuda" else None
     if not group.main:
         return
     path = out / CHECKPOINT
-    path.parent.mkdir(exist_ok=True)
+    try:
+        path.parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise write_error(path.parent, e) from None
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -614,9 +822,7 @@ def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: 
         "cuda_rngs": cuda_rngs,
         "state": state,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    torch_save(payload, path)
 
 
 def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | None = None, progress: bool = False,
