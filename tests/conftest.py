@@ -51,21 +51,34 @@ def tiny_hf_model(kind: str, num_labels: int = 5, task: str = "token"):
     return classes[task].from_config(config).eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, minilm):
-    """A small random BERT with the real MiniLM vocabulary and tokenizer: trains in seconds."""
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)``: tagtune.cli.main in this process; a Result (returncode, stdout, stderr)."""
+    from helpers import run_main
+
+    return lambda *args: run_main(capsys, *args)
+
+
+def make_tiny_bert(folder, **config):
+    """Save a small random BERT (seed 0) with the real MiniLM vocabulary and tokenizer in
+    ``folder``; ``config`` changes its BertConfig (dropout, ...)."""
     import shutil
 
     import transformers as T
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = T.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=64, max_position_embeddings=512)
+    config = T.BertConfig(**{**dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=512), **config})
     T.BertModel(config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm / name, folder / name)
+        shutil.copy(minilm_dir() / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm):
+    """A small random BERT with the real MiniLM vocabulary and tokenizer: trains in seconds."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +88,17 @@ def wnut_files(tmp_path_factory, tweets):
     for name, part in (("train.conll", tweets[:300]), ("dev.conll", tweets[300:360])):
         write_conll(folder / name, part)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tiny_bert, wnut_files, tmp_path_factory):
+    """The tiny BERT trained for one epoch on the WNUT train file: a small real tagger folder."""
+    import tagtune
+
+    out = tmp_path_factory.mktemp("tiny-tagger") / "tagger"
+    tagtune.train(model=str(tiny_bert), train=str(wnut_files / "train.conll"), out=str(out), epochs=1, lr=1e-3,
+                  progress=False, device="cpu")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,13 @@
 """The command line on good and bad input: one clear error line and a non-zero exit."""
 
 import json
+import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from conftest import tiny_hf_model
-
-
-def run(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "tagtune", *map(str, args)], capture_output=True,
-                          text=True, input=stdin, timeout=120)
+from helpers import tagtune as run
 
 
 def assert_one_line_error(result, *fragments):
@@ -122,6 +117,57 @@ def test_help_says_what_tagtune_is_with_examples():
         assert command.description and command.description[0].isupper() and command.description.endswith("."), name
         for action in command._actions:  # and states a default at most once per option
             assert (action.help or "").count("(default") <= 1, (name, action.dest)
+
+
+def option_helps(help_text: str) -> dict[str, str]:
+    """Each option's entry in a --help text, on one line, by its first option string."""
+    entries, current = {}, None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current and line.startswith("      "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return {option: " ".join(text.split()) for option, text in entries.items()}
+
+
+def test_option_defaults_come_from_the_library(cli):
+    """train's --help states TrainConfig's defaults (its options stay None, "not given", for
+    --resume); serve's options default to Limits' and serve()'s own."""
+    import dataclasses
+    import inspect
+
+    from tagtune.cli import build_parser
+    from tagtune.serve import Limits, serve
+    from tagtune.training import TrainConfig
+
+    result = cli("train", "--help")
+    assert result.returncode == 0
+    helps = option_helps(result.stdout)
+    shown = 0
+    for field in dataclasses.fields(TrainConfig):
+        option = "--" + field.name.replace("_", "-")
+        if option in helps and field.default not in (None, True, False, dataclasses.MISSING):
+            stated = re.findall(r"\(default ([^)]*)\)", helps[option])
+            assert len(stated) == 1 and type(field.default)(stated[0]) == field.default, (option, stated)
+            shown += 1
+    assert shown >= 12
+    assert "(default" not in helps["--max-tokens"] and "(default" not in helps["--dev-fraction"]
+    args = build_parser().parse_args(["train", "--out", "o"])
+    assert args.epochs is None and args.lr is None and args.scheme is None
+
+    args = build_parser().parse_args(["serve", "a-tagger"])
+    limits = Limits()
+    assert (args.max_texts, args.max_chars, args.max_total_chars, args.max_body) == (
+        limits.max_texts, limits.max_chars, limits.max_total_chars, limits.max_body)
+    signature = inspect.signature(serve).parameters
+    for name in ("host", "port", "batch_texts", "timeout", "max_queue"):
+        assert getattr(args, name) == signature[name].default, name
+    assert args.batch_wait_ms == signature["batch_wait"].default * 1000
+    helps = option_helps(cli("serve", "--help").stdout)
+    assert f"(default {limits.max_texts})" in helps["--max-texts"] and "(default 5;" not in helps["--batch-wait-ms"]
 
 
 def test_main_restores_showwarning(monkeypatch, capsys):

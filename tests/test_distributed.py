@@ -1,7 +1,6 @@
 """torchrun: 2 CPU processes (gloo) against 1, same data, global batch and seed, dropout off."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,23 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tagtune.examples import minilm_dir
+from conftest import make_tiny_bert
+from helpers import tagtune as run_tagtune
 
 
 @pytest.fixture(scope="module")
 def still_bert(tmp_path_factory):
-    """A small random BERT with the MiniLM vocabulary and every dropout at 0."""
-    import transformers as T
-
-    folder = tmp_path_factory.mktemp("still-bert")
-    torch.manual_seed(0)
-    config = T.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
+    """The tiny BERT (see conftest) with every dropout at 0."""
+    return make_tiny_bert(tmp_path_factory.mktemp("still-bert"), hidden_dropout_prob=0.0,
                           attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-    T.BertModel(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_dir() / name, folder / name)
-    return folder
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
@@ -37,9 +28,8 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 
 
 def tagtune(*args: str) -> subprocess.CompletedProcess:
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "tagtune", *args], capture_output=True, text=True, timeout=600,
-                          env=env)
+    return run_tagtune(*args, timeout=600, env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                                                "PATH": "/usr/bin:/bin"})
 
 
 def descendants(pid: int) -> list[int]:

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from conftest import tiny_hf_model
+from helpers import tagtune as run_tagtune
 from tagtune.config import EncoderConfig, check_memory, read_config
 from tagtune.data import read_examples
 from tagtune.errors import TagtuneError
@@ -40,8 +41,7 @@ def tagtune(*args, memory: int | None = MEMORY_LIMIT, file_size: int | None = No
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
-    return subprocess.run([sys.executable, "-m", "tagtune", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=ENV, preexec_fn=limits)
+    return run_tagtune(*args, timeout=120, env=ENV, preexec_fn=limits)
 
 
 def one_line_error(result, *fragments) -> str:

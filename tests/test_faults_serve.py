@@ -324,16 +324,6 @@ def test_requests_still_waiting_when_the_server_stops_get_an_answer():
 
 # -- the CLI, on a tiny real tagger --------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_tagger(tiny_bert, wnut_files, tmp_path_factory):
-    import tagtune
-
-    out = tmp_path_factory.mktemp("tiny-tagger") / "tagger"
-    tagtune.train(model=str(tiny_bert), train=str(wnut_files / "train.conll"), out=str(out), epochs=1,
-                  seed=0, progress=False, device="cpu")
-    return out
-
-
 def test_cli_timeout_and_max_queue(tiny_tagger, tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:

@@ -16,14 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import tagtune
 from tagtune import TagtuneError
 from tagtune.tagger import Tagger
 from tagtune.training import TrainConfig, train
-
-
-def tagtune(*args, wrapper=(), **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*wrapper, sys.executable, "-m", "tagtune", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, **kwargs)
 
 
 def train_args(model, data, out, *extra):

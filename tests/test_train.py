@@ -10,18 +10,28 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import tagtune as cli
 from tagtune import TagtuneError
 from tagtune.config import EncoderConfig
 from tagtune.model import TokenClassifier
+from tagtune.data import read_examples
 from tagtune.spans import Span
 from tagtune.tagger import Tagger, TaggerSettings
 from tagtune.tokenizer import load_tokenizer
 from tagtune.training import TrainConfig, train
 
 
-def cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tagtune", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, **kwargs)
+def entity_f1(gold, predicted) -> float:
+    """Micro F1 of exact (text, start, end, label) span matches, counted here by hand."""
+    gold = {(k, s.start, s.end, s.label) for k, spans in enumerate(gold) for s in spans}
+    predicted = {(k, s.start, s.end, s.label) for k, spans in enumerate(predicted) for s in spans}
+    return 2 * len(gold & predicted) / (len(gold) + len(predicted)) if gold or predicted else 0.0
+
+
+def tagger_f1(folder, path) -> float:
+    """The F1 of the tagger in ``folder`` on the annotated file ``path``, computed by hand."""
+    examples = read_examples(str(path))
+    return entity_f1([ex.spans for ex in examples], Tagger.load(folder)([ex.text for ex in examples]))
 
 
 def train_args(model, files, out, *extra):
@@ -44,7 +54,8 @@ def test_output_folder_is_complete_and_loads(tiny_bert, wnut_files, tmp_path):
     epochs = [e for e in log if "dev" in e]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
-    assert result["epoch"] in (1, 2) and 0.0 <= result["f1"] <= 1.0
+    dev_f1 = [e["dev"]["f1"] for e in epochs]  # save="best": the first epoch with the best dev F1 is kept
+    assert result["epoch"] == 1 + dev_f1.index(max(dev_f1)) and result["f1"] == max(dev_f1)
     report = (out / "report.html").read_text()
     assert "<svg" in report and "dev entity F1" in report and "B-person" in json.loads(
         (out / "config.json").read_text())["label2id"]
@@ -215,6 +226,22 @@ def test_train_api_rejects_bad_settings(tiny_bert, wnut_files, tmp_path):
             train(TrainConfig(**base, **change))
 
 
+def test_check_only_validates():
+    """TrainConfig.check changes nothing; normalised() is the config as trained: a token budget
+    replaces the window count."""
+    from dataclasses import asdict
+
+    config = TrainConfig(model="m", train="t", out="o", max_tokens=512)
+    before = asdict(config)
+    config.check()
+    assert asdict(config) == before and config.batch_size == 32
+    assert config.normalised().batch_size is None and config.normalised().max_tokens == 512
+    plain = TrainConfig(model="m", train="t", out="o")
+    assert plain.normalised() == plain
+    with pytest.raises(TagtuneError, match="token budget"):
+        TrainConfig(model="m", train="t", out="o", max_tokens=64).check()
+
+
 def test_package_level_api(tiny_bert, wnut_files, tmp_path):
     import tagtune
     import tagtune.training  # noqa: F401  (importing the module must not shadow tagtune.train)
@@ -223,9 +250,12 @@ def test_package_level_api(tiny_bert, wnut_files, tmp_path):
                            epochs=1, progress=False)
     assert set(result) >= {"precision", "recall", "f1", "per_label", "epoch"}
     tagger = tagtune.Tagger.load(tmp_path / "o")
-    assert isinstance(tagger(["a text", "another"]), list)
+    texts = ["Barack Obama visited Lisbon", "another text"]
+    spans = tagger(texts)
+    assert spans == [tagger(text) for text in texts]  # a list of texts: one span list per text
+    assert all(0 <= s.start < s.end <= len(text) for text, found in zip(texts, spans) for s in found)
     scores = tagtune.evaluate(str(tmp_path / "o"), str(wnut_files / "dev.conll"))
-    assert 0.0 <= scores["f1"] <= 1.0
+    assert scores["f1"] == pytest.approx(tagger_f1(tmp_path / "o", wnut_files / "dev.conll"))
 
 
 def test_label_prior_is_the_smoothed_log_frequency_of_labels():
@@ -283,8 +313,9 @@ def test_dev_fraction_holds_out_a_seeded_dev_set(tiny_bert, wnut_files, tmp_path
     result = train(TrainConfig(**config, out=str(tmp_path / "a")))
     err = capsys.readouterr().err
     assert "tagtune: 240 train / 60 dev texts (20% of train.conll held out as dev, seed 42)" in err
-    assert result["dev_texts"] == 60 and 0.0 <= result["f1"] <= 1.0 and result["per_label"]
     log = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    kept = next(e for e in log if e.get("epoch") == result["epoch"] and "dev" in e)
+    assert result["dev_texts"] == 60 and result["f1"] == kept["dev"]["f1"] and result["per_label"]
     assert [e["epoch"] for e in log if "dev" in e] == [1, 2]
     assert json.loads((tmp_path / "a" / "train_config.json").read_text())["dev_fraction"] == 0.2
 
@@ -460,21 +491,13 @@ def test_progress_estimates_the_time_left_from_the_rate_so_far():
 # evaluate and export: progress and a warning for labels the tagger does not know
 
 
-@pytest.fixture(scope="module")
-def tiny_tagger(tiny_bert, wnut_files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-tagger") / "tagger"
-    train(TrainConfig(model=str(tiny_bert), train=str(wnut_files / "train.conll"), out=str(out), epochs=1,
-                      lr=1e-3, progress=False))
-    return out
-
-
 def test_evaluate_shows_progress_and_warns_about_unknown_labels(tiny_tagger, wnut_files, tmp_path):
     result = cli("evaluate", tiny_tagger, wnut_files / "dev.conll")
     assert result.returncode == 0, result.stderr
     assert f"tagtune: loading the tagger in {tiny_tagger}" in result.stderr
     assert "evaluating on dev.conll [" in result.stderr and "60/60 texts" in result.stderr
     assert "warning" not in result.stderr
-    assert 0.0 <= json.loads(result.stdout)["f1"] <= 1.0
+    assert json.loads(result.stdout)["f1"] == pytest.approx(tagger_f1(tiny_tagger, wnut_files / "dev.conll"))
 
     gold = tmp_path / "gold.jsonl"
     gold.write_text('{"text": "Barack Obama visited Lisbon", "spans": [{"start": 0, "end": 12, "label": "PER"}, '

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tagtune.errors import TagtuneError
-from tagtune.schemes import tags_for_entities
+from tagtune.schemes import OUTSIDE, entity_type, tags_for_entities
 from tagtune.spans import Span
 from tagtune.tokenizer import Encoding
 
@@ -138,10 +138,24 @@ def token_labels(spans: list[Span], enc: Encoding, label2id: dict[str, int], sch
             labels[t] = label2id[tags[unit]]
         except KeyError:
             raise TagtuneError(
-                f"{source or 'data'}: label {tags[unit][2:]!r} is not one of the model's labels "
-                f"({', '.join(sorted({k[2:] for k in label2id if k != 'O'}))})"
+                f"{source or 'data'}: label {entity_type(tags[unit])!r} is not one of the model's labels "
+                f"({', '.join(sorted({entity_type(k) for k in label2id if k != OUTSIDE}))})"
             ) from None
     return labels, stats
+
+
+SPECIALS = 2
+"""Special tokens around every window: the start (CLS) and end (SEP) tokens."""
+
+
+def window_size(max_length: int) -> int:
+    """Tokens of text a window of ``max_length`` tokens holds besides its special tokens."""
+    return max_length - SPECIALS
+
+
+def windows_of(length: int, max_length: int, stride: int) -> list[tuple[int, int]]:
+    """:func:`window_bounds` for windows of ``max_length`` tokens, special tokens included."""
+    return window_bounds(length, window_size(max_length), stride)
 
 
 def window_bounds(length: int, size: int, stride: int) -> list[tuple[int, int]]:

@@ -12,13 +12,9 @@ key must be one the model has, with the model's shape, and every model weight mu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,26 +22,14 @@ import torch
 
 from tagtune.config import EncoderConfig, check_memory, device_memory, read_config
 from tagtune.errors import TagtuneError
+from tagtune.files import atomic_save, atomic_write, new_folder_beside, replace_folder, write_error
+from tagtune.folder import WEIGHT_FILES, check_vocab
 from tagtune.hub import resolve
-from tagtune.model import TokenClassifier
+from tagtune.models import TAGTUNE_LAYERS, checkpoint_layers
+from tagtune.models.packed import TokenClassifier
 
-# Per family: (checkpoint's layer prefix, {tagtune module path in a layer: checkpoint's}).
-# BERT, RoBERTa, XLM-R and ELECTRA use tagtune's names as they are.
-LAYER_RENAMES: dict[str, tuple[str, dict[str, str]]] = {
-    "distilbert": (
-        "transformer.layer.",
-        {
-            "attention.self.query": "attention.q_lin",
-            "attention.self.key": "attention.k_lin",
-            "attention.self.value": "attention.v_lin",
-            "attention.output.dense": "attention.out_lin",
-            "attention.output.LayerNorm": "sa_layer_norm",
-            "intermediate.dense": "ffn.lin1",
-            "output.dense": "ffn.lin2",
-            "output.LayerNorm": "output_layer_norm",
-        },
-    ),
-}
+# Each family's layer names in its checkpoints are the family's own (CHECKPOINT_LAYERS in
+# tagtune/models/distilbert.py); BERT, RoBERTa, XLM-R and ELECTRA use tagtune's as they are.
 
 # Heads and pieces of other tasks that a token tagger does not use: dropped on load, listed
 # in LoadReport.dropped. "classifier." joins them unless the checkpoint is a token classifier.
@@ -66,12 +50,6 @@ OTHER_TASK_PREFIXES = (
 # Non-trainable buffers some checkpoints carry (HF BertEmbeddings.position_ids in old saves).
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +131,7 @@ def _rename_layer_key(key: str, from_prefix: str, to_prefix: str, table: dict[st
 def to_tagtune_names(state: dict, config: EncoderConfig, keep_classifier: bool):
     """Checkpoint keys -> tagtune's. Returns (state, dropped keys of other tasks)."""
     prefix = config.arch.prefix
-    layer_prefix, table = LAYER_RENAMES.get(config.model_type, ("encoder.layer.", {}))
+    layer_prefix, table = checkpoint_layers(config.model_type)
     inverse = {v: k for k, v in table.items()}
     out, dropped = {}, []
     for key, tensor in state.items():
@@ -163,19 +141,19 @@ def to_tagtune_names(state: dict, config: EncoderConfig, keep_classifier: bool):
         if name.startswith(OTHER_TASK_PREFIXES) or (name.startswith("classifier.") and not keep_classifier):
             dropped.append(key)
             continue
-        out[_rename_layer_key(name, layer_prefix, "encoder.layer.", inverse)] = tensor
+        out[_rename_layer_key(name, layer_prefix, TAGTUNE_LAYERS, inverse)] = tensor
     return out, dropped
 
 
 def to_checkpoint_names(state: dict, config: EncoderConfig) -> dict:
     """tagtune keys -> the family's HF token-classification keys (the inverse of the above)."""
-    layer_prefix, table = LAYER_RENAMES.get(config.model_type, ("encoder.layer.", {}))
+    layer_prefix, table = checkpoint_layers(config.model_type)
     out = {}
     for key, tensor in state.items():
         if key.startswith("classifier."):
             out[key] = tensor
         else:
-            out[config.arch.prefix + _rename_layer_key(key, "encoder.layer.", layer_prefix, table)] = tensor
+            out[config.arch.prefix + _rename_layer_key(key, TAGTUNE_LAYERS, layer_prefix, table)] = tensor
     return out
 
 
@@ -210,7 +188,7 @@ def load_model(source: str | os.PathLike, labels: list[str] | None = None,
     """
     directory = resolve(source)
     config = read_config(directory)
-    own_labels = [config.id2label[i] for i in range(config.num_labels)] if is_token_classifier(config) else []
+    own_labels = config.labels if is_token_classifier(config) else []
     if labels is None:
         labels = own_labels
     config = config.with_labels(list(labels))
@@ -239,82 +217,6 @@ def load_model(source: str | os.PathLike, labels: list[str] | None = None,
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, LoadReport(directory, dropped, new_head=model.classifier is not None and not keep_head)
-
-
-def check_vocab(tokenizer, config: EncoderConfig, directory) -> None:
-    """The tokenizer must only produce ids the word embedding has rows for."""
-    if tokenizer.max_id >= config.vocab_size:
-        raise TagtuneError(
-            f"{directory}: the tokenizer has ids up to {tokenizer.max_id} but the model's word "
-            f"embedding has {config.vocab_size} rows (tokenizer and weights do not belong together)"
-        )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_error(path: str | os.PathLike, error: OSError) -> TagtuneError:
-    """The one-line error for a file or folder that could not be written: its path and the cause
-    (disk full, read-only filesystem, no permission, ...)."""
-    return TagtuneError(f"{path}: cannot be written ({error.strerror or error})")
-
-
-def fsync_folder(path: str | os.PathLike) -> None:
-    """Make the renames and new names in folder ``path`` durable (where the filesystem allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems do not fsync folders
-        pass
-    finally:
-        os.close(fd)
-
-
-def sync_folder(path: str | os.PathLike) -> None:
-    """fsync every file directly in folder ``path``, then the folder itself."""
-    for child in Path(path).iterdir():
-        if child.is_file() and not child.is_symlink():
-            try:
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
-            except OSError as e:
-                raise write_error(child, e) from None
-    fsync_folder(path)
-
-
-def atomic_save(path: str | os.PathLike, write) -> None:
-    """Write ``path`` with ``write(file)`` (a binary file open for writing) through ``path.tmp``:
-    the data is flushed and fsynced, then renamed over ``path``, so readers and a crash see the
-    old file or the new one, never half of one. On any failure, an interrupt included, the
-    temporary file is removed and ``path`` is as it was; an OSError (disk full, read-only, no
-    permission) becomes a one-line TagtuneError naming ``path`` and the cause."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError):
-            raise write_error(path, e) from None
-        raise
-    fsync_folder(path.parent)
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` as atomic_save does."""
-    payload = data if isinstance(data, bytes) else data.encode("utf-8")
-    atomic_save(path, lambda f: f.write(payload))
 
 
 class _WriteRecorder:
@@ -395,8 +297,7 @@ def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwr
     if model.classifier is None:
         raise TagtuneError("the model has no labels; nothing to save as a token classifier")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+    tmp = new_folder_beside(out)
     try:
         write_model_files(model, tokenizer, tmp, extra_files)
         replace_folder(tmp, out)
@@ -404,51 +305,6 @@ def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwr
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Ctrl-C and SIGTERM wait until the block is done (in the main thread, where Python runs
-    signal handlers; elsewhere the block runs as it is)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def replace_folder(tmp: Path, out: Path, aside: Path | None = None) -> None:
-    """Rename the finished folder ``tmp`` to ``out``. An earlier ``out`` is first renamed
-    ``aside`` (by default into a new hidden folder beside it), renamed back if the second rename
-    fails, and deleted only once the new folder is in place and the renames are on disk (the
-    parent folder fsynced). Interrupts wait until both renames are done."""
-    tmp, out = Path(tmp), Path(out)
-    holder = None
-    try:
-        with signals_held():
-            if os.path.lexists(out):
-                if aside is None:
-                    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-                    aside = holder / out.name
-                os.replace(out, aside)
-                try:
-                    os.replace(tmp, out)
-                except BaseException:
-                    os.replace(aside, out)
-                    raise
-            else:
-                aside = None
-                os.replace(tmp, out)
-            fsync_folder(out.parent)
-    except OSError as e:
-        if holder is not None and os.path.lexists(out):  # the earlier folder is back in place
-            shutil.rmtree(holder, ignore_errors=True)
-        raise write_error(out, e) from None
-    if aside is not None:
-        shutil.rmtree(holder or aside, ignore_errors=True)
 
 
 def describe(source: str | os.PathLike) -> dict:
@@ -466,7 +322,7 @@ def describe(source: str | os.PathLike) -> dict:
         "hidden_size": c.hidden_size,
         "heads": c.num_attention_heads,
         "parameters": model.num_parameters(),
-        "labels": [c.id2label[i] for i in range(c.num_labels)],
+        "labels": c.labels,
         "tokenizer": tokenizer.kind,
         "vocab_size": tokenizer.vocab_size,
         "dropped_weights": report.dropped,

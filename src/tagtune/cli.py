@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import os
 import signal
@@ -94,6 +97,58 @@ def cmd_predict(args) -> int:
                  progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite, backend=args.backend,
                  format=args.format)
     return 0
+
+
+def field_default(cls, name: str):
+    """The default of the dataclass ``cls``'s field ``name``."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def parameter_default(function, name: str):
+    """The default of ``function``'s parameter ``name``."""
+    return inspect.signature(function).parameters[name].default
+
+
+@functools.lru_cache(maxsize=None)
+def train_defaults() -> dict:
+    """TrainConfig's defaults by field name, for train's --help; empty without torch, which the
+    training module needs (train then says how to install it)."""
+    try:
+        from tagtune.training import TrainConfig
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        return {}
+    return {f.name: field_default(TrainConfig, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Help that ends each option with its default, ``(default 128)``, unless the help says
+    what its default means itself or the default is None or a flag's."""
+
+    def default_of(self, action):
+        return action.default
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        value = self.default_of(action)
+        if (not action.option_strings or "(default" in text or value is None or value is argparse.SUPPRESS
+                or isinstance(value, bool)):
+            return text
+        return f"{text} (default {value:g})" if isinstance(value, float) else f"{text} (default {value})"
+
+
+class _TrainConfigDefaults(_ShowDefaults):
+    """train's help, with TrainConfig's defaults. The options themselves default to None, "not
+    given", which --resume tells apart from a value given again; TrainConfig is looked up only
+    when the help is shown."""
+
+    def default_of(self, action):
+        return train_defaults().get(action.dest)
 
 
 def cmd_serve(args) -> int:
@@ -182,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--special", action="store_true", help="include the start and end tokens")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("train", help="fine-tune a model on annotated text; writes a tagger folder")
+    p = sub.add_parser("train", help="fine-tune a model on annotated text; writes a tagger folder",
+                       formatter_class=_TrainConfigDefaults)
     p.add_argument("--model", help="base model folder or Hub id org/name[@revision], downloaded unless cached "
                    "(e.g. cl-tohoku/bert-base-japanese-v3)")
     p.add_argument("--train", help="annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano)")
@@ -191,36 +247,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-fraction", type=float, metavar="F",
                    help="without --dev, hold this share of --train out as the dev set (seeded), e.g. 0.1")
     p.add_argument("--out", required=True, help="output folder for the trained tagger")
-    p.add_argument("--epochs", type=int, help="passes over the data (default 3)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
+    p.add_argument("--epochs", type=int, help="passes over the data")
+    p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--batch-size", type=int, help="windows per batch, as a token budget of that many mean-length "
-                   "windows unless --no-bucket (default 32)")
+                   "windows unless --no-bucket")
     p.add_argument("--max-tokens", type=int, help="real tokens per batch, instead of --batch-size")
     p.add_argument("--no-bucket", dest="bucket", action="store_const", const=False,
                    help="batches in plain seeded random order, not grouped by length; with --batch-size, "
                         "that many windows per batch (default: grouped by length, and --batch-size N means "
                         "the tokens of N windows of the mean length)")
     p.add_argument("--bucket", dest="bucket", action="store_const", const=True, help=argparse.SUPPRESS)
-    p.add_argument("--max-length", type=int, help="window length in tokens; longer texts are windowed (default 128)")
-    p.add_argument("--stride", type=int, help="tokens shared by consecutive windows (default 32)")
-    p.add_argument("--warmup", type=float, help="warm-up: fraction of steps if < 1, else steps (default 0.1)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.01)")
-    p.add_argument("--clip", type=float, help="gradient norm clipping, 0 for none (default 1.0)")
-    p.add_argument("--accumulation", type=int, help="batches per optimizer step (default 1)")
-    p.add_argument("--seed", type=int, help="random seed (default 42)")
-    p.add_argument("--scheme", choices=["BIO", "BIOES", "IO"], help="tagging scheme (default BIO)")
+    p.add_argument("--max-length", type=int, help="window length in tokens; longer texts are windowed")
+    p.add_argument("--stride", type=int, help="tokens shared by consecutive windows")
+    p.add_argument("--warmup", type=float, help="warm-up: fraction of steps if < 1, else steps")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices")
+    p.add_argument("--clip", type=float, help="gradient norm clipping, 0 for none")
+    p.add_argument("--accumulation", type=int, help="batches per optimizer step")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--scheme", choices=["BIO", "BIOES", "IO"], help="tagging scheme")
     p.add_argument("--all-subwords", action="store_const", const=True, help="label every subword, not only the first")
-    p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1 (default 3; "
-                   "only with a dev set of at least 20 entity spans)")
+    p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1; "
+                   "only with a dev set of at least 20 entity spans")
     p.add_argument("--no-head-prior", dest="head_prior", action="store_const", const=False,
                    help="keep HF's zero bias on a new head instead of the training labels' log frequencies")
-    p.add_argument("--save", choices=["best", "last"], help="keep the best epoch's model by dev F1 (default) or the "
-                   "last; without a dev set of at least 20 entity spans, the last")
+    p.add_argument("--save", choices=["best", "last"], help="keep the best epoch's model by dev F1 or the last "
+                   "epoch's; without a dev set of at least 20 entity spans, the last")
     p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
-    p.add_argument("--keyword-label", help="label of spans from keyword lists (default KEY)")
+    p.add_argument("--keyword-label", help="label of spans from keyword lists")
     p.add_argument("--bf16", choices=["auto", "on", "off"],
-                   help="bf16 mixed precision (default auto: on for CUDA GPUs with bf16 and CPUs with AVX512-BF16 "
-                        "or AMX, fp32 elsewhere; on forces it, emulated where not native; off: fp32)")
+                   help="bf16 mixed precision; auto: on for CUDA GPUs with bf16 and CPUs with AVX512-BF16 "
+                        "or AMX, fp32 elsewhere; on forces it, emulated where not native; off: fp32")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace --out if it holds an earlier run")
     p.add_argument("--resume", action="store_const", const=True, help="continue the interrupted run in --out")
@@ -256,24 +312,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nothing on stderr but errors and warnings: no progress bar, input format or terminal hint")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="serve a tagger over HTTP (POST /v1/extract), with a page to try it")
+    p = sub.add_parser("serve", help="serve a tagger over HTTP (POST /v1/extract), with a page to try it",
+                       formatter_class=_ShowDefaults)
     p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")
-    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, metavar="N", help="port (default 8080; 0 picks a free one)")
-    p.add_argument("--max-texts", type=int, default=128, metavar="N", help="texts per request (default 128)")
-    p.add_argument("--max-chars", type=int, default=10_000, metavar="N", help="characters per text (default 10000)")
-    p.add_argument("--max-total-chars", type=int, default=100_000, metavar="N",
-                   help="characters in all texts of a request (default 100000)")
-    p.add_argument("--max-body", type=int, default=1_048_576, metavar="BYTES",
-                   help="request body size (default 1048576)")
-    p.add_argument("--batch-texts", type=int, default=256, metavar="N",
-                   help="texts of concurrent requests tagged together at most (default 256)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
-                   help="how long a request waits for others to share its batch (default 5)")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="answer 503 to a request still waiting for its answer after this long (default 30; 0: never)")
-    p.add_argument("--max-queue", type=int, default=1024, metavar="N",
-                   help="texts that may wait for the model; beyond, 503 at once with Retry-After (default 1024)")
+    from tagtune.serve import Limits, serve
+
+    def serve_default(name):
+        return parameter_default(serve, name)
+
+    p.add_argument("--host", default=serve_default("host"), metavar="ADDRESS",
+                   help="address to listen on")
+    p.add_argument("--port", type=int, default=serve_default("port"), metavar="N",
+                   help="port; 0 picks a free one")
+    p.add_argument("--max-texts", type=int, default=field_default(Limits, "max_texts"), metavar="N",
+                   help="texts per request")
+    p.add_argument("--max-chars", type=int, default=field_default(Limits, "max_chars"), metavar="N",
+                   help="characters per text")
+    p.add_argument("--max-total-chars", type=int, default=field_default(Limits, "max_total_chars"), metavar="N",
+                   help="characters in all texts of a request")
+    p.add_argument("--max-body", type=int, default=field_default(Limits, "max_body"), metavar="BYTES",
+                   help="request body size")
+    p.add_argument("--batch-texts", type=int, default=serve_default("batch_texts"), metavar="N",
+                   help="texts of concurrent requests tagged together at most")
+    p.add_argument("--batch-wait-ms", type=float, default=serve_default("batch_wait") * 1000, metavar="MS",
+                   help="how long a request waits for others to share its batch")
+    p.add_argument("--timeout", type=float, default=serve_default("timeout"), metavar="SECONDS",
+                   help="answer 503 to a request still waiting for its answer after this long; 0: never")
+    p.add_argument("--max-queue", type=int, default=serve_default("max_queue"), metavar="N",
+                   help="texts that may wait for the model; beyond, 503 at once with Retry-After")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)

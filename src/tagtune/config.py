@@ -1,8 +1,8 @@
 """Encoder configuration, read straight from an HF ``config.json`` (no torch here).
 
 One dataclass describes every supported architecture. Each architecture's own key names
-(DistilBERT says ``dim`` where BERT says ``hidden_size``) are mapped in :data:`ARCHITECTURES`,
-the one table that knows how the families differ.
+(DistilBERT says ``dim`` where BERT says ``hidden_size``) are mapped in
+tagtune.models.ARCHITECTURES, the one table that knows how the families differ.
 
 A config.json is checked before anything is allocated for it: every size is an integer within
 :data:`LIMITS`, probabilities and epsilons are numbers in range, the heads divide the width, the
@@ -19,44 +19,9 @@ from pathlib import Path
 
 from tagtune import safejson
 from tagtune.errors import TagtuneError
+from tagtune.models import ARCHITECTURES, Architecture
 from tagtune.safejson import excerpt
 
-
-@dataclass(frozen=True)
-class Architecture:
-    """What differs between the supported encoder families."""
-
-    prefix: str
-    """Key prefix of the encoder in HF task checkpoints ("bert." in BertForTokenClassification)."""
-    token_class: str
-    """The transformers class name written to config.json ``architectures`` on save."""
-    config_keys: dict[str, str] = field(default_factory=dict)
-    """HF config key -> EncoderConfig field, where the family names them differently."""
-    position_offset_from_pad: bool = False
-    """RoBERTa family: positions start at pad_token_id + 1 (HF create_position_ids_from_input_ids)."""
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture("bert.", "BertForTokenClassification"),
-    "roberta": Architecture("roberta.", "RobertaForTokenClassification", position_offset_from_pad=True),
-    "xlm-roberta": Architecture(
-        "roberta.", "XLMRobertaForTokenClassification", position_offset_from_pad=True
-    ),
-    "electra": Architecture("electra.", "ElectraForTokenClassification"),
-    "distilbert": Architecture(
-        "distilbert.",
-        "DistilBertForTokenClassification",
-        config_keys={
-            "dim": "hidden_size",
-            "n_layers": "num_hidden_layers",
-            "n_heads": "num_attention_heads",
-            "hidden_dim": "intermediate_size",
-            "activation": "hidden_act",
-            "dropout": "hidden_dropout_prob",
-            "attention_dropout": "attention_probs_dropout_prob",
-        },
-    ),
-}
 
 # Bounds on the integers of config.json, by tagtune's name of the key (DistilBERT's dim,
 # n_layers, n_heads and hidden_dim are hidden_size, num_hidden_layers, num_attention_heads and
@@ -146,6 +111,11 @@ class EncoderConfig:
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
+
+    @property
+    def labels(self) -> list[str]:
+        """The label names in id order (``id2label[0]``, ``id2label[1]``, ...)."""
+        return [self.id2label[i] for i in range(self.num_labels)]
 
     @property
     def head_dim(self) -> int:

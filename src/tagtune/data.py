@@ -54,6 +54,7 @@ from pathlib import Path
 from tagtune import safejson
 from tagtune.errors import TagtuneError
 from tagtune.safejson import cut, excerpt
+from tagtune.schemes import chunks, is_file_tag, split_tag
 from tagtune.spans import Example, Span
 
 __all__ = [
@@ -74,8 +75,6 @@ CONLL_SUFFIXES = frozenset({
 JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson", ".jsonlines"})
 
 _SPAN_KEYS = ("spans", "entities", "label", "labels")
-_TAG_PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
-_CONLL_TAG = re.compile(r"^(O|[BIESLU]-\S+)$")
 _MISSING = object()
 
 
@@ -240,9 +239,10 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _looks_like_conll(line: str) -> bool:
-    fields = _conll_fields(line)
-    return len(fields) >= 2 and bool(_CONLL_TAG.match(fields[-1]))
+def looks_like_conll(line: str) -> bool:
+    """Whether ``line`` reads as a CoNLL token line: a token, any columns, and a tag last."""
+    fields = conll_fields(line)
+    return len(fields) >= 2 and is_file_tag(fields[-1])
 
 
 def _detect(path: Path, text: str) -> tuple[str, list | None]:
@@ -252,7 +252,7 @@ def _detect(path: Path, text: str) -> tuple[str, list | None]:
         return "conll", None
     first_line = next(line for line in text.split("\n") if line.strip())
     if suffix not in JSON_SUFFIXES:
-        if _looks_like_conll(first_line):
+        if looks_like_conll(first_line):
             return "conll", None
         if first_line.lstrip()[0] not in "[{":
             raise TagtuneError(
@@ -339,17 +339,16 @@ def _json_list(path: Path, text: str, start: int) -> list[tuple[int, object]]:
 # --------------------------------------------------------------------------- CoNLL
 
 
-def _conll_fields(line: str) -> list[str]:
+def conll_fields(line: str) -> list[str]:
+    """The columns of a CoNLL line: split at tabs when it has one, else at spaces."""
     parts = line.split("\t") if "\t" in line else line.split(" ")
     return [p for p in (part.strip(" \r") for part in parts) if p]
 
 
 def _parse_tag(tag: str, where: str) -> tuple[str, str]:
-    if tag == "O":
-        return "O", ""
-    prefix, dash, kind = tag.partition("-")
-    if dash and prefix in _TAG_PREFIXES and kind:
-        return _TAG_PREFIXES[prefix], kind
+    parsed = split_tag(tag)
+    if parsed is not None:
+        return parsed
     raise TagtuneError(
         f"{where}: unknown tag {excerpt(tag)} (expected O, or B-, I-, E-, S-, L- or U- and an entity type)"
     )
@@ -371,7 +370,7 @@ def _read_conll(path: Path, text: str, labels: frozenset[str] | None) -> list[Ex
         if not line.strip():
             flush()
             continue
-        fields = _conll_fields(line)
+        fields = conll_fields(line)
         if fields[0] == "-DOCSTART-":
             flush()
             continue
@@ -398,30 +397,7 @@ def _conll_example(tokens: list[str], tags: list[tuple[str, str]], source: str) 
     for token in tokens:
         starts.append(offset)
         offset += len(token) + 1
-    spans = []
-    chunk: tuple[int, str] | None = None  # (first token, type) of the open entity
-    previous = "O"
-
-    def close(last: int) -> None:
-        nonlocal chunk
-        if chunk is not None:
-            first, kind = chunk
-            spans.append(Span(starts[first], starts[last] + len(tokens[last]), kind))
-            chunk = None
-
-    for i, (prefix, kind) in enumerate(tags):
-        if prefix == "O":
-            close(i - 1)
-        else:
-            begins = (prefix in ("B", "S") or chunk is None or chunk[1] != kind
-                      or previous in ("E", "S"))
-            if begins:
-                close(i - 1)
-                chunk = (i, kind)
-            if prefix in ("E", "S"):
-                close(i)
-        previous = prefix
-    close(len(tokens) - 1)
+    spans = [Span(starts[first], starts[end - 1] + len(tokens[end - 1]), kind) for first, end, kind in chunks(tags)]
     return Example(" ".join(tokens), spans, source)
 
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,13 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tagtune.checkpoint import _umask, check_vocab, load_model, replace_folder
 from tagtune.errors import TagtuneError
-from tagtune.hub import resolve
-from tagtune.onnx_backend import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxModel
-from tagtune.runs import check_finished
-from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings
-from tagtune.tokenizer import load_tokenizer
+from tagtune.files import new_folder_beside, replace_folder
+from tagtune.folder import CONFIG_FILE, ONNX_FILE, locate, open_folder, write_settings
+from tagtune.model import Packing
+from tagtune.onnx_backend import INPUT_NAMES, OUTPUT_NAME, OnnxModel
+from tagtune.tagger import Tagger
 
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| logit difference an export may have
 OPSET = 18
@@ -44,9 +41,9 @@ class PaddedTagger(nn.Module):
     """The model of a TokenClassifier on padded input, for export:
     ``input_ids, attention_mask: (B, L)`` -> ``logits (B, L, labels)``.
 
-    Same modules and weights as the packed forward; attention masks padding keys with a large
-    negative bias instead of packing, so the graph has no data-dependent shapes. Logits at
-    padding positions are not meaningful.
+    The model's own embeddings, encoder and head run on the batch laid out as ``B`` sequences of
+    ``L`` tokens, padding included, with the attention mask as the key mask: the graph has no
+    data-dependent shapes. Logits at padding positions are not meaningful.
     """
 
     def __init__(self, model):
@@ -56,24 +53,21 @@ class PaddedTagger(nn.Module):
     def forward(self, input_ids, attention_mask):
         m = self.model
         batch, length = input_ids.shape
-        positions = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(batch, length)  # (B, L)
-        x = m.embeddings(input_ids, positions)  # (B, L, E)
+        if batch == 1:  # the encoder runs a lone sequence without a key mask; the model's own padded path
+            return m.forward_padded(input_ids, attention_mask)
+        device = input_ids.device
+        packing = Packing(
+            cu_seqlens=(torch.arange(batch + 1, device=device) * length).to(torch.int32),  # (B + 1,)
+            max_seqlen=length,
+            positions=torch.arange(length, device=device).repeat(batch),  # (B * L,)
+            slots=torch.arange(batch * length, device=device),  # (B * L,)
+            key_mask=attention_mask.bool()[:, None, None, :],  # (B, 1, 1, L)
+        )
+        x = m.embeddings(input_ids.reshape(-1), packing.positions)  # (B * L, E)
         if m.embeddings_project is not None:
-            x = m.embeddings_project(x)  # (B, L, C)
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, L)
-        for layer in m.encoder.layer:
-            attention = layer.attention.self
-            heads, dim = attention.heads, attention.head_dim
-
-            def split(t):  # (B, L, C) -> (B, H, L, D)
-                return t.view(batch, length, heads, dim).transpose(1, 2)
-
-            q, k, v = split(attention.query(x)), split(attention.key(x)), split(attention.value(x))
-            scores = q @ k.transpose(-1, -2) / math.sqrt(dim) + bias  # (B, H, L, L)
-            context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, heads * dim)  # (B, L, C)
-            x = layer.attention.output(context, x)
-            x = layer.output(layer.intermediate(x), x)
-        return m.classifier(x)  # (B, L, labels)
+            x = m.embeddings_project(x)  # (B * L, C)
+        x = m.encoder(x, packing)  # (B * L, C)
+        return m.classifier(x).view(batch, length, -1)  # (B, L, labels)
 
 
 @contextlib.contextmanager
@@ -184,8 +178,7 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
     """Write ``out`` as an ONNX tagger folder; returns what was done and measured. With
     ``progress``, each stage is announced on stderr once the input is checked."""
     say = (lambda msg: print(f"tagtune: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
-    source = resolve(model_dir)
-    check_finished(source, model_dir)
+    source = locate(model_dir)
     out = Path(out)
     _check_output(source, out, overwrite)
     examples = None
@@ -195,25 +188,18 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
         examples = read_examples(eval_file, eval_format)
         if not examples:
             raise TagtuneError(f"{eval_file}: no annotated texts")
-    model, _ = load_model(source)
-    if model.classifier is None:
-        raise TagtuneError(f"{source}: not a token classifier (config.json names no token-classification labels)")
-    model = model.float().eval()
-    tokenizer = load_tokenizer(source)
-    check_vocab(tokenizer, model.config, source)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    settings = TaggerSettings.read(source, labels)
+    opened = open_folder(source, "torch", check_window=False, located=True)
+    model, tokenizer, settings = opened.model.float().eval(), opened.tokenizer, opened.settings
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = new_folder_beside(out)
     try:
         fp32 = tmp / ONNX_FILE
         say(f"exporting {source} to ONNX...")
         write_onnx(model, fp32, settings.max_length)
-        shutil.copyfile(source / "config.json", tmp / "config.json")
+        shutil.copyfile(source / CONFIG_FILE, tmp / CONFIG_FILE)
         tokenizer.save(tmp)
-        (tmp / SETTINGS_FILE).write_text(settings.to_json(), encoding="utf-8")
+        write_settings(tmp, settings)
         onnx_model = OnnxModel.load(tmp)
         say("checking ONNX Runtime against PyTorch...")
         difference = max_logit_difference(model, onnx_model, tokenizer, settings.max_length)

@@ -27,16 +27,8 @@ from pathlib import Path
 from tagtune.errors import TagtuneError
 from tagtune.tokenizer import TOKENIZER_FILES as _TOKENIZER_FILES
 
-CONFIG_FILE = "config.json"
-SETTINGS_FILE = "tagtune.json"
-ONNX_FILE = "model.onnx"
-TORCH_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-"""The PyTorch weight forms tagtune reads, in its order of preference."""
+from tagtune.folder import CONFIG_FILE, ONNX_FILE, SETTINGS_FILE
+from tagtune.folder import WEIGHT_FILES as TORCH_WEIGHT_FILES  # in tagtune's order of preference
 TOKENIZER_FILES = tuple(dict.fromkeys(_TOKENIZER_FILES + ("spm.model",)))
 DEFAULT_REVISION = "main"
 DEFAULT_ENDPOINT = "https://huggingface.co"

@@ -42,6 +42,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from tagtune.errors import TagtuneError
+from tagtune.postprocess import bert_post_processor
 
 INSTALL_HINT = "pip install 'tagtune[ja]'"
 
@@ -572,8 +573,6 @@ def build_backend(vocab: dict[str, int], config: dict) -> JapaneseBackend:
     ``do_word_tokenize``; ``subword_tokenizer_type`` "wordpiece" and "character";
     ``do_subword_tokenize``; ``do_lower_case``. Raises :class:`TagtuneError` for anything else.
     """
-    from tagtune.tokenizer import bert_post_processor
-
     if not isinstance(config, dict):
         raise TagtuneError("tokenizer_config.json: expected a JSON object")
     do_lower_case = _bool(config, "do_lower_case", False)

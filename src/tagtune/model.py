@@ -1,370 +1,44 @@
-"""The BERT-family encoder and its token-classification head, all of it in this one file.
+"""The encoder and its token-classification head, by the names earlier code imports.
 
-Reimplements, for fine-tuning and inference, the encoders of HF transformers' BertModel,
-RobertaModel, XLMRobertaModel, ElectraModel (discriminator) and DistilBertModel, each with
-the ``*ForTokenClassification`` head (dropout + linear named ``classifier``):
-https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py
-
-Module and parameter names follow the BERT checkpoints (``embeddings.word_embeddings``,
-``encoder.layer.N.attention.self.query``, ``classifier``), so loading a BERT checkpoint is an
-identity mapping after its ``bert.`` prefix; the other families differ by a prefix and, for
-DistilBERT, a rename table (tagtune.checkpoint).
-
-The native input is a packed token stream: the sequences of a batch concatenated into one
-``input_ids: (T,)`` with ``cu_seqlens: (B + 1,)`` marking where each starts (as FlashAttention's
-varlen kernels and ModernBERT take them). Embeddings, linear layers, norms and the head only
-ever see real tokens; only attention needs to know where sequences start and end.
+The implementation is the package tagtune.models: the family table and :func:`build`
+(tagtune/models/__init__.py), the shared packed-sequence primitives and the head
+(tagtune/models/packed.py), and one file per encoder family (bert.py, distilbert.py).
 """
 
-from __future__ import annotations
+from tagtune.models import build
+from tagtune.models.bert import (
+    Attention,
+    Embeddings,
+    Encoder,
+    Intermediate,
+    Layer,
+    ResidualOutput,
+    SelfAttention,
+)
+from tagtune.models.packed import (
+    Dropout,
+    Linear,
+    LowPrecisionLinear,
+    Packing,
+    TokenClassifier,
+    activation,
+    packed_attention,
+)
 
-from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from tagtune.config import EncoderConfig
-
-
-def activation(name: str):
-    """The feed-forward activation by its HF name. HF's "gelu" is the exact erf form, and
-    "gelu_new" / "gelu_pytorch_tanh" the tanh approximation (transformers activations.py)."""
-    if name == "gelu":
-        return F.gelu
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "gelu_fast":
-        return lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-    if name == "relu":
-        return F.relu
-    if name in ("silu", "swish"):
-        return F.silu
-    raise ValueError(f"unknown activation {name!r}")
-
-
-class LowPrecisionLinear(torch.autograd.Function):
-    """y = x @ lowp.T + bias with a low-precision copy ``lowp`` of an fp32 ``weight``.
-
-    The matrix products run in the copy's dtype (bf16: about 2.4x the fp32 GEMM speed on CPUs
-    with AVX512-BF16 or AMX); the gradients of ``weight`` and ``bias`` come back in fp32, so the
-    optimizer keeps updating fp32 master weights, as under autocast. Unlike autocast, nothing is
-    cast per call: the copy is refreshed once per optimizer step (:meth:`TokenClassifier.refresh_low_precision`).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, lowp):
-        """x: (T, in) in lowp's dtype -> (T, out)."""
-        ctx.save_for_backward(x, lowp)
-        ctx.has_bias = bias is not None
-        return F.linear(x, lowp, None if bias is None else bias.to(lowp.dtype))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, lowp = ctx.saved_tensors
-        grad_x = grad @ lowp  # (T, in)
-        grad_weight = (grad.t() @ x).float()  # (out, in)
-        grad_bias = grad.sum(0, dtype=torch.float32) if ctx.has_bias else None
-        return grad_x, grad_weight, grad_bias, None
-
-
-class Linear(nn.Linear):
-    """nn.Linear that multiplies with a low-precision copy of its weight when one is set and
-    the input has its dtype (mixed-precision training); the plain fp32 layer otherwise."""
-
-    lowp: torch.Tensor | None = None
-
-    def forward(self, x):
-        if self.lowp is not None and x.dtype == self.lowp.dtype:
-            return LowPrecisionLinear.apply(x, self.weight, self.bias, self.lowp)
-        return F.linear(x, self.weight, self.bias)
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout, with a cheaper mask for bf16 tensors on CPU.
-
-    PyTorch's CPU dropout draws one Bernoulli sample per element; here one 64-bit random word
-    gives four 16-bit uniforms, each compared with ``p`` (so an element is dropped with
-    probability ``p`` rounded to a multiple of 2^-16). About 2.5x faster forward and backward
-    on (tokens, hidden) bf16 activations.
-    """
-
-    def forward(self, x):
-        if not (self.training and self.p > 0 and x.dtype == torch.bfloat16 and x.device.type == "cpu"):
-            return F.dropout(x, self.p, self.training)
-        if self.p >= 1:
-            return x * 0
-        n = x.numel()
-        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-        uniform = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-        keep = (uniform >= round(self.p * 65536) - 32768).to(x.dtype) * (1.0 / (1.0 - self.p))
-        return x * keep
-
-
-@dataclass
-class Packing:
-    """Where the sequences of a packed batch lie, computed once per forward pass.
-
-    ``cu_seqlens: (B + 1,)`` int32 cumulative lengths, ``cu_seqlens[0] == 0``,
-    ``cu_seqlens[-1] == T``; ``max_seqlen`` the longest sequence. ``positions: (T,)`` is each
-    token's index within its own sequence. ``slots: (T,)`` is each token's index in a padded
-    ``(B * max_seqlen)`` layout and ``key_mask: (B, 1, 1, max_seqlen)`` marks real keys there
-    (used by the padded attention fallback).
-    """
-
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    positions: torch.Tensor
-    slots: torch.Tensor
-    key_mask: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return self.cu_seqlens.numel() - 1
-
-    @classmethod
-    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> Packing:
-        cu_seqlens = cu_seqlens.to(torch.int64)
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]  # (B,)
-        if lengths.numel() == 0 or bool((lengths <= 0).any()):
-            raise ValueError(f"every packed sequence needs at least one token, got lengths {lengths.tolist()}")
-        if max_seqlen is None:
-            max_seqlen = int(lengths.max())
-        total = int(cu_seqlens[-1])
-        starts = torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=total)  # (T,)
-        positions = torch.arange(total, device=cu_seqlens.device) - starts  # (T,)
-        seq_index = torch.repeat_interleave(
-            torch.arange(lengths.numel(), device=cu_seqlens.device), lengths, output_size=total
-        )  # (T,)
-        slots = seq_index * max_seqlen + positions  # (T,)
-        key_mask = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lengths[:, None]  # (B, L)
-        return cls(cu_seqlens.to(torch.int32), max_seqlen, positions, slots, key_mask[:, None, None, :])
-
-
-def packed_attention(q, k, v, packing: Packing, dropout_p: float) -> torch.Tensor:
-    """Attention within each packed sequence. q, k, v: (T, H, D) -> (T, H, D).
-
-    The tokens are scattered into a (B, H, L, D) layout for PyTorch's scaled_dot_product_attention
-    with a key mask, then gathered back, so only attention touches padding.
-    """
-    total, heads, dim = q.shape
-    batch, length = packing.batch_size, packing.max_seqlen
-    if batch == 1:
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], dropout_p=dropout_p
-        )  # (1, H, T, D)
-        return out[0].transpose(0, 1)
-    qkv = torch.stack((q, k, v))  # (3, T, H, D)
-    padded = qkv.new_zeros(3, batch * length, heads, dim)
-    padded[:, packing.slots] = qkv
-    padded = padded.view(3, batch, length, heads, dim).transpose(2, 3)  # (3, B, H, L, D)
-    out = F.scaled_dot_product_attention(
-        padded[0], padded[1], padded[2], attn_mask=packing.key_mask, dropout_p=dropout_p
-    )  # (B, H, L, D)
-    out = out.transpose(1, 2).reshape(batch * length, heads, dim)  # (B * L, H, D)
-    return out[packing.slots]  # (T, H, D)
-
-
-class Embeddings(nn.Module):
-    """Word + position (+ token type) embeddings, LayerNorm, dropout."""
-
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        width = config.embedding_size or config.hidden_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width)
-        if config.type_vocab_size:
-            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width)
-        else:
-            self.token_type_embeddings = None
-        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.position_offset = config.position_offset
-
-    def forward(self, input_ids, positions, token_type_ids=None):
-        """input_ids, positions, token_type_ids: (T,) -> (T, E)."""
-        x = self.word_embeddings(input_ids)
-        if self.token_type_embeddings is not None:
-            if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
-            x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(positions + self.position_offset)
-        return self.dropout(self.LayerNorm(x))
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.heads = config.num_attention_heads
-        self.head_dim = config.head_dim
-        self.query = Linear(config.hidden_size, config.hidden_size)
-        self.key = Linear(config.hidden_size, config.hidden_size)
-        self.value = Linear(config.hidden_size, config.hidden_size)
-        self.dropout_p = config.attention_probs_dropout_prob
-
-    def forward(self, x, packing: Packing):
-        """x: (T, C) -> (T, C)."""
-        total = x.shape[0]
-        q = self.query(x).view(total, self.heads, self.head_dim)  # (T, H, D)
-        k = self.key(x).view(total, self.heads, self.head_dim)
-        v = self.value(x).view(total, self.heads, self.head_dim)
-        out = packed_attention(q, k, v, packing, self.dropout_p if self.training else 0.0)
-        return out.reshape(total, self.heads * self.head_dim)
-
-
-class ResidualOutput(nn.Module):
-    """dense -> dropout -> LayerNorm(+ residual): BERT's SelfOutput and Output."""
-
-    def __init__(self, config: EncoderConfig, in_features: int, dropout: float):
-        super().__init__()
-        self.dense = Linear(in_features, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(dropout)
-
-    def forward(self, x, residual):
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
-
-
-class Attention(nn.Module):
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.self = SelfAttention(config)
-        # DistilBERT has no dropout after its attention projection (modeling_distilbert.py
-        # MultiHeadSelfAttention.forward); the BERT family has.
-        dropout = 0.0 if config.model_type == "distilbert" else config.hidden_dropout_prob
-        self.output = ResidualOutput(config, config.hidden_size, dropout)
-
-    def forward(self, x, packing: Packing):
-        return self.output(self.self(x, packing), x)
-
-
-class Intermediate(nn.Module):
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.dense = Linear(config.hidden_size, config.intermediate_size)
-        self.act = activation(config.hidden_act)
-
-    def forward(self, x):
-        return self.act(self.dense(x))
-
-
-class Layer(nn.Module):
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.attention = Attention(config)
-        self.intermediate = Intermediate(config)
-        self.output = ResidualOutput(config, config.intermediate_size, config.hidden_dropout_prob)
-
-    def forward(self, x, packing: Packing):
-        """x: (T, C) -> (T, C)."""
-        x = self.attention(x, packing)
-        return self.output(self.intermediate(x), x)
-
-
-class Encoder(nn.Module):
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
-
-    def forward(self, x, packing: Packing):
-        for layer in self.layer:
-            x = layer(x, packing)
-        return x
-
-
-class TokenClassifier(nn.Module):
-    """Encoder + token-classification head. ``forward`` takes a packed batch.
-
-    With no labels in the config (a base checkpoint loaded for inspection) there is no
-    ``classifier`` and :meth:`hidden_states` is the only output.
-    """
-
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.config = config
-        self.embeddings = Embeddings(config)
-        if config.embedding_size and config.embedding_size != config.hidden_size:
-            # ELECTRA with small embeddings projects them up to the hidden width.
-            self.embeddings_project = Linear(config.embedding_size, config.hidden_size)
-        else:
-            self.embeddings_project = None
-        self.encoder = Encoder(config)
-        self.dropout = nn.Dropout(config.head_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else None
-        self.compute_dtype: torch.dtype | None = None
-
-    def use_low_precision(self, dtype: torch.dtype | None) -> None:
-        """Run the encoder's linear layers and activations in ``dtype`` (torch.bfloat16) while
-        the parameters stay fp32 and get fp32 gradients; embeddings, norms' parameters and the
-        head stay fp32. ``None`` switches back. Call :meth:`refresh_low_precision` after every
-        optimizer step."""
-        self.compute_dtype = dtype
-        for m in self.modules():
-            if isinstance(m, Linear):
-                m.lowp = None if dtype is None else m.weight.detach().to(dtype)
-
-    @torch.no_grad()
-    def refresh_low_precision(self) -> None:
-        """Copy the fp32 weights into their low-precision copies (after an optimizer step)."""
-        for m in self.modules():
-            if isinstance(m, Linear) and m.lowp is not None:
-                m.lowp.copy_(m.weight)
-
-    def hidden_states(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
-        """input_ids: (T,), cu_seqlens: (B + 1,) -> last hidden states (T, C)."""
-        packing = Packing.from_cu_seqlens(cu_seqlens, max_seqlen)
-        x = self.embeddings(input_ids, packing.positions, token_type_ids)
-        if self.compute_dtype is not None:
-            x = x.to(self.compute_dtype)
-        if self.embeddings_project is not None:
-            x = self.embeddings_project(x)
-        return self.encoder(x, packing)
-
-    def forward(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
-        """input_ids: (T,), cu_seqlens: (B + 1,) -> logits (T, num_labels)."""
-        if self.classifier is None:
-            raise RuntimeError("this model has no labels, so no classifier head; use hidden_states()")
-        x = self.hidden_states(input_ids, cu_seqlens, max_seqlen, token_type_ids)
-        if self.compute_dtype is not None:
-            x = x.float()  # the head stays fp32
-        return self.classifier(self.dropout(x))
-
-    def forward_padded(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Convenience entry for padded batches: input_ids, attention_mask: (B, L) -> (B, L, labels).
-
-        Rows must be right-padded (real tokens first). Padding positions get zero logits.
-        """
-        batch, length = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        mask = attention_mask.bool()
-        lengths = mask.sum(1)  # (B,)
-        cu_seqlens = F.pad(torch.cumsum(lengths, 0), (1, 0))  # (B + 1,)
-        flat = mask.flatten()  # (B * L,)
-        packed_types = token_type_ids.flatten()[flat] if token_type_ids is not None else None
-        logits = self.forward(input_ids.flatten()[flat], cu_seqlens, int(lengths.max()), packed_types)
-        out = logits.new_zeros(batch * length, logits.shape[-1])
-        out[flat] = logits
-        return out.view(batch, length, -1)
-
-    @torch.no_grad()
-    def init_weights(self, module: nn.Module | None = None) -> None:
-        """HF's initialisation: normal(0, initializer_range) for linear and embedding weights,
-        zero biases (and the padding row), unit LayerNorm. Applied to ``module`` or everything."""
-        std = self.config.initializer_range
-        for m in (module or self).modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, std)
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.Embedding):
-                m.weight.normal_(0.0, std)
-                if m.padding_idx is not None:
-                    m.weight[m.padding_idx].zero_()
-            elif isinstance(m, nn.LayerNorm):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
+__all__ = [
+    "Attention",
+    "Dropout",
+    "Embeddings",
+    "Encoder",
+    "Intermediate",
+    "Layer",
+    "Linear",
+    "LowPrecisionLinear",
+    "Packing",
+    "ResidualOutput",
+    "SelfAttention",
+    "TokenClassifier",
+    "activation",
+    "build",
+    "packed_attention",
+]

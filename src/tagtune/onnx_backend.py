@@ -13,8 +13,7 @@ import numpy as np
 
 from tagtune.config import EncoderConfig, read_config
 from tagtune.errors import TagtuneError
-
-ONNX_FILE = "model.onnx"
+from tagtune.folder import ONNX_FILE
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 

@@ -38,9 +38,10 @@ from itertools import chain, islice
 from pathlib import Path
 
 from tagtune import safejson
-from tagtune.data import CONLL_SUFFIXES, _conll_fields, _looks_like_conll
+from tagtune.data import CONLL_SUFFIXES, conll_fields, looks_like_conll
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
+from tagtune.files import umask
 from tagtune.progress import Progress
 
 INPUT_FORMATS = ("text", "jsonl", "conll")
@@ -94,8 +95,8 @@ def detect_format(path: str | None, head: list[str]) -> str:
         return "text"
     if content[0].lstrip().startswith("{"):
         return "jsonl"
-    tokens = [line for line in content if _conll_fields(line)[0] != "-DOCSTART-"]
-    if tokens and all(_looks_like_conll(line) for line in tokens) and (
+    tokens = [line for line in content if conll_fields(line)[0] != "-DOCSTART-"]
+    if tokens and all(looks_like_conll(line) for line in tokens) and (
             len(tokens) >= 2 or any("\t" in line for line in tokens)):
         return "conll"
     return "text"
@@ -131,7 +132,7 @@ def _conll_records(lines: Iterable[tuple[int, str]]) -> Iterator[dict]:
     """One ``{"text": ...}`` per sentence: its tokens (first columns) joined by single spaces."""
     tokens: list[str] = []
     for _, line in lines:
-        fields = _conll_fields(line) if line.strip() else []
+        fields = conll_fields(line) if line.strip() else []
         if fields and fields[0] != "-DOCSTART-":
             tokens.append(fields[0])
         elif tokens:  # a blank line or -DOCSTART- ends the sentence
@@ -281,12 +282,6 @@ def check_output(output: str, overwrite: bool) -> os.stat_result | None:
     return status
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class _Sink:
     """A text file being written for ``output``: an OSError (disk full, file too large, ...)
     becomes a one-line TagtuneError naming ``output``. ``path`` None: stdout, as it is."""
@@ -371,7 +366,7 @@ def _put_in_place(finished: Path, output: str, before: os.stat_result | None) ->
     now = check_output(output, overwrite=True)
     if before is None and now is not None:
         raise TagtuneError(f"{output}: was created by something else while tagtune was writing it; left as it is")
-    mode = stat.S_IMODE(now.st_mode) if now is not None else 0o666 & ~_umask()
+    mode = stat.S_IMODE(now.st_mode) if now is not None else 0o666 & ~umask()
     try:
         os.chmod(finished, mode)
         os.replace(finished, output)

@@ -194,7 +194,7 @@ td:first-child, th:first-child {{ text-align: left; }} tr.total td, tr.kept td {
 
 def write_report(directory: Path, history: list[dict], labels: list[str], kept_epoch: int | None = None,
                  data: str | None = None, note: str | None = None) -> Path:
-    from tagtune.checkpoint import atomic_write
+    from tagtune.files import atomic_write
 
     path = Path(directory) / "report.html"
     atomic_write(path, render(history, labels, kept_epoch=kept_epoch, data=data, note=note))

@@ -21,9 +21,14 @@ Reading tags back (``entities_from_tags``) has two modes, the two of seqeval:
   the scheme does not have is an error. Exactly seqeval's strict mode with
   ``scheme=IOB2`` / ``IOBES`` / ``IOB1`` respectively (seqeval has no IO class; IOB1 on
   sequences of only ``I-`` and ``O`` tags is IO).
+
+Annotation files may also use BILOU's ``L-``/``U-`` prefixes: ``split_tag`` reads them as
+``E-``/``S-``, and ``chunks`` cuts any parsed tag sequence into entities conlleval's way.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -35,6 +40,12 @@ OUTSIDE = "O"
 
 # The prefixes each scheme's tags may carry (besides the bare "O"), in tag_names order.
 _PREFIXES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S"), "IO": ("I",)}
+
+# Prefixes annotation files may carry, and the one each stands for: BILOU's L (last) and U
+# (unit) are BIOES's E and S.
+TAG_PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
+_PREFIX_STRINGS = tuple(f"{p}-" for p in TAG_PREFIXES)
+_FILE_TAG = re.compile(r"^(O|[BIESLU]-\S+)$")
 
 _parsed: dict[str, tuple[str, str]] = {}
 
@@ -61,6 +72,59 @@ def parse_tag(tag: str) -> tuple[str, str]:
         raise TagtuneError(f"tag {tag!r} is neither 'O' nor a B-/I-/E-/S- prefix followed by a type")
     if len(_parsed) < 100_000:
         _parsed[tag] = out
+    return out
+
+
+def split_tag(tag: str) -> tuple[str, str] | None:
+    """A tag as written in annotation files: ``"B-PER"`` -> ``("B", "PER")``, ``"O"`` ->
+    ``("O", "")``, with BILOU's ``L-``/``U-`` read as ``E-``/``S-`` (``"U-PER"`` -> ``("S", "PER")``);
+    ``None`` for anything else (a prefix other than B, I, E, S, L, U, or no type)."""
+    if tag == OUTSIDE:
+        return OUTSIDE, ""
+    prefix, dash, kind = tag.partition("-")
+    if dash and prefix in TAG_PREFIXES and kind:
+        return TAG_PREFIXES[prefix], kind
+    return None
+
+
+def is_file_tag(tag: str) -> bool:
+    """Whether ``tag`` reads as a tag of an annotation file (``O`` or ``P-TYPE`` with ``P`` one of
+    B, I, E, S, L, U and a type without whitespace)."""
+    return bool(_FILE_TAG.match(tag))
+
+
+def entity_type(tag: str) -> str:
+    """The entity type a label names: the part after its scheme prefix (``"B-PER"`` -> ``"PER"``,
+    BILOU's ``L-``/``U-`` included), or the label itself when it has no such prefix."""
+    return tag[2:] if tag.startswith(_PREFIX_STRINGS) else tag
+
+
+def guess_scheme(labels) -> str:
+    """The scheme a model's label names imply: BIOES if any carries an ``E-`` or ``S-`` prefix,
+    else BIO if any carries ``B-``, else IO."""
+    prefixes = {label.split("-", 1)[0] for label in labels if label != OUTSIDE}
+    return "BIOES" if prefixes & {"E", "S"} else "BIO" if "B" in prefixes else "IO"
+
+
+def chunks(parsed) -> list[tuple[int, int, str]]:
+    """The ``(start, end, type)`` entities (``end`` exclusive, in order) of parsed ``(prefix, type)``
+    tags, cut the way conlleval cuts them: an entity is a run of non-O positions, and a new one
+    starts where the previous position was an E- or S-, the current one is a B- or S-, or the type
+    changes (so an ``I-`` after ``O`` begins one)."""
+    out = []
+    start, kind, prev = None, "", OUTSIDE
+    for i, (prefix, typ) in enumerate(parsed):
+        if prefix == OUTSIDE:
+            if start is not None:
+                out.append((start, i, kind))
+                start = None
+        elif start is None or prev in "ES" or prefix in "BS" or typ != kind:
+            if start is not None:
+                out.append((start, i, kind))
+            start, kind = i, typ
+        prev = prefix
+    if start is not None:
+        out.append((start, len(parsed), kind))
     return out
 
 
@@ -106,7 +170,7 @@ def entities_from_tags(tags, scheme: str = "BIO", strict: bool = False) -> list[
     scheme = check_scheme(scheme)
     parsed = [parse_tag(t) for t in tags]
     if not strict:
-        return _lenient(parsed)
+        return chunks(parsed)
     allowed = _PREFIXES[scheme]
     for tag, (prefix, _) in zip(tags, parsed):
         if prefix != OUTSIDE and prefix not in allowed:
@@ -116,26 +180,6 @@ def entities_from_tags(tags, scheme: str = "BIO", strict: bool = False) -> list[
     if scheme == "BIOES":
         return _strict_bioes(parsed)
     return _strict_io(parsed)
-
-
-def _lenient(parsed) -> list[tuple[int, int, str]]:
-    # An entity is a run of non-O positions; a new one starts where the previous position was
-    # an E- or S-, the current one is a B- or S-, or the type changes.
-    out = []
-    start, kind, prev = None, "", OUTSIDE
-    for i, (prefix, typ) in enumerate(parsed):
-        if prefix == OUTSIDE:
-            if start is not None:
-                out.append((start, i, kind))
-                start = None
-        elif start is None or prev in "ES" or prefix in "BS" or typ != kind:
-            if start is not None:
-                out.append((start, i, kind))
-            start, kind = i, typ
-        prev = prefix
-    if start is not None:
-        out.append((start, len(parsed), kind))
-    return out
 
 
 def _strict_bio(parsed) -> list[tuple[int, int, str]]:

@@ -28,10 +28,9 @@ from importlib import resources
 from pathlib import Path
 
 from tagtune.errors import TagtuneError
+from tagtune.schemes import OUTSIDE, entity_type
 
 log = logging.getLogger("tagtune.serve")
-
-ENTITY_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")
 
 
 @dataclass
@@ -66,9 +65,9 @@ def entity_labels(tags: list[str]) -> list[str]:
     """Entity labels of a model's tags, in order of first appearance: B-person, I-person -> person."""
     out: list[str] = []
     for tag in tags:
-        if tag == "O":
+        if tag == OUTSIDE:
             continue
-        label = tag[2:] if tag.startswith(ENTITY_PREFIXES) else tag
+        label = entity_type(tag)
         if label not in out:
             out.append(label)
     return out

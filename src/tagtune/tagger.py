@@ -12,75 +12,15 @@ an exported folder is served where torch is not installed.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import numpy as np
 
-from tagtune.align import Units, merge_windows, units_of, window_bounds, with_specials
+from tagtune.align import Units, merge_windows, units_of, windows_of, with_specials
 from tagtune.batching import batch_indices, pad
 from tagtune.decode import as_array, decode, spans_from_tags
 from tagtune.errors import TagtuneError
-from tagtune.hub import resolve
-from tagtune.onnx_backend import ONNX_FILE
-from tagtune.runs import check_finished
-from tagtune.schemes import SCHEMES
+# The folder's settings and backend choice live in tagtune.folder; imported here for callers.
+from tagtune.folder import BACKENDS, SETTINGS_FILE, TaggerSettings, choose_backend, open_folder  # noqa: F401
 from tagtune.spans import Span
-from tagtune.tokenizer import load_tokenizer
-
-BACKENDS = ("auto", "torch", "onnx")
-# The weight files the PyTorch backend reads (tagtune.checkpoint.WEIGHT_FILES, named here so
-# that choosing a backend does not import torch).
-TORCH_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "pytorch_model.bin.index.json")
-
-SETTINGS_FILE = "tagtune.json"
-
-
-@dataclass
-class TaggerSettings:
-    """How a model's labels map to spans; stored as tagtune.json beside the weights."""
-
-    scheme: str = "BIO"
-    """Tagging scheme of the labels: BIO, BIOES or IO."""
-    all_subwords: bool = False
-    """True: every subword carries a label; False: the first subword of each word."""
-    max_length: int = 128
-    """Window length in tokens, start and end tokens included."""
-    stride: int = 32
-    """Tokens shared by consecutive windows of a long text."""
-
-    @classmethod
-    def read(cls, directory: Path, labels: list[str], config=None) -> TaggerSettings:
-        """The settings of ``directory`` (inferred from the ``labels`` without a tagtune.json);
-        with the model's ``config``, its window is checked to fit the model's positions."""
-        path = Path(directory) / SETTINGS_FILE
-        if not path.is_file():  # any HF token classifier: infer the scheme from its label names
-            prefixes = {label.split("-", 1)[0] for label in labels if label != "O"}
-            scheme = "BIOES" if prefixes & {"E", "S"} else "BIO" if "B" in prefixes else "IO"
-            return cls(scheme=scheme)
-        from tagtune import safejson
-
-        values = safejson.read_object(path)
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        for name, kind, what in (("scheme", str, "a string"), ("all_subwords", bool, "true or false"),
-                                 ("max_length", int, "an integer"), ("stride", int, "an integer")):
-            value = known.get(name, getattr(cls, name))
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise TagtuneError(f"{path}: {name} is {safejson.excerpt(value)}, not {what}")
-        settings = cls(**known)
-        if settings.scheme not in SCHEMES:
-            raise TagtuneError(f"{path}: scheme {safejson.excerpt(settings.scheme)} is not one of {', '.join(SCHEMES)}")
-        if not 3 <= settings.max_length <= 1_048_576 or not 0 <= settings.stride < settings.max_length - 2:
-            raise TagtuneError(f"{path}: max_length {settings.max_length} and stride {settings.stride} must be "
-                               "3 <= max_length <= 1,048,576 and 0 <= stride < max_length - 2")
-        if config is not None:
-            config.check_window(settings.max_length, f"{path}: max_length")
-        return settings
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
 
 
 def default_device():
@@ -88,29 +28,6 @@ def default_device():
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _torch_importable() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def choose_backend(folder: Path, backend: str = "auto") -> str:
-    """The backend, "torch" or "onnx", for a tagger folder. ``auto``: ONNX when the folder has
-    model.onnx and no PyTorch weights, or has both and torch cannot be imported; else PyTorch."""
-    if backend not in BACKENDS:
-        raise TagtuneError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    has_onnx = (folder / ONNX_FILE).is_file()
-    if has_onnx and not any((folder / name).is_file() for name in TORCH_WEIGHT_FILES):
-        return "onnx"
-    if has_onnx and not _torch_importable():
-        return "onnx"
-    return "torch"
 
 
 class Tagger:
@@ -137,7 +54,7 @@ class Tagger:
         self.constrained = constrained
         self.batch_tokens = batch_tokens
         config = model.config
-        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.labels = config.labels
         if not self.labels:
             raise TagtuneError("the model has no labels: it is not a token classifier")
 
@@ -146,41 +63,11 @@ class Tagger:
         """A tagger from a folder tagtune trained or exported (or any HF token-classification
         folder), or from a Hub repo id ``org/name[@revision]`` (downloaded when not cached).
         ``backend``: "torch", "onnx", or "auto" (see :func:`choose_backend`)."""
-        folder = resolve(directory)
-        check_finished(folder, directory)
-        if choose_backend(folder, backend) == "onnx":
-            return cls._load_onnx(folder, device, constrained)
-        try:
-            from tagtune.checkpoint import check_vocab, load_model
-        except ImportError:
-            raise TagtuneError(f"{folder}: the PyTorch backend needs torch, which cannot be imported "
-                               f"(export the tagger with `tagtune export --onnx` for the ONNX backend)") from None
-        model, _ = load_model(folder)
-        if model.classifier is None:
-            raise TagtuneError(f"{folder}: not a token classifier (config.json names no token-classification labels)")
-        tokenizer = load_tokenizer(folder)
-        check_vocab(tokenizer, model.config, folder)
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        opened = open_folder(directory, backend)
+        if opened.backend == "onnx":
+            return cls(opened.model, opened.tokenizer, opened.settings, device, constrained)
         device = _torch_device(device) if device is not None else default_device()
-        return cls(model.to(device).eval(), tokenizer, TaggerSettings.read(folder, labels, model.config), device,
-                   constrained)
-
-    @classmethod
-    def _load_onnx(cls, folder: Path, device, constrained: bool) -> Tagger:
-        from tagtune.onnx_backend import OnnxModel
-
-        model = OnnxModel.load(folder)
-        if not model.config.num_labels:
-            raise TagtuneError(f"{folder}: not a token classifier (config.json names no token-classification labels)")
-        tokenizer = load_tokenizer(folder)
-        if tokenizer.max_id >= model.config.vocab_size:
-            raise TagtuneError(
-                f"{folder}: the tokenizer has ids up to {tokenizer.max_id} but the model's word "
-                f"embedding has {model.config.vocab_size} rows (tokenizer and weights do not belong together)"
-            )
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        return cls(model, tokenizer, TaggerSettings.read(folder, labels, model.config), device,
-                   constrained)
+        return cls(opened.model.to(device).eval(), opened.tokenizer, opened.settings, device, constrained)
 
     def __call__(self, texts: str | list[str], progress=None) -> list[Span] | list[list[Span]]:
         """Spans for one text, or a list of span lists for a list of texts."""
@@ -203,7 +90,7 @@ class Tagger:
         windows = []  # (text index, start, end)
         for t, enc in enumerate(encodings):
             if len(enc):
-                windows += [(t, a, b) for a, b in window_bounds(len(enc), s.max_length - 2, s.stride)]
+                windows += [(t, a, b) for a, b in windows_of(len(enc), s.max_length, s.stride)]
         sequences = [with_specials(encodings[t].ids[a:b], self.tokenizer.cls_id, self.tokenizer.sep_id)
                      for t, a, b in windows]
         if self.backend == "torch":

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from tagtune import safejson
 from tagtune.errors import TagtuneError
+from tagtune.postprocess import bert_post_processor
 
 # Files that make up a tokenizer in an HF checkpoint folder; saving copies those present.
 TOKENIZER_FILES = (
@@ -73,18 +74,6 @@ def read_vocab(path: Path) -> dict[str, int]:
     if not text:
         raise TagtuneError(f"{path}: the vocabulary is empty")
     return vocab
-
-
-def bert_post_processor(vocab: dict[str, int], cls: str, sep: str) -> processors.TemplateProcessing:
-    """``[CLS] A [SEP]`` (and ``[CLS] A [SEP] B [SEP]`` for pairs), as BERT was trained."""
-    for token in (cls, sep):
-        if token not in vocab:
-            raise TagtuneError(f"the vocabulary has no {token} token")
-    return processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0",
-        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
-    )
 
 
 def _wordpiece_backend(vocab: dict[str, int], config: dict) -> Backend:

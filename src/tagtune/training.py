@@ -53,27 +53,28 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tagtune.align import IGNORE, AlignStats, token_labels, window_bounds, with_specials
+from tagtune.align import IGNORE, AlignStats, token_labels, windows_of, with_specials
 from tagtune.batching import PackedBatch, batch_indices, pack
-from tagtune.checkpoint import (atomic_write, check_vocab, load_model, replace_folder, safetensors_bytes, signals_held,
-                                sync_folder, torch_save, write_error, write_model_files)
+from tagtune.checkpoint import load_model, safetensors_bytes, torch_save, write_model_files
 from tagtune.data import read_examples, split_dev
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
+from tagtune.files import atomic_write, replace_folder, signals_held, sync_folder, write_error
+from tagtune.folder import TaggerSettings, check_vocab, settings_files
 from tagtune.metrics import span_scores
 from tagtune.optim import AdamW, LinearSchedule
 from tagtune.progress import Progress, duration
 from tagtune.runs import RUN_MARKER, marker_text, replacement_of, run_state, set_aside_of
 from tagtune.schemes import SCHEMES, tag_names
 from tagtune.spans import Example
-from tagtune.tagger import SETTINGS_FILE, Tagger, TaggerSettings
+from tagtune.tagger import Tagger
 from tagtune.tokenizer import load_tokenizer
 
 CHECKPOINT = "checkpoint/state.pt"
@@ -157,15 +158,18 @@ class TrainConfig:
 
     RUN_FIELDS = ("overwrite", "resume", "progress", "device")  # may differ when resuming
 
+    def normalised(self) -> TrainConfig:
+        """The config as trained and saved: with a token budget (``max_tokens``), no window count."""
+        return replace(self, batch_size=None) if self.max_tokens is not None else self
+
     def check(self) -> None:
+        """Raise TagtuneError on an option out of range; changes nothing."""
         if self.scheme not in SCHEMES:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.save not in ("best", "last"):
             raise TagtuneError(f"save must be best or last, got {self.save!r}")
         if self.bf16 not in ("auto", "on", "off"):
             raise TagtuneError(f"bf16 must be auto, on or off, got {self.bf16!r}")
-        if self.max_tokens is not None:
-            self.batch_size = None
         for name in ("epochs", "accumulation"):
             if getattr(self, name) < 1:
                 raise TagtuneError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -181,7 +185,7 @@ class TrainConfig:
                 raise TagtuneError(f"--dev-fraction must be between 0 and 1 (exclusive), e.g. 0.1; got {fraction!r}")
             if self.dev:
                 raise TagtuneError("pass --dev FILE or --dev-fraction, not both")
-        window_bounds(0, self.max_length - 2, self.stride)  # checks the stride
+        windows_of(0, self.max_length, self.stride)  # checks the stride
 
     def settings(self) -> TaggerSettings:
         return TaggerSettings(self.scheme, self.all_subwords, self.max_length, self.stride)
@@ -245,7 +249,7 @@ def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
         token_tags, text_stats = token_labels(ex.spans, enc, label2id, settings.scheme,
                                               settings.all_subwords, ex.source)
         stats.add(text_stats)
-        for a, b in window_bounds(len(enc), settings.max_length - 2, settings.stride):
+        for a, b in windows_of(len(enc), settings.max_length, settings.stride):
             sequences.append(with_specials(enc.ids[a:b], tokenizer.cls_id, tokenizer.sep_id))
             labels.append([IGNORE, *token_tags[a:b], IGNORE])
     return sequences, labels, stats
@@ -581,11 +585,11 @@ def train(config: TrainConfig) -> dict:
     the run resumable, and the message says how to continue it.
     """
     group = from_environment()
-    run = RunFolder(config.out)
+    folder = RunFolder(config.out)
     try:
-        return _train(config, group, run)
+        return _train(config, group, folder)
     except BaseException as e:
-        note = run.give_up(isinstance(e, KeyboardInterrupt)) if group.main else None
+        note = folder.give_up(isinstance(e, KeyboardInterrupt)) if group.main else None
         if note and isinstance(e, TagtuneError):
             raise TagtuneError(f"{e}; {note}") from None
         if note and isinstance(e, KeyboardInterrupt):
@@ -595,208 +599,364 @@ def train(config: TrainConfig) -> dict:
         leave(group)
 
 
-def _train(config: TrainConfig, group: Group, run: RunFolder) -> dict:
-    if config.resume:
-        run.work = Path(group.on_main(find_resumable, config))
-        run.keep()
-        config = resumed_config(config, run.work)
-    config.check()
-    if not config.resume:
-        group.on_main(check_destination, config)
+def _train(config: TrainConfig, group: Group, folder: RunFolder) -> dict:
+    """Set the run up, train its epochs, then the final save."""
+    run = setup(config, group, folder)
+    try:
+        run_epochs(run)
+    finally:
+        run.close_log()
+    return finish(run)
+
+
+@dataclass(eq=False)
+class Run:
+    """A run set up to train: what the loop and the final save work with."""
+
+    config: TrainConfig
+    group: Group
+    folder: RunFolder
+    device: torch.device
+    model: torch.nn.Module
+    tokenizer: object
+    settings: TaggerSettings
+    labels: list[str]
+    train_examples: list[Example]
+    dev_examples: list[Example]
+    data_line: str
+    small_dev: str | None
+    choose: bool
+    """Dev F1 picks the kept epoch and stops the run early."""
+    keeps_best: bool
+    """The best epoch's weights wait in checkpoint/ (``--save best`` with a dev set that chooses)."""
+    sequences: list[list[int]]
+    seq_labels: list[list[int]]
+    lengths: list[int]
+    labelled: list[int]
+    """Labelled tokens of each window: a batch's loss is the mean over them."""
+    batch_size: int | None
+    max_tokens: int | None
+    batches_per_epoch: int
+    optimizer: AdamW
+    schedule: LinearSchedule
+    mode: str
+    """The precision mode, see precision."""
+    state: dict
+    tagger: Tagger | None = None
+    ddp: torch.nn.Module | None = None
+    """The model as the forward pass calls it: DistributedDataParallel under torchrun."""
+    log: object = None
+
+    @property
+    def work(self) -> Path:
+        return self.folder.work
+
+    @property
+    def show(self) -> bool:
+        return self.config.progress and self.group.main
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.mode == "autocast" else None
+
+    def say(self, message: str) -> None:
+        if self.show:
+            print(message, file=sys.stderr)
+
+    def record(self, entry: dict) -> None:
+        """Add an entry to the history and to metrics.jsonl."""
+        self.state["history"].append(entry)
+        if self.log is not None:
+            try:
+                self.log.write(json.dumps(entry) + "\n")
+                self.log.flush()
+            except OSError as e:
+                raise write_error(self.work / "metrics.jsonl", e) from None
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            with contextlib.suppress(OSError):  # a failed write was reported where it happened
+                self.log.close()
+
+
+# -- setup: options, data, model, folder, optimizer, resumed state ------------------------------
+
+
+def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
+    """Everything before the first step. Checks all that can be checked before anything is
+    written, makes the folder (or finds the run to resume), and restores or writes the first
+    checkpoint."""
+    config = run_config(config, group, folder)
     train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
     labels = label_set(config, train_examples, dev_examples)
     small_dev = dev_too_small(config, dev_examples)
-    choose = bool(dev_examples) and small_dev is None  # dev F1 picks the kept epoch and stops early
-    keeps_best = choose and config.save == "best"  # the best epoch's weights wait in checkpoint/
+    choose = bool(dev_examples) and small_dev is None
+    keeps_best = choose and config.save == "best"
     device = device_for(group, config.device)
     settings = config.settings()
 
-    torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
-    model, report = load_model(config.model, labels=labels, train_on=device)
-    model.config.check_window(settings.max_length, "--max-length")
-    tokenizer = load_tokenizer(report.directory)
-    check_vocab(tokenizer, model.config, report.directory)
-    model.to(device)
-    label2id = model.config.label2id
-    sequences, seq_labels, stats = training_windows(train_examples, tokenizer, label2id, settings)
+    model, tokenizer, new_head = load_base_model(config, labels, device)
+    sequences, seq_labels, stats = training_windows(train_examples, tokenizer, model.config.label2id, settings)
     if stats.message() and group.main:
-        warnings.warn(f"{config.train}: {stats.message()}", stacklevel=2)
+        warnings.warn(f"{config.train}: {stats.message()}", stacklevel=3)
     if not sequences:
         raise TagtuneError(f"{config.train}: no text with any token to train on")
     if small_dev and group.main:
-        warnings.warn(small_dev, stacklevel=2)
+        warnings.warn(small_dev, stacklevel=3)
     if not config.resume:  # data and model are good: check the place, then make the folder
         group.on_main(check_room, config, model, keeps_best)
-        run.work = Path(group.on_main(run.make, config))
-    work = run.work
+        folder.work = Path(group.on_main(folder.make, config))
+
     lengths = [len(s) for s in sequences]
     labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
-    if config.head_prior and report.new_head:
+    if config.head_prior and new_head:
         with torch.no_grad():
             model.classifier.bias.copy_(label_prior(seq_labels, len(labels)).to(device))
     if group.active:
         torch.manual_seed(config.seed * 1009 + group.rank)  # each process its own dropout masks
-
-    batch_size, max_tokens = config.batch_size, config.max_tokens
-    if config.bucket and max_tokens is None:
-        batch_size, max_tokens = None, max(1, round(config.batch_size * sum(lengths) / len(lengths)))
-    batches_per_epoch = len(batch_indices(lengths, batch_size, max_tokens, config.seed, 0, config.bucket))
+    batch_size, max_tokens, batches_per_epoch = batch_plan(config, lengths)
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
     optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, total_steps)
     mode = precision(config, device)
-    amp = torch.bfloat16 if mode == "autocast" else None
-
-    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False,
-             "history": []}
-    if config.resume:
-        saved = torch.load(work / CHECKPOINT, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        rngs = saved.get("rngs") or [saved["rng"]]
-        if len(rngs) == group.world:  # the same number of processes: continue every random stream
-            torch.set_rng_state(rngs[group.rank])
-        if device.type == "cuda" and saved.get("cuda_rngs") and len(saved["cuda_rngs"]) == group.world:
-            torch.cuda.set_rng_state(saved["cuda_rngs"][group.rank], device)
-        state = {"stopped": False, **saved["state"]}
-    else:  # before the first step, so that a run stopped in its first epoch resumes
-        save_checkpoint(work, model, optimizer, schedule, state, device, group)
-        run.checkpointed()
-    log = None
+    state = start_state(config, group, folder, model, optimizer, schedule, device)
+    run = Run(config=config, group=group, folder=folder, device=device, model=model, tokenizer=tokenizer,
+              settings=settings, labels=labels, train_examples=train_examples, dev_examples=dev_examples,
+              data_line=describe_data(config, train_examples, dev_examples), small_dev=small_dev,
+              choose=choose, keeps_best=keeps_best, sequences=sequences, seq_labels=seq_labels, lengths=lengths,
+              labelled=labelled, batch_size=batch_size, max_tokens=max_tokens,
+              batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state)
     if group.main:
-        atomic_write(work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
-        log = open(work / "metrics.jsonl", "a", encoding="utf-8")
-
-    def record(entry: dict) -> None:
-        state["history"].append(entry)
-        if log is not None:
-            try:
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-            except OSError as e:
-                raise write_error(work / "metrics.jsonl", e) from None
-
-    show = config.progress and group.main
-    say = (lambda msg: print(msg, file=sys.stderr)) if show else (lambda msg: None)
-    data_line = describe_data(config, train_examples, dev_examples)
-    say(f"tagtune: {data_line}")
-    say(f"tagtune: {len(sequences)} windows, {len(labels)} tags, {config.epochs} epoch{'s' * (config.epochs > 1)} x "
-        f"{batches_per_epoch} batch{'es' * (batches_per_epoch > 1)} "
-        + (f"of up to {max_tokens} tokens" if max_tokens else f"of {batch_size} windows")
-        + (" (length-bucketed)" if config.bucket else "") + f", on {device}, {precision_note(config, device, mode)}"
-        + (f", {group.world} processes" if group.active else ""))
-    tagger = Tagger(model, tokenizer, settings, device)
-    ddp = model
+        atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
+        run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
+    describe_run(run)
+    run.tagger = Tagger(model, tokenizer, settings, device)
+    run.ddp = model
     if group.active:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    run_start, first_epoch = time.perf_counter(), state["epoch"]
-    last_epoch = state["epoch"] if state["stopped"] else config.epochs  # an early stop resumes at the final save
-    try:
-        for epoch in range(state["epoch"], last_epoch):
-            model.train()
-            if mode == "bf16":
-                model.use_low_precision(torch.bfloat16)
-            batches = batch_indices(lengths, batch_size, max_tokens, config.seed, epoch, config.bucket)
-            epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
-            bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=show)
-            for b, indices in enumerate(batches):
-                stepping = (b + 1) % config.accumulation == 0 or b + 1 == len(batches)
-                share = indices[group.rank::group.world]
-                mine = share or indices[:1]  # a process with no share runs a window with weight 0
-                weight = 1.0 if share else 0.0
-                batch = pack([sequences[i] for i in mine], [seq_labels[i] for i in mine], mine)
-                if mode == "bf16":
-                    batch = fill_batch(batch)
-                batch = batch.to(device)
-                # The loss of the whole batch is the mean over its labelled tokens; each process
-                # takes its tokens' share, scaled by the number of processes DDP averages over.
-                count = sum(labelled[i] for i in indices)
-                sync = ddp.no_sync() if group.active and not stepping else contextlib.nullcontext()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        logits = ddp(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
-                    total = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE, reduction="sum")
-                    loss = total * (weight * group.world / max(count, 1))
-                    (loss / config.accumulation).backward()
-                epoch_tokens += sum(lengths[i] for i in indices)
-                loss_sum += group.sum([loss.item() / group.world], device)[0] if group.active else loss.item()
-                loss_count += 1
-                if stepping:
-                    if config.clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-                    optimizer.step()
-                    if mode == "bf16":
-                        model.refresh_low_precision()
-                    schedule.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state["step"] += 1
-                    if state["step"] % 10 == 0:
-                        record({"step": state["step"], "epoch": epoch + 1, "loss": round(loss_sum / loss_count, 5),
-                                "lr": schedule.get_last_lr()[0]})
-                seconds = time.perf_counter() - epoch_start
-                bar.update(1, loss=loss_sum / loss_count, **{"tok/s": f"{epoch_tokens / seconds:,.0f}"})
-            bar.close()
-            train_seconds = time.perf_counter() - epoch_start
-            train_loss = loss_sum / max(1, loss_count)
-            model.use_low_precision(None)  # evaluate and save the fp32 weights
+        run.ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
 
-            entry = {"epoch": epoch + 1, "step": state["step"], "train_loss": round(train_loss, 5),
-                     "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
-                     "tokens_per_second": round(epoch_tokens / train_seconds, 1)}
-            line = f"epoch {epoch + 1}: loss {train_loss:.4f}"
-            improved = False
-            if dev_examples:
-                dev = evaluate_examples(tagger, dev_examples, group, show, f"dev {epoch + 1}/{config.epochs}")
-                improved = choose and dev["f1"] > state["best_f1"]
-                entry.update(dev={k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")},
-                             dev_per_label=dev["per_label"], best=improved)
-                line += (f"  dev P {dev['precision']:.4f} R {dev['recall']:.4f} F1 {dev['f1']:.4f}"
-                         + ("  (best so far)" if improved else ""))
-            record(entry)
-            if improved:
-                state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-            if improved and keeps_best and group.main:
-                save_kept_weights(work, model, epoch + 1)
-            stop = choose and config.patience is not None and state["bad_epochs"] >= config.patience
-            state.update(epoch=epoch + 1, stopped=stop)
-            save_checkpoint(work, model, optimizer, schedule, state, device, group)
-            run.keep()
-            if keeps_best and group.main:
-                remove_other_kept_weights(work, state["best_epoch"])
-            left = config.epochs - state["epoch"]
-            if left and not stop:
-                per_epoch = (time.perf_counter() - run_start) / (state["epoch"] - first_epoch)
-                line += f"  ({left} epoch{'s' if left > 1 else ''} left, eta {duration(left * per_epoch)})"
-            say(line)
-            if stop:
-                say(f"tagtune: no better dev F1 for {config.patience} epochs; stopping early")
-                break
-    finally:
-        if log is not None:
-            with contextlib.suppress(OSError):  # a failed write was reported where it happened
-                log.close()
-    kept = state["best_epoch"] if keeps_best else state["epoch"]
-    if group.main:
+
+def run_config(config: TrainConfig, group: Group, folder: RunFolder) -> TrainConfig:
+    """The config to train with, normalised and checked: with ``resume``, the run's saved one
+    (found, and given values checked against it); else ``config``, once ``out`` may be trained
+    into."""
+    if config.resume:
+        folder.work = Path(group.on_main(find_resumable, config))
+        folder.keep()
+        config = resumed_config(config, folder.work)
+    config = config.normalised()
+    config.check()
+    if not config.resume:
+        group.on_main(check_destination, config)
+    return config
+
+
+def load_base_model(config: TrainConfig, labels: list[str], device: torch.device):
+    """(model, tokenizer, new_head): the base model with a head for ``labels``, on ``device``,
+    and its tokenizer; ``new_head`` when the head was made here rather than loaded."""
+    torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
+    model, report = load_model(config.model, labels=labels, train_on=device)
+    model.config.check_window(config.max_length, "--max-length")
+    tokenizer = load_tokenizer(report.directory)
+    check_vocab(tokenizer, model.config, report.directory)
+    model.to(device)
+    return model, tokenizer, report.new_head
+
+
+def batch_plan(config: TrainConfig, lengths: list[int]) -> tuple[int | None, int | None, int]:
+    """(batch_size, max_tokens, batches per epoch). Bucketing turns a window count into the
+    token budget of that many mean-length windows."""
+    batch_size, max_tokens = config.batch_size, config.max_tokens
+    if config.bucket and max_tokens is None:
+        batch_size, max_tokens = None, max(1, round(config.batch_size * sum(lengths) / len(lengths)))
+    batches_per_epoch = len(batch_indices(lengths, batch_size, max_tokens, config.seed, 0, config.bucket))
+    return batch_size, max_tokens, batches_per_epoch
+
+
+def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, optimizer: AdamW,
+                schedule: LinearSchedule, device: torch.device) -> dict:
+    """The loop's state (epoch, step, best F1 so far, history): restored with the weights,
+    optimizer, schedule and random streams from the checkpoint when resuming, else new and
+    written as the first checkpoint, before the first step, so that a run stopped in its first
+    epoch resumes."""
+    if not config.resume:
+        state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False,
+                 "history": []}
+        save_checkpoint(folder.work, model, optimizer, schedule, state, device, group)
+        folder.checkpointed()
+        return state
+    saved = torch.load(folder.work / CHECKPOINT, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    rngs = saved.get("rngs") or [saved["rng"]]
+    if len(rngs) == group.world:  # the same number of processes: continue every random stream
+        torch.set_rng_state(rngs[group.rank])
+    if device.type == "cuda" and saved.get("cuda_rngs") and len(saved["cuda_rngs"]) == group.world:
+        torch.cuda.set_rng_state(saved["cuda_rngs"][group.rank], device)
+    return {"stopped": False, **saved["state"]}
+
+
+def describe_run(run: Run) -> None:
+    """Say what is trained on, and how: windows, tags, epochs, batches, device, precision."""
+    config, epochs, batches = run.config, run.config.epochs, run.batches_per_epoch
+    run.say(f"tagtune: {run.data_line}")
+    run.say(f"tagtune: {len(run.sequences)} windows, {len(run.labels)} tags, {epochs} epoch{'s' * (epochs > 1)} x "
+            f"{batches} batch{'es' * (batches > 1)} "
+            + (f"of up to {run.max_tokens} tokens" if run.max_tokens else f"of {run.batch_size} windows")
+            + (" (length-bucketed)" if config.bucket else "")
+            + f", on {run.device}, {precision_note(config, run.device, run.mode)}"
+            + (f", {run.group.world} processes" if run.group.active else ""))
+
+
+# -- the loop: per epoch, train on every batch, then evaluate, keep the best and save -----------
+
+
+def run_epochs(run: Run) -> None:
+    """Train epoch after epoch, from the checkpoint's epoch; each is evaluated on dev and saved.
+    An early stop ends the loop (a run resumed after one goes straight to the final save)."""
+    state = run.state
+    run_start, first_epoch = time.perf_counter(), state["epoch"]
+    last_epoch = state["epoch"] if state["stopped"] else run.config.epochs
+    for epoch in range(state["epoch"], last_epoch):
+        entry = train_epoch(run, epoch)
+        line, stop = evaluate_and_save(run, epoch, entry)
+        left = run.config.epochs - state["epoch"]
+        if left and not stop:
+            per_epoch = (time.perf_counter() - run_start) / (state["epoch"] - first_epoch)
+            line += f"  ({left} epoch{'s' if left > 1 else ''} left, eta {duration(left * per_epoch)})"
+        run.say(line)
+        if stop:
+            run.say(f"tagtune: no better dev F1 for {run.config.patience} epochs; stopping early")
+            break
+
+
+def train_epoch(run: Run, epoch: int) -> dict:
+    """One pass over the batches of ``epoch``; returns the epoch's metrics entry (loss, tokens,
+    seconds). Leaves the model's weights in fp32."""
+    config, model, state = run.config, run.model, run.state
+    model.train()
+    if run.mode == "bf16":
+        model.use_low_precision(torch.bfloat16)
+    batches = batch_indices(run.lengths, run.batch_size, run.max_tokens, config.seed, epoch, config.bucket)
+    epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
+    bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=run.show)
+    for b, indices in enumerate(batches):
+        stepping = (b + 1) % config.accumulation == 0 or b + 1 == len(batches)
+        loss = forward_backward(run, indices, stepping)
+        epoch_tokens += sum(run.lengths[i] for i in indices)
+        loss_sum += run.group.sum([loss.item() / run.group.world], run.device)[0] if run.group.active else loss.item()
+        loss_count += 1
+        if stepping:
+            optimizer_step(run)
+            if state["step"] % 10 == 0:
+                run.record({"step": state["step"], "epoch": epoch + 1, "loss": round(loss_sum / loss_count, 5),
+                            "lr": run.schedule.get_last_lr()[0]})
+        seconds = time.perf_counter() - epoch_start
+        bar.update(1, loss=loss_sum / loss_count, **{"tok/s": f"{epoch_tokens / seconds:,.0f}"})
+    bar.close()
+    train_seconds = time.perf_counter() - epoch_start
+    train_loss = loss_sum / max(1, loss_count)
+    model.use_low_precision(None)  # evaluate and save the fp32 weights
+    return {"epoch": epoch + 1, "step": state["step"], "train_loss": round(train_loss, 5),
+            "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
+            "tokens_per_second": round(epoch_tokens / train_seconds, 1)}
+
+
+def forward_backward(run: Run, indices: list[int], stepping: bool) -> torch.Tensor:
+    """This process's share of a batch: forward, loss, backward (gradients synchronised across
+    processes only on a ``stepping`` batch). Returns the share's loss."""
+    group, device = run.group, run.device
+    share = indices[group.rank::group.world]
+    mine = share or indices[:1]  # a process with no share runs a window with weight 0
+    weight = 1.0 if share else 0.0
+    batch = pack([run.sequences[i] for i in mine], [run.seq_labels[i] for i in mine], mine)
+    if run.mode == "bf16":
+        batch = fill_batch(batch)
+    batch = batch.to(device)
+    # The loss of the whole batch is the mean over its labelled tokens; each process
+    # takes its tokens' share, scaled by the number of processes DDP averages over.
+    count = sum(run.labelled[i] for i in indices)
+    sync = run.ddp.no_sync() if group.active and not stepping else contextlib.nullcontext()
+    with sync:
+        with torch.autocast(device.type, dtype=run.amp, enabled=run.amp is not None):
+            logits = run.ddp(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+        total = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE, reduction="sum")
+        loss = total * (weight * group.world / max(count, 1))
+        (loss / run.config.accumulation).backward()
+    return loss
+
+
+def optimizer_step(run: Run) -> None:
+    """Clip, step, schedule: one optimizer step on the summed gradients."""
+    if run.config.clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.clip)
+    run.optimizer.step()
+    if run.mode == "bf16":
+        run.model.refresh_low_precision()
+    run.schedule.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state["step"] += 1
+
+
+def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
+    """After an epoch's training: evaluate on dev, record the epoch, keep the best weights and
+    save the checkpoint. Returns the epoch's line for the user and whether the run stops early."""
+    config, state = run.config, run.state
+    line = f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}"
+    improved = False
+    if run.dev_examples:
+        dev = evaluate_examples(run.tagger, run.dev_examples, run.group, run.show, f"dev {epoch + 1}/{config.epochs}")
+        improved = run.choose and dev["f1"] > state["best_f1"]
+        entry.update(dev={k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")},
+                     dev_per_label=dev["per_label"], best=improved)
+        line += (f"  dev P {dev['precision']:.4f} R {dev['recall']:.4f} F1 {dev['f1']:.4f}"
+                 + ("  (best so far)" if improved else ""))
+    run.record(entry)
+    if improved:
+        state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    if improved and run.keeps_best and run.group.main:
+        save_kept_weights(run.work, run.model, epoch + 1)
+    stop = run.choose and config.patience is not None and state["bad_epochs"] >= config.patience
+    state.update(epoch=epoch + 1, stopped=stop)
+    save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group)
+    run.folder.keep()
+    if run.keeps_best and run.group.main:
+        remove_other_kept_weights(run.work, state["best_epoch"])
+    return line, stop
+
+
+# -- the final save ------------------------------------------------------------------------------
+
+
+def finish(run: Run) -> dict:
+    """The final save (rank 0): the kept epoch's weights, the report and the model files, then
+    the run marked finished. Returns the kept epoch's train loss and dev scores."""
+    state, work = run.state, run.work
+    kept = state["best_epoch"] if run.keeps_best else state["epoch"]
+    if run.group.main:
         from tagtune.report import write_report
 
-        if keeps_best:
-            model.load_state_dict(load_file(kept_weights(work, kept), device=str(device)))
+        if run.keeps_best:
+            run.model.load_state_dict(load_file(kept_weights(work, kept), device=str(run.device)))
 
         def write_files(folder: Path) -> None:
-            write_report(folder, state["history"], labels, kept_epoch=kept, data=data_line, note=small_dev)
-            write_model_files(model, tokenizer, folder, {SETTINGS_FILE: settings.to_json()})
+            write_report(folder, state["history"], run.labels, kept_epoch=kept, data=run.data_line,
+                         note=run.small_dev)
+            write_model_files(run.model, run.tokenizer, folder, settings_files(run.settings))
 
-        run.finish(write_files)
-    group.barrier()  # every process returns once the folder is complete
+        run.folder.finish(write_files)
+    run.group.barrier()  # every process returns once the folder is complete
     epoch_log = next(h for h in state["history"] if h.get("epoch") == kept and "train_loss" in h)
     scores = dict.fromkeys(("precision", "recall", "f1", "macro_f1", "per_label"))
     if "dev" in epoch_log:
         scores.update(epoch_log["dev"], per_label=epoch_log["dev_per_label"])
-    return {"out": str(Path(config.out)), "epoch": kept, "train_loss": epoch_log["train_loss"],
-            "dev_texts": len(dev_examples), **scores}
+    return {"out": str(Path(run.config.out)), "epoch": kept, "train_loss": epoch_log["train_loss"],
+            "dev_texts": len(run.dev_examples), **scores}
 
 
 def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device,

@@ -1,0 +1,141 @@
+"""Writing files and folders whole: a reader or a crash sees the old version or the new one.
+
+A file is written to ``NAME.tmp``, flushed and fsynced, then renamed over NAME (atomic_save,
+atomic_write); a folder is built beside its destination and renamed into place
+(replace_folder). A failed write is a one-line TagtuneError naming the path and the cause
+(write_error). This module needs only the standard library, so any module may write through it
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from tagtune.errors import TagtuneError
+
+
+def umask() -> int:
+    """The process's umask (read without changing it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_error(path: str | os.PathLike, error: OSError) -> TagtuneError:
+    """The one-line error for a file or folder that could not be written: its path and the cause
+    (disk full, read-only filesystem, no permission, ...)."""
+    return TagtuneError(f"{path}: cannot be written ({error.strerror or error})")
+
+
+def fsync_folder(path: str | os.PathLike) -> None:
+    """Make the renames and new names in folder ``path`` durable (where the filesystem allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems do not fsync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: str | os.PathLike) -> None:
+    """fsync every file directly in folder ``path``, then the folder itself."""
+    for child in Path(path).iterdir():
+        if child.is_file() and not child.is_symlink():
+            try:
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise write_error(child, e) from None
+    fsync_folder(path)
+
+
+def atomic_save(path: str | os.PathLike, write) -> None:
+    """Write ``path`` with ``write(file)`` (a binary file open for writing) through ``path.tmp``:
+    the data is flushed and fsynced, then renamed over ``path``, so readers and a crash see the
+    old file or the new one, never half of one. On any failure, an interrupt included, the
+    temporary file is removed and ``path`` is as it was; an OSError (disk full, read-only, no
+    permission) becomes a one-line TagtuneError naming ``path`` and the cause."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
+        raise
+    fsync_folder(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` as atomic_save does."""
+    payload = data if isinstance(data, bytes) else data.encode("utf-8")
+    atomic_save(path, lambda f: f.write(payload))
+
+
+def new_folder_beside(out: Path) -> Path:
+    """A new empty hidden folder beside ``out`` (in which ``out``'s replacement is built), with
+    the permissions of an ordinary folder rather than mkdtemp's private ones."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done (in the main thread, where Python runs
+    signal handlers; elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def replace_folder(tmp: Path, out: Path, aside: Path | None = None) -> None:
+    """Rename the finished folder ``tmp`` to ``out``. An earlier ``out`` is first renamed
+    ``aside`` (by default into a new hidden folder beside it), renamed back if the second rename
+    fails, and deleted only once the new folder is in place and the renames are on disk (the
+    parent folder fsynced). Interrupts wait until both renames are done."""
+    tmp, out = Path(tmp), Path(out)
+    holder = None
+    try:
+        with signals_held():
+            if os.path.lexists(out):
+                if aside is None:
+                    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+                    aside = holder / out.name
+                os.replace(out, aside)
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    os.replace(aside, out)
+                    raise
+            else:
+                aside = None
+                os.replace(tmp, out)
+            fsync_folder(out.parent)
+    except OSError as e:
+        if holder is not None and os.path.lexists(out):  # the earlier folder is back in place
+            shutil.rmtree(holder, ignore_errors=True)
+        raise write_error(out, e) from None
+    if aside is not None:
+        shutil.rmtree(holder or aside, ignore_errors=True)

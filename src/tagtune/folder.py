@@ -1,0 +1,179 @@
+"""The trained tagger folder: its file names, tagtune.json, and the one way to open one.
+
+A tagger folder is an HF token-classification folder: config.json (the labels in id2label),
+weights (WEIGHT_FILES for PyTorch, or model.onnx that ``tagtune export`` wrote), the tokenizer
+files, and tagtune.json (TaggerSettings: how the labels map to spans). ``tagtune train`` writes
+one, ``tagtune export`` copies one into an ONNX folder, and :func:`open_folder` opens one,
+given as a path or a Hub repo id: the folder is found (tagtune.hub), refused while it is an
+unfinished training run (tagtune.runs), its backend chosen, and its model, tokenizer, labels
+and settings read and checked against each other.
+
+This module does not import torch: the PyTorch model is loaded through tagtune.checkpoint
+only when that backend is chosen, so an exported folder opens where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tagtune import safejson
+from tagtune.align import window_size
+from tagtune.errors import TagtuneError
+from tagtune.runs import check_finished
+from tagtune.schemes import SCHEMES, guess_scheme
+from tagtune.tokenizer import TOKENIZER_FILES, load_tokenizer  # noqa: F401  (the tokenizer's files)
+
+CONFIG_FILE = "config.json"
+SETTINGS_FILE = "tagtune.json"
+ONNX_FILE = "model.onnx"
+# The weight files the PyTorch backend reads (tagtune.checkpoint reads them; named here so that
+# choosing a backend does not import torch).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+@dataclass
+class TaggerSettings:
+    """How a model's labels map to spans; stored as tagtune.json beside the weights."""
+
+    scheme: str = "BIO"
+    """Tagging scheme of the labels: BIO, BIOES or IO."""
+    all_subwords: bool = False
+    """True: every subword carries a label; False: the first subword of each word."""
+    max_length: int = 128
+    """Window length in tokens, start and end tokens included."""
+    stride: int = 32
+    """Tokens shared by consecutive windows of a long text."""
+
+    @classmethod
+    def read(cls, directory: Path, labels: list[str], config=None) -> TaggerSettings:
+        """The settings of ``directory`` (inferred from the ``labels`` without a tagtune.json);
+        with the model's ``config``, its window is checked to fit the model's positions."""
+        path = Path(directory) / SETTINGS_FILE
+        if not path.is_file():  # any HF token classifier: infer the scheme from its label names
+            return cls(scheme=guess_scheme(labels))
+        values = safejson.read_object(path)
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        for name, kind, what in (("scheme", str, "a string"), ("all_subwords", bool, "true or false"),
+                                 ("max_length", int, "an integer"), ("stride", int, "an integer")):
+            value = known.get(name, getattr(cls, name))
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TagtuneError(f"{path}: {name} is {safejson.excerpt(value)}, not {what}")
+        settings = cls(**known)
+        if settings.scheme not in SCHEMES:
+            raise TagtuneError(f"{path}: scheme {safejson.excerpt(settings.scheme)} is not one of {', '.join(SCHEMES)}")
+        if not 3 <= settings.max_length <= 1_048_576 or not 0 <= settings.stride < window_size(settings.max_length):
+            raise TagtuneError(f"{path}: max_length {settings.max_length} and stride {settings.stride} must be "
+                               "3 <= max_length <= 1,048,576 and 0 <= stride < max_length - 2")
+        if config is not None:
+            config.check_window(settings.max_length, f"{path}: max_length")
+        return settings
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def settings_files(settings: TaggerSettings) -> dict[str, str]:
+    """The tagtune.json of ``settings``, as ``{file name: content}`` for a folder being written."""
+    return {SETTINGS_FILE: settings.to_json()}
+
+
+def write_settings(directory: Path, settings: TaggerSettings) -> None:
+    """Write ``settings`` as ``directory``/tagtune.json (a folder still being built)."""
+    (Path(directory) / SETTINGS_FILE).write_text(settings.to_json(), encoding="utf-8")
+
+
+def _torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(folder: Path, backend: str = "auto") -> str:
+    """The backend, "torch" or "onnx", for a tagger folder. ``auto``: ONNX when the folder has
+    model.onnx and no PyTorch weights, or has both and torch cannot be imported; else PyTorch."""
+    if backend not in BACKENDS:
+        raise TagtuneError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    has_onnx = (folder / ONNX_FILE).is_file()
+    if has_onnx and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return "onnx"
+    if has_onnx and not _torch_importable():
+        return "onnx"
+    return "torch"
+
+
+def check_vocab(tokenizer, config, directory) -> None:
+    """The tokenizer must only produce ids the word embedding has rows for."""
+    if tokenizer.max_id >= config.vocab_size:
+        raise TagtuneError(
+            f"{directory}: the tokenizer has ids up to {tokenizer.max_id} but the model's word "
+            f"embedding has {config.vocab_size} rows (tokenizer and weights do not belong together)"
+        )
+
+
+def not_a_token_classifier(folder) -> TagtuneError:
+    """The error for a folder whose config.json has no token-classification labels."""
+    return TagtuneError(f"{folder}: not a token classifier (config.json names no token-classification labels)")
+
+
+@dataclass
+class TaggerFolder:
+    """An opened tagger folder: everything a Tagger is made of."""
+
+    directory: Path
+    """The local folder (a Hub repo id resolved to its snapshot)."""
+    backend: str
+    """"torch" or "onnx"."""
+    model: object
+    """A tagtune.model.TokenClassifier (on the CPU, in eval mode) or a tagtune.onnx_backend.OnnxModel."""
+    tokenizer: object
+    settings: TaggerSettings
+    labels: list[str]
+
+
+def locate(source) -> Path:
+    """The local folder of ``source`` (a path, or a Hub repo id ``org/name[@revision]``,
+    downloaded when not cached); a one-line error when it is an unfinished training run."""
+    from tagtune.hub import resolve
+
+    folder = resolve(source)
+    check_finished(folder, source)
+    return folder
+
+
+def open_folder(source, backend: str = "auto", check_window: bool = True, located: bool = False) -> TaggerFolder:
+    """Open the tagger folder ``source`` (see :func:`locate`; with ``located``, ``source`` is
+    already a folder :func:`locate` returned) with ``backend`` ("torch", "onnx" or "auto", see
+    :func:`choose_backend`): its model, tokenizer, labels and settings, after checking that
+    the model is a token classifier and the tokenizer's ids fit its embedding. With
+    ``check_window``, tagtune.json's window is checked to fit the model's positions."""
+    folder = source if located else locate(source)
+    backend = choose_backend(folder, backend)
+    if backend == "onnx":
+        from tagtune.onnx_backend import OnnxModel
+
+        model = OnnxModel.load(folder)
+        if not model.config.num_labels:
+            raise not_a_token_classifier(folder)
+    else:
+        try:
+            from tagtune.checkpoint import load_model
+        except ImportError:
+            raise TagtuneError(f"{folder}: the PyTorch backend needs torch, which cannot be imported "
+                               f"(export the tagger with `tagtune export --onnx` for the ONNX backend)") from None
+        model, _ = load_model(folder)
+        if model.classifier is None:
+            raise not_a_token_classifier(folder)
+    tokenizer = load_tokenizer(folder)
+    check_vocab(tokenizer, model.config, folder)
+    labels = model.config.labels
+    settings = TaggerSettings.read(folder, labels, model.config if check_window else None)
+    return TaggerFolder(folder, backend, model, tokenizer, settings, labels)

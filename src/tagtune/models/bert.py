@@ -1,0 +1,137 @@
+"""BERT, RoBERTa, XLM-RoBERTa and ELECTRA: one encoder layout.
+
+Reimplements the encoders of HF transformers' BertModel, RobertaModel, XLMRobertaModel and
+ElectraModel (the discriminator) over packed token streams (tagtune.models.packed):
+https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py
+
+Module and parameter names follow the BERT checkpoints (``embeddings.word_embeddings``,
+``encoder.layer.N.attention.self.query``), so loading a BERT checkpoint is an identity mapping
+after its ``bert.`` prefix. The other three differ only in:
+
+- RoBERTa and XLM-R: the ``roberta.`` prefix, and positions that start at pad_token_id + 1
+  (EncoderConfig.position_offset); usually one token type.
+- ELECTRA: the ``electra.`` prefix, and embeddings narrower than the hidden width in the small
+  models, projected up by ``embeddings_project`` (:func:`embeddings_projection`; modeling_electra.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tagtune.config import EncoderConfig
+from tagtune.models.packed import Dropout, Linear, Packing, activation, packed_attention
+
+
+class Embeddings(nn.Module):
+    """Word + position (+ token type) embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        width = config.embedding_size or config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width)
+        if config.type_vocab_size:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width)
+        else:
+            self.token_type_embeddings = None
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_offset = config.position_offset
+
+    def forward(self, input_ids, positions, token_type_ids=None):
+        """input_ids, positions, token_type_ids: (T,) -> (T, E)."""
+        x = self.word_embeddings(input_ids)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(positions + self.position_offset)
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, packing: Packing):
+        """x: (T, C) -> (T, C)."""
+        total = x.shape[0]
+        q = self.query(x).view(total, self.heads, self.head_dim)  # (T, H, D)
+        k = self.key(x).view(total, self.heads, self.head_dim)
+        v = self.value(x).view(total, self.heads, self.head_dim)
+        out = packed_attention(q, k, v, packing, self.dropout_p if self.training else 0.0)
+        return out.reshape(total, self.heads * self.head_dim)
+
+
+class ResidualOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(+ residual): BERT's SelfOutput and Output."""
+
+    def __init__(self, config: EncoderConfig, in_features: int, dropout: float):
+        super().__init__()
+        self.dense = Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: EncoderConfig, output_dropout: float):
+        super().__init__()
+        self.self = SelfAttention(config)
+        self.output = ResidualOutput(config, config.hidden_size, output_dropout)
+
+    def forward(self, x, packing: Packing):
+        return self.output(self.self(x, packing), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, config: EncoderConfig, attention_output_dropout: float | None = None):
+        """``attention_output_dropout``: dropout after the attention projection, hidden_dropout_prob
+        when None (DistilBERT passes 0.0)."""
+        super().__init__()
+        dropout = config.hidden_dropout_prob if attention_output_dropout is None else attention_output_dropout
+        self.attention = Attention(config, dropout)
+        self.intermediate = Intermediate(config)
+        self.output = ResidualOutput(config, config.intermediate_size, config.hidden_dropout_prob)
+
+    def forward(self, x, packing: Packing):
+        """x: (T, C) -> (T, C)."""
+        x = self.attention(x, packing)
+        return self.output(self.intermediate(x), x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig, attention_output_dropout: float | None = None):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config, attention_output_dropout) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x, packing: Packing):
+        for layer in self.layer:
+            x = layer(x, packing)
+        return x
+
+
+def embeddings_projection(config: EncoderConfig) -> Linear | None:
+    """ELECTRA with small embeddings projects them up to the hidden width; None elsewhere."""
+    if config.embedding_size and config.embedding_size != config.hidden_size:
+        return Linear(config.embedding_size, config.hidden_size)
+    return None
