@@ -291,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output (warnings and errors only)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="tag texts with a trained tagger; prints JSON lines {text, spans}")
+    p = sub.add_parser("predict", help="tag texts with a trained tagger; prints JSON lines {text, spans}",
+                       formatter_class=_ShowDefaults)
+    from tagtune.predict import predict_file
+
     p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")
     p.add_argument("input", nargs="?", default="-",
                    help="texts: a text per line, JSONL with a \"text\" field, or CoNLL (a token per line, "
@@ -302,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and first lines)")
     p.add_argument("-o", "--output", default="-", metavar="FILE", help="output JSONL file (default: stdout)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
-    p.add_argument("--batch-texts", type=int, default=512, metavar="N",
-                   help="texts (lines, records or sentences) read and tagged at a time (default 512)")
+    p.add_argument("--batch-texts", type=int, default=parameter_default(predict_file, "batch_texts"), metavar="N",
+                   help="texts (lines, records or sentences) read and tagged at a time")
     p.add_argument("--argmax", action="store_true", help="per-token argmax instead of constrained decoding")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="PyTorch or ONNX Runtime (default auto: ONNX for a folder with model.onnx and no weights)")

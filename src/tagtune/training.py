@@ -72,7 +72,7 @@ from tagtune.metrics import span_scores
 from tagtune.optim import AdamW, LinearSchedule
 from tagtune.progress import Progress, duration
 from tagtune.runs import RUN_MARKER, marker_text, replacement_of, run_state, set_aside_of
-from tagtune.schemes import SCHEMES, tag_names
+from tagtune.schemes import OUTSIDE, SCHEMES, entity_type, tag_names
 from tagtune.spans import Example
 from tagtune.tagger import Tagger
 from tagtune.tokenizer import load_tokenizer
@@ -1004,7 +1004,7 @@ def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | No
 
 def unknown_labels(tagger: Tagger, examples: list[Example]) -> tuple[list[str], list[str]]:
     """(labels of the examples' spans the tagger does not predict, the tagger's labels)."""
-    known = sorted({tag[2:] for tag in tagger.labels if tag[1:2] == "-" and tag[2:]})  # B-PER -> PER
+    known = sorted({entity_type(tag) for tag in tagger.labels if tag != OUTSIDE})  # B-PER -> PER
     gold = {s.label for ex in examples for s in ex.spans}
     return sorted(gold - set(known)), known
 
