@@ -35,3 +35,25 @@ def run_main(capsys, *args) -> Result:
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)
+
+
+def wait_for_saved_epoch(process: subprocess.Popen, out, epochs: int = 1, timeout: float = 240) -> None:
+    """Wait until the training run in ``out`` has ``epochs`` epochs in its checkpoint (the
+    checkpoint written before the first step does not count), the process ends, or ``timeout``
+    seconds pass."""
+    import time
+    from pathlib import Path
+
+    import torch
+
+    out = Path(out)
+
+    def saved() -> int:
+        log = out / "metrics.jsonl"
+        if not log.exists() or '"train_loss"' not in log.read_text():
+            return 0
+        return torch.load(out / "checkpoint" / "state.pt", weights_only=True)["state"]["epoch"]
+
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline and saved() < epochs:
+        time.sleep(0.02)

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_bert
+from helpers import wait_for_saved_epoch
 from helpers import tagtune as run_tagtune
 
 
@@ -119,7 +120,6 @@ def test_resume_under_torchrun_ends_with_the_same_weights(tiny_bert, wnut_files,
     import contextlib
     import os
     import signal
-    import time
 
     def args(out):
         return ["train", "--model", str(tiny_bert), "--train", str(wnut_files / "train.conll"), "--dev",
@@ -134,16 +134,7 @@ def test_resume_under_torchrun_ends_with_the_same_weights(tiny_bert, wnut_files,
            *args(out)]
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.time() + 240
-
-    def epochs_saved():  # epochs in the checkpoint (one is written before the first step too)
-        log = out / "metrics.jsonl"
-        if not log.exists() or '"train_loss"' not in log.read_text():
-            return 0
-        return torch.load(out / "checkpoint" / "state.pt", weights_only=True)["state"]["epoch"]
-
-    while proc.poll() is None and time.time() < deadline and epochs_saved() < 1:
-        time.sleep(0.02)
+    wait_for_saved_epoch(proc, out)
     for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and its workers (in sessions of their own)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -4,12 +4,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import wait_for_saved_epoch
 from helpers import tagtune as cli
 from tagtune import TagtuneError
 from tagtune.config import EncoderConfig
@@ -70,16 +70,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_bert, wnut_files, t
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "tagtune", *map(str, train_args(
         tiny_bert, wnut_files, out, "--epochs", "4"))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-
-    def epochs_saved():  # epochs in the checkpoint, once the first epoch has been logged
-        log = out / "metrics.jsonl"
-        if not log.exists() or '"train_loss"' not in log.read_text():
-            return 0
-        return torch.load(out / "checkpoint" / "state.pt", weights_only=True)["state"]["epoch"]
-
-    while proc.poll() is None and time.time() < deadline and epochs_saved() < 1:
-        time.sleep(0.02)
+    wait_for_saved_epoch(proc, out)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
