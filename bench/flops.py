@@ -24,12 +24,15 @@ def model_shape(folder) -> dict:
         "hidden": hidden,
         "intermediate": config.get("intermediate_size", config.get("hidden_dim")),
         "labels": max(2, len(config.get("id2label") or {})),
+        "gated": config.get("model_type") == "modernbert",  # Wi gives input and gate: 3 MLP matrices
     }
 
 
 def matmul_params(shape: dict) -> int:
     h, i = shape["hidden"], shape["intermediate"]
-    return shape["layers"] * (4 * h * h + 2 * h * i) + h * shape["labels"]
+    mlp = 3 * h * i if shape.get("gated") else 2 * h * i
+    head = h * h if shape.get("gated") else 0  # ModernBERT's dense head before the classifier
+    return shape["layers"] * (4 * h * h + mlp) + head + h * shape["labels"]
 
 
 def useful_flops(shape: dict, lengths: list[int], training: bool) -> float:

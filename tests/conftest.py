@@ -39,6 +39,10 @@ def tiny_hf_model(kind: str, num_labels: int = 5, task: str = "token"):
         "electra": lambda: T.ElectraConfig(**kw, embedding_size=16),
         "distilbert": lambda: T.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4,
                                                  hidden_dim=37, max_position_embeddings=64),
+        # local layers see 4 tokens each side: shorter than the test texts, so the window matters
+        "modernbert": lambda: T.ModernBertConfig(**{**kw, "num_hidden_layers": 3}, local_attention=8,
+                                                 pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                                                 sep_token_id=2, global_rope_theta=1000.0, local_rope_theta=50.0),
     }
     config = configs[kind]()
     config.num_labels = num_labels

@@ -7,8 +7,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def smoke(script):
-    result = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True,
+def smoke(script, *args):
+    result = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -17,6 +17,11 @@ def smoke(script):
 def test_train_bench_smoke():
     out = smoke("train_bench.py")
     assert "tagtune/trainer" in out and "f1_seqeval_words" in out and "train_tokens_per_second" in out
+
+
+def test_train_bench_modernbert_smoke():
+    out = smoke("train_bench.py", "--family", "modernbert", "--only", "tagtune")
+    assert "a random ModernBERT of the MiniLM's shape" in out and "train_tokens_per_second" in out
 
 
 def test_predict_bench_smoke():

@@ -10,7 +10,7 @@ from tagtune.tokenizer import load_tokenizer
 
 from conftest import tiny_hf_model
 
-FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert"]
 
 
 def padded_batch(lengths, vocab=99, low=5):
@@ -32,7 +32,7 @@ def test_tiny_random_model_matches_transformers(kind, tmp_path):
     ref.save_pretrained(tmp_path)
     model, report = load_model(tmp_path)
     assert not report.new_head and report.dropped == []
-    ids, mask = padded_batch([11, 7, 3, 1])
+    ids, mask = padded_batch([23, 11, 7, 3, 1])
     with torch.no_grad():
         expected = ref(input_ids=ids, attention_mask=mask).logits
         padded = model.forward_padded(ids, mask)

@@ -211,10 +211,11 @@ def test_export_errors(exported, trained_tagger, minilm, tmp_path, capsys):
     assert "model.onnx" in error_line(capsys)
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "electra", "distilbert"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "electra", "distilbert", "modernbert"])
 def test_export_graph_matches_packed_model_for_each_family(kind, tmp_path):
     """The padded export module equals the packed model on every family (RoBERTa's position
-    offset, ELECTRA's embedding projection, DistilBERT's names), and ONNX Runtime runs it."""
+    offset, ELECTRA's embedding projection, DistilBERT's names, ModernBERT's local attention and
+    head), and ONNX Runtime runs it."""
     from conftest import tiny_hf_model
 
     from tagtune.config import EncoderConfig
@@ -234,7 +235,7 @@ def test_export_graph_matches_packed_model_for_each_family(kind, tmp_path):
         ours = PaddedTagger(model)(ids, mask)
     real = mask.bool()
     torch.testing.assert_close(ours[real], reference[real], atol=1e-5, rtol=0)
-    if kind == "electra":  # one family through the exporter and ONNX Runtime too
+    if kind in ("electra", "modernbert"):  # through the exporter and ONNX Runtime too
         write_onnx(model, tmp_path / "model.onnx", 60)
         session = OnnxModel(tmp_path / "model.onnx", config)
         rows, cut = slice(1, 4), slice(0, 20)  # other batch and sequence sizes than the export's

@@ -87,11 +87,31 @@ def japanese_bert(folder: Path) -> Path:
     return folder
 
 
+def japanese_modernbert(folder: Path) -> Path:
+    """A tiny random ModernBERT with a SentencePiece-style tokenizer.json (Unigram, byte fallback,
+    spaces as ``▁``), as sbintuitions/modernbert-ja-70m has."""
+    import torch
+    import transformers as T
+    from test_tokenizer_modern import write_sentencepiece
+
+    write_sentencepiece(folder, "unigram", "replace")
+    tokenizer = T.AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    config = T.ModernBertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=96, local_attention=16,
+                                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, cls_token_id=tokenizer.cls_token_id,
+                                sep_token_id=tokenizer.sep_token_id)
+    T.ModernBertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def hub(minilm, tmp_path_factory):
     with HubServer() as server:
         server.add("sentence-transformers/all-MiniLM-L6-v2", minilm)
         server.add("cl-tohoku/bert-base-japanese-v3", japanese_bert(tmp_path_factory.mktemp("ja") / "model"))
+        server.add("sbintuitions/modernbert-ja-70m", japanese_modernbert(tmp_path_factory.mktemp("ja-mb") / "model"))
         yield server
 
 
@@ -136,3 +156,14 @@ def test_japanese(hub, tmp_path):
     for span in answer["spans"]:
         assert span["label"] == "KEY"
         assert answer["text"][span["start"]:span["end"]] == span["text"]
+
+
+def test_japanese_modernbert(hub, tmp_path):
+    result = run_block(shell_block("Japanese without MeCab: ModernBERT-ja"), tmp_path, hub)
+    assert "tokenizer.json" in hub.downloads("sbintuitions/modernbert-ja-70m")
+    line = json_values(result.stdout)[-1]
+    assert line["text"] == "名古屋タワーは中区にあります。"
+    for span in line["spans"]:
+        assert line["text"][span["start"]:span["end"]] == span["text"] and span["label"] == "KEY"
+    config = json.loads((tmp_path / "ja-modernbert" / "config.json").read_text())
+    assert config["architectures"] == ["ModernBertForTokenClassification"]

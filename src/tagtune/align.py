@@ -32,7 +32,8 @@ class Units:
     """The label positions of one tokenised text (special tokens excluded).
 
     ``first[i]`` is the token index that carries unit i's label; ``ranges[i]`` its characters
-    in the original text; ``of_token[t]`` the unit of token t.
+    in the original text; ``of_token[t]`` the unit of token t (for a token without characters
+    that carries no label, the unit before it, -1 before the first unit).
     """
 
     first: list[int]
@@ -44,20 +45,38 @@ class Units:
 
 
 def units_of(enc: Encoding, all_subwords: bool = False) -> Units:
-    """Group the tokens of ``enc`` (encoded without special tokens) into units."""
+    """Group the tokens of ``enc`` (encoded without special tokens) into units.
+
+    A token without characters (one standing for whitespace, such as a lone ``▁`` or ``Ġ``) is
+    never a unit of its own and adds nothing to a unit's range; where it begins a word that has
+    characters (XLM-R puts a ``▁`` before each word), it carries the word's label, as the first
+    subword does in transformers. A token that shares the previous token's characters (a later
+    piece of a character split into bytes) belongs to the previous unit, with ``all_subwords``
+    too: a character is never labelled twice.
+    """
     first: list[int] = []
     ranges: list[tuple[int, int]] = []
     of_token: list[int] = []
     previous_word = None
+    opener = None  # the first token of the current word while the word has no unit yet
     for t, ((start, end), word) in enumerate(zip(enc.offsets, enc.words)):
-        if all_subwords or word is None or word != previous_word or not first:
-            first.append(t)
+        if word is None or word != previous_word or t == 0:
+            opener = t
+        previous_word = word
+        if end <= start:
+            of_token.append(len(first) - 1)
+            continue
+        shares = bool(first) and start < ranges[-1][1]
+        if not shares and (all_subwords or opener is not None):
+            first.append(t if all_subwords else opener)
             ranges.append((start, end))
         else:
             s, e = ranges[-1]
-            ranges[-1] = (min(s, start) if end > start else s, max(e, end))
+            ranges[-1] = (min(s, start), max(e, end))
+        opener = None
         of_token.append(len(first) - 1)
-        previous_word = word
+    for unit, t in enumerate(first):
+        of_token[t] = unit
     return Units(first, ranges, of_token)
 
 

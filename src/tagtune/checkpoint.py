@@ -25,27 +25,14 @@ from tagtune.errors import TagtuneError
 from tagtune.files import atomic_save, atomic_write, new_folder_beside, replace_folder, write_error
 from tagtune.folder import WEIGHT_FILES, check_vocab
 from tagtune.hub import resolve
-from tagtune.models import TAGTUNE_LAYERS, checkpoint_layers
+from tagtune.models import OTHER_TASKS, TAGTUNE_LAYERS, checkpoint_layers, checkpoint_names
 from tagtune.models.packed import TokenClassifier
 
-# Each family's layer names in its checkpoints are the family's own (CHECKPOINT_LAYERS in
-# tagtune/models/distilbert.py); BERT, RoBERTa, XLM-R and ELECTRA use tagtune's as they are.
-
-# Heads and pieces of other tasks that a token tagger does not use: dropped on load, listed
-# in LoadReport.dropped. "classifier." joins them unless the checkpoint is a token classifier.
-OTHER_TASK_PREFIXES = (
-    "cls.",  # BERT pretraining heads (MLM, NSP)
-    "pooler.",  # [CLS] pooler for sentence tasks
-    "lm_head.",  # RoBERTa / XLM-R MLM head
-    "qa_outputs.",  # question answering
-    "discriminator_predictions.",  # ELECTRA replaced-token detection
-    "generator_predictions.",
-    "generator_lm_head.",
-    "vocab_transform.",  # DistilBERT MLM head
-    "vocab_layer_norm.",
-    "vocab_projector.",
-    "pre_classifier.",  # DistilBERT sequence classification
-)
+# Each family's names in its checkpoints are the family's own (CHECKPOINT_LAYERS and
+# CHECKPOINT_NAMES in tagtune/models/distilbert.py and modernbert.py); BERT, RoBERTa, XLM-R and
+# ELECTRA use tagtune's as they are. Other tasks' heads, dropped on load and listed in
+# LoadReport.dropped, are in tagtune.models.ARCHITECTURES ("classifier." joins them unless the
+# checkpoint is a token classifier).
 
 # Non-trainable buffers some checkpoints carry (HF BertEmbeddings.position_ids in old saves).
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -118,42 +105,55 @@ def _names(keys, limit: int = 8) -> str:
 
 
 def _rename_layer_key(key: str, from_prefix: str, to_prefix: str, table: dict[str, str]) -> str:
-    """``from_prefix N.module.param`` -> ``to_prefix N.table[module].param`` (unchanged if no match)."""
+    """``from_prefix N.module.param`` -> ``to_prefix N.table[module].param`` (the module as it is
+    when the table does not name it; the key unchanged outside ``from_prefix``)."""
     if not key.startswith(from_prefix):
         return key
     index, _, rest = key[len(from_prefix):].partition(".")
     module, _, param = rest.rpartition(".")
-    if module not in table:
-        return key
-    return f"{to_prefix}{index}.{table[module]}.{param}"
+    return f"{to_prefix}{index}.{table.get(module, module)}.{param}"
+
+
+def _rename_prefix(key: str, pairs: list[tuple[str, str]]) -> str:
+    """The first matching ``(from, to)`` prefix of ``key`` replaced (unchanged if none matches)."""
+    for old, new in pairs:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 def to_tagtune_names(state: dict, config: EncoderConfig, keep_classifier: bool):
     """Checkpoint keys -> tagtune's. Returns (state, dropped keys of other tasks)."""
-    prefix = config.arch.prefix
+    arch = config.arch
     layer_prefix, table = checkpoint_layers(config.model_type)
     inverse = {v: k for k, v in table.items()}
+    names = [(theirs, ours) for ours, theirs in checkpoint_names(config.model_type)]
+    other_tasks = OTHER_TASKS + arch.other_tasks
     out, dropped = {}, []
     for key, tensor in state.items():
-        name = key[len(prefix):] if key.startswith(prefix) else key
+        name = key[len(arch.prefix):] if key.startswith(arch.prefix) else key
         if name.endswith(BUFFER_SUFFIXES):
             continue
-        if name.startswith(OTHER_TASK_PREFIXES) or (name.startswith("classifier.") and not keep_classifier):
+        if name.startswith(other_tasks) or (name.startswith("classifier.") and not keep_classifier):
             dropped.append(key)
             continue
-        out[_rename_layer_key(name, layer_prefix, TAGTUNE_LAYERS, inverse)] = tensor
+        if not key.startswith(arch.top_level):
+            name = _rename_layer_key(_rename_prefix(name, names), layer_prefix, TAGTUNE_LAYERS, inverse)
+        out[name] = tensor
     return out, dropped
 
 
 def to_checkpoint_names(state: dict, config: EncoderConfig) -> dict:
     """tagtune keys -> the family's HF token-classification keys (the inverse of the above)."""
     layer_prefix, table = checkpoint_layers(config.model_type)
+    names = checkpoint_names(config.model_type)
     out = {}
     for key, tensor in state.items():
-        if key.startswith("classifier."):
+        if key.startswith(config.arch.top_level):
             out[key] = tensor
         else:
-            out[config.arch.prefix + _rename_layer_key(key, TAGTUNE_LAYERS, layer_prefix, table)] = tensor
+            renamed = _rename_layer_key(key, TAGTUNE_LAYERS, layer_prefix, table)
+            out[config.arch.prefix + _rename_prefix(renamed, names)] = tensor
     return out
 
 
@@ -201,6 +201,9 @@ def load_model(source: str | os.PathLike, labels: list[str] | None = None,
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if not keep_head:
         expected = {k: s for k, s in expected.items() if not k.startswith("classifier.")}
+    new_transform = model.head is not None and not any(k.startswith("head.") for k in state)
+    if new_transform:  # a bare encoder (ModernBertModel): no pretrained head to start from
+        expected = {k: s for k, s in expected.items() if not k.startswith("head.")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     where = f"{directory} ({config.model_type})"
@@ -213,7 +216,9 @@ def load_model(source: str | os.PathLike, labels: list[str] | None = None,
     if wrong:
         raise TagtuneError(f"{where}: weights of the wrong shape: {_names(wrong, 4)}")
     if model.classifier is not None and not keep_head:
-        model.init_weights(model.classifier)
+        model.init_classifier()
+    if new_transform:
+        model.layout.init_head(model.head, model.config)
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, LoadReport(directory, dropped, new_head=model.classifier is not None and not keep_head)

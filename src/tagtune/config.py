@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tagtune import safejson
+from tagtune import models, safejson
 from tagtune.errors import TagtuneError
 from tagtune.models import ARCHITECTURES, Architecture
 from tagtune.safejson import excerpt
@@ -146,16 +146,10 @@ class EncoderConfig:
             seen[label] = i
         return replace(self, id2label=dict(enumerate(labels)))
 
-    def parameter_count(self) -> int:
+    def parameter_count(self) -> int | None:
         """The parameters of the model this config describes (TokenClassifier.num_parameters()),
-        computed from the sizes alone."""
-        h, inner = self.hidden_size, self.intermediate_size
-        width = self.embedding_size or h
-        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size + 2) * width
-        project = width * h + h if self.embedding_size and self.embedding_size != h else 0
-        layer = 4 * (h * h + h) + 2 * h + (h * inner + inner) + (inner * h + h) + 2 * h
-        head = (h + 1) * self.num_labels
-        return embeddings + project + self.num_hidden_layers * layer + head
+        counted without allocating them; None where torch is not installed."""
+        return models.parameter_count(self)
 
     def check_window(self, max_length: int, what: str) -> None:
         """A window of ``max_length`` tokens must fit the position embedding (beyond its offset);
@@ -165,9 +159,11 @@ class EncoderConfig:
             raise TagtuneError(f"{what} {max_length} is more than the model's {positions} positions "
                                f"(max_position_embeddings {self.max_position_embeddings} in its config.json)")
 
-    def memory_needed(self, training: bool = False) -> int:
-        """Bytes of the fp32 weights, or with ``training`` of weights, gradients and AdamW state."""
-        return self.parameter_count() * BYTES_PER_PARAMETER * (TRAINING_COPIES if training else 1)
+    def memory_needed(self, training: bool = False) -> int | None:
+        """Bytes of the fp32 weights, or with ``training`` of weights, gradients and AdamW state;
+        None where torch is not installed (nothing is built from the config then)."""
+        count = self.parameter_count()
+        return None if count is None else count * BYTES_PER_PARAMETER * (TRAINING_COPIES if training else 1)
 
     def to_hf_dict(self) -> dict:
         """config.json for a token-classification checkpoint that transformers loads."""
@@ -190,23 +186,19 @@ class EncoderConfig:
                 f"{source}: model_type {excerpt(model_type)} is not supported (supported: {supported})"
             )
         arch = ARCHITECTURES[model_type]
-        values = {}
+        values = dict(arch.defaults)
         for key, value in raw.items():
             values[arch.config_keys.get(key, key)] = value
         _check_values(values, {v: k for k, v in arch.config_keys.items()}, source)
         fields = {f for f in cls.__dataclass_fields__ if f not in ("model_type", "raw", "id2label")}
         kwargs = {k: values[k] for k in fields if k in values}
-        if model_type == "distilbert":
-            kwargs["type_vocab_size"] = 0
-            # DistilBertForTokenClassification drops out with config.dropout before its classifier.
-            kwargs["classifier_dropout"] = values.get("hidden_dropout_prob", 0.1)
         missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
                                "num_attention_heads", "intermediate_size") if k not in kwargs]
         if missing:
             raise TagtuneError(f"{source}: missing {', '.join(missing)}")
         id2label = _id2label(raw, source)
-        if model_type == "electra" and kwargs.get("embedding_size") == kwargs["hidden_size"]:
-            kwargs["embedding_size"] = None
+        if kwargs.get("embedding_size") == kwargs["hidden_size"]:
+            kwargs["embedding_size"] = None  # no projection (ELECTRA's base and large models)
         config = cls(model_type=model_type, id2label=id2label, raw=dict(raw), **kwargs)
         config._check(source)
         return config
@@ -233,6 +225,7 @@ class EncoderConfig:
         elif self.pad_token_id >= self.vocab_size:
             raise TagtuneError(f"{source}: pad_token_id {self.pad_token_id} is not a row of the word embedding "
                                f"(vocab_size {self.vocab_size})")
+        models.check(self, source)
 
 
 def _shown_value(value: object) -> str:
@@ -390,7 +383,7 @@ def check_memory(config: EncoderConfig, source: str, training: bool = False,
         return
     available, whose = limit
     need = config.memory_needed(training)
-    if need <= available:
+    if need is None or need <= available:
         return
     what = ("to train (weights, gradients and AdamW state, 16 bytes a parameter)" if training
             else "for its weights")

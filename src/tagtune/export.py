@@ -29,7 +29,6 @@ from torch import nn
 from tagtune.errors import TagtuneError
 from tagtune.files import new_folder_beside, replace_folder
 from tagtune.folder import CONFIG_FILE, ONNX_FILE, locate, open_folder, write_settings
-from tagtune.model import Packing
 from tagtune.onnx_backend import INPUT_NAMES, OUTPUT_NAME, OnnxModel
 from tagtune.tagger import Tagger
 
@@ -38,36 +37,16 @@ OPSET = 18
 
 
 class PaddedTagger(nn.Module):
-    """The model of a TokenClassifier on padded input, for export:
-    ``input_ids, attention_mask: (B, L)`` -> ``logits (B, L, labels)``.
-
-    The model's own embeddings, encoder and head run on the batch laid out as ``B`` sequences of
-    ``L`` tokens, padding included, with the attention mask as the key mask: the graph has no
-    data-dependent shapes. Logits at padding positions are not meaningful.
-    """
+    """A TokenClassifier on padded input, for export: ``input_ids, attention_mask: (B, L)`` ->
+    ``logits (B, L, labels)`` (TokenClassifier.forward_export: the graph has no data-dependent
+    shapes; logits at padding positions are not meaningful)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        m = self.model
-        batch, length = input_ids.shape
-        if batch == 1:  # the encoder runs a lone sequence without a key mask; the model's own padded path
-            return m.forward_padded(input_ids, attention_mask)
-        device = input_ids.device
-        packing = Packing(
-            cu_seqlens=(torch.arange(batch + 1, device=device) * length).to(torch.int32),  # (B + 1,)
-            max_seqlen=length,
-            positions=torch.arange(length, device=device).repeat(batch),  # (B * L,)
-            slots=torch.arange(batch * length, device=device),  # (B * L,)
-            key_mask=attention_mask.bool()[:, None, None, :],  # (B, 1, 1, L)
-        )
-        x = m.embeddings(input_ids.reshape(-1), packing.positions)  # (B * L, E)
-        if m.embeddings_project is not None:
-            x = m.embeddings_project(x)  # (B * L, C)
-        x = m.encoder(x, packing)  # (B * L, C)
-        return m.classifier(x).view(batch, length, -1)  # (B, L, labels)
+        return self.model.forward_export(input_ids, attention_mask)
 
 
 @contextlib.contextmanager

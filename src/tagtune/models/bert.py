@@ -39,14 +39,14 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.position_offset = config.position_offset
 
-    def forward(self, input_ids, positions, token_type_ids=None):
-        """input_ids, positions, token_type_ids: (T,) -> (T, E)."""
+    def forward(self, input_ids, packing: Packing, token_type_ids=None):
+        """input_ids, token_type_ids: (T,) -> (T, E)."""
         x = self.word_embeddings(input_ids)
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(positions + self.position_offset)
+        x = x + self.position_embeddings(packing.positions + self.position_offset)
         return self.dropout(self.LayerNorm(x))
 
 

@@ -108,6 +108,10 @@ class Packing:
     token's index within its own sequence. ``slots: (T,)`` is each token's index in a padded
     ``(B * max_seqlen)`` layout and ``key_mask: (B, 1, 1, max_seqlen)`` marks real keys there
     (used by the padded attention fallback).
+
+    ``padded``: the stream is itself a padded ``(B * max_seqlen)`` batch, padding included, with
+    ``key_mask`` marking the real tokens (:meth:`of_padded`: the exported ONNX graph, which has
+    no data-dependent shapes).
     """
 
     cu_seqlens: torch.Tensor
@@ -115,6 +119,7 @@ class Packing:
     positions: torch.Tensor
     slots: torch.Tensor
     key_mask: torch.Tensor
+    padded: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -138,29 +143,117 @@ class Packing:
         key_mask = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lengths[:, None]  # (B, L)
         return cls(cu_seqlens.to(torch.int32), max_seqlen, positions, slots, key_mask[:, None, None, :])
 
+    @classmethod
+    def of_padded(cls, attention_mask: torch.Tensor) -> Packing:
+        """A right-padded ``(B, L)`` batch taken whole, padding included, as ``B`` sequences of
+        ``L`` tokens; ``attention_mask`` marks the real ones."""
+        batch, length = attention_mask.shape
+        device = attention_mask.device
+        return cls(
+            cu_seqlens=(torch.arange(batch + 1, device=device) * length).to(torch.int32),  # (B + 1,)
+            max_seqlen=length,
+            positions=torch.arange(length, device=device).repeat(batch),  # (B * L,)
+            slots=torch.arange(batch * length, device=device),  # (B * L,)
+            key_mask=attention_mask.bool()[:, None, None, :],  # (B, 1, 1, L)
+            padded=True,
+        )
 
-def packed_attention(q, k, v, packing: Packing, dropout_p: float) -> torch.Tensor:
-    """Attention within each packed sequence. q, k, v: (T, H, D) -> (T, H, D).
+    def sequence_ids(self) -> torch.Tensor:
+        """(T,) the index of each token's sequence."""
+        return torch.div(self.slots, self.max_seqlen, rounding_mode="floor")
 
-    The tokens are scattered into a (B, H, L, D) layout for PyTorch's scaled_dot_product_attention
-    with a key mask, then gathered back, so only attention touches padding.
-    """
+
+def _varlen(q, k, v, packing: Packing, dropout_p: float, window: int | None):
+    """FlashAttention's variable-length kernel (torch.nn.attention.varlen) on CUDA in bf16 or
+    fp16 without attention dropout, where this PyTorch has it; None elsewhere."""
+    if not q.is_cuda or dropout_p > 0 or packing.padded or q.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    cu = packing.cu_seqlens
+    size = (-1, -1) if window is None else (window, window)
+    return varlen_attn(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen, window_size=size)
+
+
+def _padded_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None):
+    """The tokens scattered into a (B, H, L, D) layout for scaled_dot_product_attention with a
+    key mask (and the band of ``window``), then gathered back."""
     total, heads, dim = q.shape
     batch, length = packing.batch_size, packing.max_seqlen
-    if batch == 1:
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], dropout_p=dropout_p
-        )  # (1, H, T, D)
-        return out[0].transpose(0, 1)
+    mask = packing.key_mask  # (B, 1, 1, L)
+    if window is not None:
+        index = torch.arange(length, device=q.device)
+        mask = mask & ((index[:, None] - index[None, :]).abs() <= window)  # (B, 1, L, L)
+    if packing.padded:  # already laid out as (B * L)
+        padded = torch.stack((q, k, v)).view(3, batch, length, heads, dim).transpose(2, 3)  # (3, B, H, L, D)
+        out = F.scaled_dot_product_attention(padded[0], padded[1], padded[2], attn_mask=mask, dropout_p=dropout_p)
+        return out.transpose(1, 2).reshape(total, heads, dim)
     qkv = torch.stack((q, k, v))  # (3, T, H, D)
     padded = qkv.new_zeros(3, batch * length, heads, dim)
     padded[:, packing.slots] = qkv
     padded = padded.view(3, batch, length, heads, dim).transpose(2, 3)  # (3, B, H, L, D)
-    out = F.scaled_dot_product_attention(
-        padded[0], padded[1], padded[2], attn_mask=packing.key_mask, dropout_p=dropout_p
-    )  # (B, H, L, D)
+    out = F.scaled_dot_product_attention(padded[0], padded[1], padded[2], attn_mask=mask, dropout_p=dropout_p)
     out = out.transpose(1, 2).reshape(batch * length, heads, dim)  # (B * L, H, D)
     return out[packing.slots]  # (T, H, D)
+
+
+def _banded_attention(q, k, v, packing: Packing, dropout_p: float, window: int):
+    """Local attention over the packed stream at a cost of about 3 * window * T per head.
+
+    The stream is cut into blocks of ``window`` tokens; the queries of a block see the keys of
+    that block and its two neighbours, masked to the same sequence and to positions at most
+    ``window`` apart. Nothing is padded but the stream's end.
+    """
+    total, heads, dim = q.shape
+    block = window
+    blocks = -(-total // block)
+    pad = blocks * block - total
+    seq = packing.sequence_ids()  # (T,)
+    pos = packing.positions
+    # Queries: the stream, then its end padding as sequence -1. Keys: one more block of padding
+    # on each side, as sequence -2, which no query has.
+    q_seq = F.pad(seq, (0, pad), value=-1).view(blocks, block)  # (N, b)
+    q_pos = F.pad(pos, (0, pad), value=0).view(blocks, block)
+    k_seq = F.pad(seq, (block, pad + block), value=-2).unfold(0, 3 * block, block)  # (N, 3b)
+    k_pos = F.pad(pos, (block, pad + block), value=0).unfold(0, 3 * block, block)
+    mask = (q_seq[:, :, None] == k_seq[:, None, :]) & ((q_pos[:, :, None] - k_pos[:, None, :]).abs() <= window)
+    mask = mask | (q_seq[:, :, None] == -1)  # (N, b, 3b): padding rows attend anything, their output is dropped
+    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(blocks, block, heads, dim).permute(2, 0, 1, 3)  # (H, N, b, D)
+
+    def windows(x):  # (T, H, D) -> (H, N, 3b, D)
+        x = F.pad(x, (0, 0, 0, 0, block, pad + block))  # (Tp + 2b, H, D)
+        return x.unfold(0, 3 * block, block).permute(1, 0, 3, 2)  # (H, N, 3b, D)
+
+    out = F.scaled_dot_product_attention(qb, windows(k), windows(v), attn_mask=mask, dropout_p=dropout_p)
+    out = out.permute(1, 2, 0, 3).reshape(blocks * block, heads, dim)  # (N * b, H, D)
+    return out[:total]
+
+
+def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None = None) -> torch.Tensor:
+    """Attention within each packed sequence. q, k, v: (T, H, D) -> (T, H, D).
+
+    ``window``: a local layer's reach, each query seeing the keys at most ``window`` positions
+    away in its own sequence (ModernBERT's ``local_attention // 2``); None sees the whole sequence.
+    On CUDA in bf16 the variable-length FlashAttention kernel runs where PyTorch has it. On
+    other devices the sequences are padded for scaled_dot_product_attention, except a local
+    layer over sequences longer than its window, which runs banded over the stream (about
+    window x length, not length^2).
+    """
+    if window is not None and not packing.padded and packing.max_seqlen - 1 <= window:
+        window = None  # every sequence fits in the window: the whole sequence is seen
+    out = _varlen(q, k, v, packing, dropout_p, window)
+    if out is not None:
+        return out
+    if window is not None and not packing.padded:
+        return _banded_attention(q, k, v, packing, dropout_p, window)
+    if packing.batch_size == 1 and window is None and not packing.padded:
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], dropout_p=dropout_p
+        )  # (1, H, T, D)
+        return out[0].transpose(0, 1)
+    return _padded_attention(q, k, v, packing, dropout_p, window)
 
 
 class TokenClassifier(nn.Module):
@@ -173,10 +266,13 @@ class TokenClassifier(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
-        layout = family(config.model_type)  # tagtune.models.bert, tagtune.models.distilbert
+        layout = family(config.model_type)  # tagtune.models.bert, .distilbert, .modernbert
+        self.layout = layout
         self.embeddings = layout.Embeddings(config)
-        self.embeddings_project = layout.embeddings_projection(config)
+        projection = getattr(layout, "embeddings_projection", None)
+        self.embeddings_project = projection(config) if projection is not None else None
         self.encoder = layout.Encoder(config)
+        self.head = layout.Head(config) if hasattr(layout, "Head") else None
         self.dropout = nn.Dropout(config.head_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else None
         self.compute_dtype: torch.dtype | None = None
@@ -198,24 +294,34 @@ class TokenClassifier(nn.Module):
             if isinstance(m, Linear) and m.lowp is not None:
                 m.lowp.copy_(m.weight)
 
-    def hidden_states(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
-        """input_ids: (T,), cu_seqlens: (B + 1,) -> last hidden states (T, C)."""
-        packing = Packing.from_cu_seqlens(cu_seqlens, max_seqlen)
-        x = self.embeddings(input_ids, packing.positions, token_type_ids)
+    def encode(self, input_ids, packing: Packing, token_type_ids=None):
+        """input_ids: (T,) laid out as ``packing`` says -> last hidden states (T, C)."""
+        x = self.embeddings(input_ids, packing, token_type_ids)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)
         return self.encoder(x, packing)
 
+    def classify(self, x):
+        """Hidden states (T, C) -> logits (T, num_labels), in fp32."""
+        if self.classifier is None:
+            raise RuntimeError("this model has no labels, so no classifier head; use hidden_states()")
+        if self.compute_dtype is not None:
+            x = x.float()  # the head stays fp32
+        if self.head is not None:
+            x = self.head(x)
+        return self.classifier(self.dropout(x))
+
+    def hidden_states(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
+        """input_ids: (T,), cu_seqlens: (B + 1,) -> last hidden states (T, C)."""
+        return self.encode(input_ids, Packing.from_cu_seqlens(cu_seqlens, max_seqlen), token_type_ids)
+
     def forward(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
         """input_ids: (T,), cu_seqlens: (B + 1,) -> logits (T, num_labels)."""
         if self.classifier is None:
             raise RuntimeError("this model has no labels, so no classifier head; use hidden_states()")
-        x = self.hidden_states(input_ids, cu_seqlens, max_seqlen, token_type_ids)
-        if self.compute_dtype is not None:
-            x = x.float()  # the head stays fp32
-        return self.classifier(self.dropout(x))
+        return self.classify(self.hidden_states(input_ids, cu_seqlens, max_seqlen, token_type_ids))
 
     def forward_padded(self, input_ids, attention_mask=None, token_type_ids=None):
         """Convenience entry for padded batches: input_ids, attention_mask: (B, L) -> (B, L, labels).
@@ -235,6 +341,23 @@ class TokenClassifier(nn.Module):
         out[flat] = logits
         return out.view(batch, length, -1)
 
+    def forward_export(self, input_ids, attention_mask):
+        """The padded batch taken whole, padding included (no data-dependent shapes, for ONNX):
+        input_ids, attention_mask: (B, L) -> logits (B, L, labels); padding rows' logits are
+        not meaningful."""
+        batch, length = input_ids.shape
+        x = self.encode(input_ids.reshape(-1), Packing.of_padded(attention_mask))  # (B * L, C)
+        return self.classify(x).view(batch, length, -1)
+
+    @torch.no_grad()
+    def init_classifier(self) -> None:
+        """A new classifier, initialised as the family's transformers class initialises one."""
+        init = getattr(self.layout, "init_classifier", None)
+        if init is not None:
+            init(self.classifier, self.config)
+        else:
+            self.init_weights(self.classifier)
+
     @torch.no_grad()
     def init_weights(self, module: nn.Module | None = None) -> None:
         """HF's initialisation: normal(0, initializer_range) for linear and embedding weights,
@@ -251,7 +374,8 @@ class TokenClassifier(nn.Module):
                     m.weight[m.padding_idx].zero_()
             elif isinstance(m, nn.LayerNorm):
                 m.weight.fill_(1.0)
-                m.bias.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
