@@ -80,23 +80,34 @@ def scores(test, predicted_word_tags) -> dict:
             "f1_char_spans": span_scores(gold_spans, pred_spans)["f1"]}
 
 
-def random_modernbert(folder: Path, like: Path) -> Path:
-    """A randomly initialised ModernBERT pretraining checkpoint (seed 0) with the width, depth,
-    heads and tokenizer of the model in ``like``; its gated MLP is 2/3 as wide, so it has as many
-    matrix parameters as a BERT layer. Local attention over 128 tokens, every third layer global."""
+def random_model(family: str, folder: Path, like: Path) -> Path:
+    """A randomly initialised pretraining checkpoint (seed 0) of ``family`` with the width,
+    depth, heads and tokenizer of the model in ``like``.
+
+    modernbert: its gated MLP 2/3 as wide, so it has as many matrix parameters as a BERT layer;
+    local attention over 128 tokens, every third layer global. deberta-v3: the v3 settings
+    (relative attention with c2p and p2c, 256 log buckets, shared keys, no absolute positions).
+    """
+    import torch
     import transformers
 
     shape = json.loads((like / "config.json").read_text())
-    config = transformers.ModernBertConfig(
-        vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
-        num_attention_heads=shape["num_attention_heads"], intermediate_size=shape["intermediate_size"] * 2 // 3,
-        max_position_embeddings=512, local_attention=128, global_attn_every_n_layers=3,
-        pad_token_id=shape.get("pad_token_id", 0), cls_token_id=101, sep_token_id=102, bos_token_id=101,
-        eos_token_id=102)
-    import torch
-
+    common = dict(vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"],
+                  num_hidden_layers=shape["num_hidden_layers"], num_attention_heads=shape["num_attention_heads"],
+                  max_position_embeddings=512, pad_token_id=shape.get("pad_token_id", 0))
+    if family == "modernbert":
+        config = transformers.ModernBertConfig(
+            **common, intermediate_size=shape["intermediate_size"] * 2 // 3, local_attention=128,
+            global_attn_every_n_layers=3, cls_token_id=101, sep_token_id=102, bos_token_id=101, eos_token_id=102)
+        model = transformers.ModernBertForMaskedLM
+    else:
+        config = transformers.DebertaV2Config(
+            **common, intermediate_size=shape["intermediate_size"], relative_attention=True,
+            pos_att_type=["p2c", "c2p"], position_buckets=256, max_relative_positions=-1,
+            position_biased_input=False, share_att_key=True, norm_rel_ebd="layer_norm", type_vocab_size=0)
+        model = transformers.DebertaV2ForMaskedLM
     torch.manual_seed(0)
-    transformers.ModernBertForMaskedLM(config).save_pretrained(folder)
+    model(config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (like / name).is_file():
             shutil.copy(like / name, folder / name)
@@ -107,8 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch: checks the bench runs")
     parser.add_argument("--model", default=str(minilm_dir()))
-    parser.add_argument("--family", choices=["pretrained", "modernbert"], default="pretrained",
-                        help="modernbert: instead of --model, a randomly initialised ModernBERT of the MiniLM's "
+    parser.add_argument("--family", choices=["pretrained", "modernbert", "deberta-v3"], default="pretrained",
+                        help="instead of --model, a randomly initialised ModernBERT or DeBERTa-v3 of the MiniLM's "
                              "width and depth with its tokenizer, the same weights on both sides")
     parser.add_argument("--bf16", choices=["auto", "off"], default="auto",
                         help="tagtune's --bf16 (the Trainer runs fp32 either way)")
@@ -143,9 +154,9 @@ def main() -> None:
     (work / "test.txt").write_text("".join(" ".join(tokens) + "\n" for tokens, _ in test), encoding="utf-8")
     print(f"bench: {len(train)} train / {len(dev)} dev / {len(test)} test tweets, {args.epochs} epochs, "
           f"lr {args.lr}, batch {args.batch_size}, max length {args.max_length}; work folder {work}", flush=True)
-    if args.family == "modernbert":
-        args.model = str(random_modernbert(work / "modernbert", minilm_dir()))
-        print(f"bench: a random ModernBERT of the MiniLM's shape in {args.model}", flush=True)
+    if args.family != "pretrained":
+        args.model = str(random_model(args.family, work / args.family, minilm_dir()))
+        print(f"bench: a random {args.family} of the MiniLM's shape in {args.model}", flush=True)
     common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
               "--warmup", "0.1", "--weight-decay", "0.01"]
     from tagtune.tokenizer import load_tokenizer

@@ -79,6 +79,30 @@ def make_tiny_bert(folder, **config):
     return folder
 
 
+def tiny_with_minilm_tokenizer(folder, kind: str, **config):
+    """A small random pretraining checkpoint of ``kind`` ("modernbert", "deberta-v2"; seed 0)
+    with the real MiniLM tokenizer (30,522 ids) in ``folder``; ``config`` changes its config."""
+    import shutil
+
+    import transformers as T
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                 intermediate_size=48, max_position_embeddings=256, pad_token_id=0)
+    if kind == "modernbert":
+        settings = dict(local_attention=16, cls_token_id=101, sep_token_id=102, bos_token_id=101, eos_token_id=102)
+        model = T.ModernBertForMaskedLM(T.ModernBertConfig(**{**sizes, **settings, **config}))
+    else:  # deberta-v3's settings, with buckets shorter than tweets
+        settings = dict(relative_attention=True, position_buckets=16, max_relative_positions=64,
+                        pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                        position_biased_input=False, type_vocab_size=0)
+        model = T.DebertaV2ForMaskedLM(T.DebertaV2Config(**{**sizes, **settings, **config}))
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir() / name, folder / name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, minilm):
     """A small random BERT with the real MiniLM vocabulary and tokenizer: trains in seconds."""

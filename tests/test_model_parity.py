@@ -8,7 +8,7 @@ from tagtune.checkpoint import load_model
 from tagtune.model import Packing
 from tagtune.tokenizer import load_tokenizer
 
-from conftest import tiny_hf_model
+from conftest import tiny_hf_model, tiny_with_minilm_tokenizer
 
 FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert"]
 
@@ -24,6 +24,58 @@ def padded_batch(lengths, vocab=99, low=5):
 def pack(ids, mask):
     lengths = mask.sum(1)
     return ids[mask.bool()], torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+
+
+def assert_logits_match(ref, model, lengths):
+    """``model`` gives ``ref``'s logits, packed and padded, on random texts of these lengths."""
+    ids, mask = padded_batch(lengths)
+    real = mask.bool()
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).logits[real]
+        padded = model.forward_padded(ids, mask)[real]
+        flat, cu_seqlens = pack(ids, mask)
+        packed = model(flat, cu_seqlens)
+    for ours in (padded, packed):
+        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+
+
+def assert_config_refused(ref, folder, change: dict, message: str):
+    """``ref`` saved in ``folder`` with ``change`` made to its config.json: read_config refuses it
+    in one line naming the file, containing ``message``."""
+    import json
+
+    from tagtune.config import read_config
+    from tagtune.errors import TagtuneError
+
+    ref.save_pretrained(folder)
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(TagtuneError) as error:
+        read_config(folder)
+    text = str(error.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text, text
+
+
+def assert_gradients_match(ref, folder, lengths):
+    """tagtune's model of ``folder`` gives ``ref``'s loss and gradients (by checkpoint name) on
+    random texts of these lengths."""
+    from tagtune.checkpoint import to_checkpoint_names
+
+    model, _ = load_model(folder)
+    ids, mask = padded_batch(lengths)
+    targets = torch.randint(0, model.config.num_labels, ids.shape)
+    real = mask.bool()
+    ref_loss = torch.nn.functional.cross_entropy(ref(input_ids=ids, attention_mask=mask).logits[real], targets[real])
+    ref_loss.backward()
+    flat, cu_seqlens = pack(ids, mask)
+    loss = torch.nn.functional.cross_entropy(model(flat, cu_seqlens), targets[real])
+    loss.backward()
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=0)
+    grads = to_checkpoint_names({n: p.grad for n, p in model.named_parameters()}, model.config)
+    expected = {n: p.grad for n, p in ref.named_parameters()}
+    assert set(grads) == set(expected)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
@@ -139,3 +191,51 @@ def test_loss_goes_down_on_a_real_batch(minilm, tweets):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+NEW_FAMILIES = {"modernbert": "ModernBertForTokenClassification", "deberta-v2": "DebertaV2ForTokenClassification"}
+
+
+@pytest.mark.parametrize("bf16", ["off", "on"])
+@pytest.mark.parametrize("kind", list(NEW_FAMILIES))
+def test_trains_predicts_and_loads_in_transformers(kind, wnut_files, tmp_path, bf16):
+    """A real (tiny) training run, in fp32 and in bf16, gives a folder transformers loads with
+    tagtune's logits."""
+    import tagtune
+
+    model_dir = tiny_with_minilm_tokenizer(tmp_path / "base", kind)
+    out = tmp_path / "tagger"
+    result = tagtune.train(model=str(model_dir), train=str(wnut_files / "train.conll"), out=str(out), epochs=2,
+                           lr=3e-3, max_length=64, progress=False, device="cpu", bf16=bf16)
+    assert result["train_loss"] == result["train_loss"]  # finite, not NaN
+    tagger = tagtune.Tagger.load(out)
+    text = "Heading to New York with Barack Obama tomorrow , then Paris and London ."
+    predicted = tagger.predict([text])[0]
+    assert all(text[s["start"]:s["end"]] == s["text"] for s in predicted)
+    ref, info = transformers.AutoModelForTokenClassification.from_pretrained(out, output_loading_info=True)
+    assert type(ref).__name__ == NEW_FAMILIES[kind]
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    batch = transformers.AutoTokenizer.from_pretrained(out)([text], return_tensors="pt")
+    ours, _ = load_model(out)
+    with torch.no_grad():
+        expected = ref.eval()(**batch).logits[0]
+        torch.testing.assert_close(ours(batch["input_ids"][0], torch.tensor([0, batch["input_ids"].shape[1]])),
+                                   expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(NEW_FAMILIES))
+def test_max_length_above_the_positions_is_refused(kind, wnut_files, tmp_path, cli):
+    model_dir = tiny_with_minilm_tokenizer(tmp_path / "base", kind, max_position_embeddings=64)
+    result = cli("train", "--model", str(model_dir), "--train", str(wnut_files / "train.conll"),
+                 "--out", str(tmp_path / "tagger"), "--max-length", "100", "--quiet")
+    assert result.returncode == 1
+    assert "--max-length 100 is more than the model's 64 positions" in result.stderr, result.stderr
+    assert not (tmp_path / "tagger").exists()
+
+
+@pytest.mark.parametrize("kind", list(NEW_FAMILIES))
+def test_a_tokenizer_larger_than_the_embedding_is_refused(kind, tmp_path, cli):
+    model_dir = tiny_with_minilm_tokenizer(tmp_path / "base", kind, vocab_size=1000)  # the tokenizer has 30,522 ids
+    result = cli("info", str(model_dir))
+    assert result.returncode == 1 and result.stdout == ""
+    assert "the tokenizer has ids up to 30521 but the model's word embedding has 1000 rows" in result.stderr

@@ -8,13 +8,11 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from tagtune.checkpoint import load_model, save_model, to_checkpoint_names
-from tagtune.config import read_config
-from tagtune.errors import TagtuneError
+from tagtune.checkpoint import load_model, save_model
 from tagtune.model import Packing, packed_attention
 
 from conftest import tiny_hf_model
-from test_model_parity import pack, padded_batch
+from test_model_parity import assert_config_refused, assert_gradients_match, assert_logits_match
 
 LABELS = ["O", "B-X", "I-X"]
 OLDER_KEYS = {"global_attn_every_n_layers": 2, "local_attention": 6, "global_rope_theta": 900.0,
@@ -31,27 +29,12 @@ def older_form(folder):
     path.write_text(json.dumps(config))
 
 
-def assert_logits_match(ref, folder, lengths):
-    """tagtune's model of ``folder`` gives ``ref``'s logits, packed and padded, on random texts
-    of these lengths."""
-    model, _ = load_model(folder)
-    ids, mask = padded_batch(lengths)
-    real = mask.bool()
-    with torch.no_grad():
-        expected = ref(input_ids=ids, attention_mask=mask).logits[real]
-        padded = model.forward_padded(ids, mask)[real]
-        flat, cu_seqlens = pack(ids, mask)
-        packed = model(flat, cu_seqlens)
-    for ours in (padded, packed):
-        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
-
-
 def test_older_config_keys_match_transformers(tmp_path):
     tiny_hf_model("modernbert").save_pretrained(tmp_path)
     older_form(tmp_path)
     ref = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
     assert ref.config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
-    assert_logits_match(ref, tmp_path, [29, 13, 4, 1])
+    assert_logits_match(ref, load_model(tmp_path)[0], [29, 13, 4, 1])
 
 
 def test_current_config_keys_with_biases_match_transformers(tmp_path):
@@ -65,27 +48,13 @@ def test_current_config_keys_with_biases_match_transformers(tmp_path):
         num_labels=4)
     ref = transformers.ModernBertForTokenClassification(config).eval()
     ref.save_pretrained(tmp_path)
-    assert_logits_match(ref, tmp_path, [31, 17, 6, 2])
+    assert_logits_match(ref, load_model(tmp_path)[0], [31, 17, 6, 2])
 
 
 def test_gradients_match_transformers(tmp_path):
     ref = tiny_hf_model("modernbert")
     ref.save_pretrained(tmp_path)
-    model, _ = load_model(tmp_path)
-    ids, mask = padded_batch([27, 12, 5])
-    targets = torch.randint(0, 5, ids.shape)
-    real = mask.bool()
-    ref_loss = torch.nn.functional.cross_entropy(ref(input_ids=ids, attention_mask=mask).logits[real], targets[real])
-    ref_loss.backward()
-    flat, cu_seqlens = pack(ids, mask)
-    loss = torch.nn.functional.cross_entropy(model(flat, cu_seqlens), targets[real])
-    loss.backward()
-    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=0)
-    grads = to_checkpoint_names({n: p.grad for n, p in model.named_parameters()}, model.config)
-    expected = {n: p.grad for n, p in ref.named_parameters()}
-    assert set(grads) == set(expected)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_gradients_match(ref, tmp_path, [27, 12, 5])
 
 
 def test_pretrained_head_is_kept_and_the_decoder_dropped(tmp_path):
@@ -173,13 +142,7 @@ def test_cuda_varlen_kernel_equals_the_cpu_paths():
     ({"classifier_activation": "mish"}, "classifier_activation 'mish' is not supported"),
 ])
 def test_unsupported_config_values_are_one_line_errors(tmp_path, change, message):
-    tiny_hf_model("modernbert").save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
-    with pytest.raises(TagtuneError) as error:
-        read_config(tmp_path)
-    text = str(error.value)
-    assert text.startswith(f"{path}: ") and message in text and "\n" not in text, text
+    assert_config_refused(tiny_hf_model("modernbert"), tmp_path, change, message)
 
 
 def test_unsupported_config_through_the_cli(tmp_path, cli):
@@ -190,59 +153,3 @@ def test_unsupported_config_through_the_cli(tmp_path, cli):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().endswith("layer type 'global' is not supported (supported: full_attention, "
                                           "sliding_attention)"), result.stderr
-
-
-def make_tiny_modernbert(folder, **config):
-    """A small random ModernBERT pretraining checkpoint (seed 0) with the MiniLM tokenizer."""
-    import shutil
-
-    from tagtune.examples import minilm_dir
-
-    torch.manual_seed(0)
-    settings = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                    intermediate_size=48, max_position_embeddings=256, local_attention=16, pad_token_id=0,
-                    cls_token_id=101, sep_token_id=102, bos_token_id=101, eos_token_id=102)
-    transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(**{**settings, **config})).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_dir() / name, folder / name)
-    return folder
-
-
-@pytest.mark.parametrize("bf16", ["off", "on"])
-def test_trains_predicts_and_loads_in_transformers(wnut_files, tmp_path, bf16):
-    import tagtune
-
-    model_dir = make_tiny_modernbert(tmp_path / "base")
-    out = tmp_path / "tagger"
-    result = tagtune.train(model=str(model_dir), train=str(wnut_files / "train.conll"), out=str(out), epochs=2,
-                           lr=3e-3, max_length=64, progress=False, device="cpu", bf16=bf16)
-    assert result["train_loss"] == result["train_loss"]  # finite, not NaN
-    tagger = tagtune.Tagger.load(out)
-    text = "Heading to New York with Barack Obama tomorrow , then Paris and London ."
-    predicted = tagger.predict([text])[0]
-    assert all(text[s["start"]:s["end"]] == s["text"] for s in predicted)
-    ref, info = transformers.AutoModelForTokenClassification.from_pretrained(out, output_loading_info=True)
-    assert type(ref).__name__ == "ModernBertForTokenClassification"
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    batch = transformers.AutoTokenizer.from_pretrained(out)([text], return_tensors="pt")
-    ours, _ = load_model(out)
-    with torch.no_grad():
-        expected = ref.eval()(**batch).logits[0]
-        torch.testing.assert_close(ours(batch["input_ids"][0], torch.tensor([0, batch["input_ids"].shape[1]])),
-                                   expected, atol=1e-4, rtol=0)
-
-
-def test_max_length_above_the_positions_is_refused(wnut_files, tmp_path, cli):
-    model_dir = make_tiny_modernbert(tmp_path / "base", max_position_embeddings=64)
-    result = cli("train", "--model", str(model_dir), "--train", str(wnut_files / "train.conll"),
-                 "--out", str(tmp_path / "tagger"), "--max-length", "100", "--quiet")
-    assert result.returncode == 1
-    assert "--max-length 100 is more than the model's 64 positions" in result.stderr, result.stderr
-    assert not (tmp_path / "tagger").exists()
-
-
-def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, cli):
-    model_dir = make_tiny_modernbert(tmp_path / "base", vocab_size=1000)  # MiniLM's tokenizer has 30,522 ids
-    result = cli("info", str(model_dir))
-    assert result.returncode == 1 and result.stdout == ""
-    assert "the tokenizer has ids up to 30521 but the model's word embedding has 1000 rows" in result.stderr

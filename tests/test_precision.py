@@ -11,7 +11,7 @@ from tagtune.batching import pack
 from tagtune.checkpoint import load_model
 from tagtune.model import Linear
 from tagtune.tokenizer import load_tokenizer
-from tagtune.training import TrainConfig, cpu_has_bf16, fill_batch, precision
+from tagtune.training import BF16_MIN_SPEEDUP, TrainConfig, cpu_bf16_speedup, cpu_has_bf16, fill_batch, precision
 
 TEXTS = ["@user I'm in New York City this weekend for the Yankees game",
          "Watching Star Wars again tonight",
@@ -105,7 +105,23 @@ def test_precision_modes():
     assert precision(TrainConfig(model="m", train="t", out="o", bf16="on"), cpu) == "bf16"
     native = bool(cpuinfo_flags() & {"avx512_bf16", "amx_tile"})  # what Linux says the CPU has
     assert cpu_has_bf16() == native
-    assert precision(config, cpu) == ("bf16" if native else "fp32")
+    pays = native and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+    assert precision(config, cpu) == ("bf16" if pays else "fp32")
+
+
+def test_bf16_speed_is_measured(monkeypatch):
+    from tagtune import training
+
+    assert 0.05 < cpu_bf16_speedup() < 20  # a ratio of two real timings
+    assert cpu_bf16_speedup() == cpu_bf16_speedup()  # measured once per process
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    auto = TrainConfig(model="m", train="t", out="o")
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 0.6)
+    assert precision(auto, torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 1.9)
+    assert precision(auto, torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)  # emulated bf16 is never chosen
+    assert precision(auto, torch.device("cpu")) == "fp32"
 
 
 def cpuinfo_flags() -> set[str]:
@@ -137,3 +153,12 @@ def test_bf16_dropout_mask(p):
     rows, cols = (y == 0).float().mean(1), (y == 0).float().mean(0)
     assert rows.std() < 0.1 and cols.std() < 0.1  # no stripes: every row and column sees about p
     assert torch.equal(layer.eval()(x), x)
+
+
+def test_measuring_bf16_leaves_the_random_state_alone():
+    cpu_bf16_speedup.cache_clear()
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    cpu_bf16_speedup()
+    assert torch.equal(torch.rand(4), expected)  # runs are seeded: measuring must not move them

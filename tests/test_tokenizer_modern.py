@@ -295,14 +295,13 @@ def normalised(tokenizer, source: str) -> str:
     return text.replace("▁", " ").strip()
 
 
-def test_offsets_slice_the_original_text(folder):
+def assert_offsets_slice(tokenizer, texts):
     """Every token's range is a slice of the original text with no whitespace at its ends;
     tokens standing for whitespace have an empty range; ranges follow each other without
     overlapping, except the later pieces of one character, which share its range; together
     they cover every character but whitespace (whitespace inside a token, as a piece ``は　晴``
     a BPE without space splitting learnt, is covered too)."""
-    tokenizer = load_tokenizer(folder)
-    for text in TEXTS:
+    for text in texts:
         enc = tokenizer.encode(text)
         covered, owned = set(), 0
         for token, (start, end) in zip(enc.tokens, enc.offsets):
@@ -316,6 +315,10 @@ def test_offsets_slice_the_original_text(folder):
             covered.update(range(start, end))
         assert {i for i in covered if text[i].isspace()} <= inside(enc.offsets), text
         assert {i for i in covered if not text[i].isspace()} == {i for i, c in enumerate(text) if not c.isspace()}
+
+
+def test_offsets_slice_the_original_text(folder):
+    assert_offsets_slice(load_tokenizer(folder), TEXTS)
 
 
 def inside(offsets) -> set[int]:
@@ -441,15 +444,19 @@ def round_trip(tokenizer, text, spans, scheme, all_subwords):
     return spans_from_tags(tags, units.ranges, scheme), stats
 
 
-@pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
-@pytest.mark.parametrize("all_subwords", [False, True])
-def test_spans_survive_alignment(folder, scheme, all_subwords):
-    tokenizer = load_tokenizer(folder)
-    for text, entities in ENTITIES:
+def assert_spans_survive(tokenizer, cases, scheme, all_subwords):
+    """Each (text, [(entity text, label)]) of ``cases`` comes back from round_trip unchanged."""
+    for text, entities in cases:
         spans = spans_of(text, entities)
         back, stats = round_trip(tokenizer, text, spans, scheme, all_subwords)
         assert back == spans, (text, [text[s.start:s.end] for s in back])
         assert stats.message() is None
+
+
+@pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
+@pytest.mark.parametrize("all_subwords", [False, True])
+def test_spans_survive_alignment(folder, scheme, all_subwords):
+    assert_spans_survive(load_tokenizer(folder), ENTITIES, scheme, all_subwords)
 
 
 @pytest.mark.parametrize("all_subwords", [False, True])

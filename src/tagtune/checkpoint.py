@@ -25,14 +25,15 @@ from tagtune.errors import TagtuneError
 from tagtune.files import atomic_save, atomic_write, new_folder_beside, replace_folder, write_error
 from tagtune.folder import WEIGHT_FILES, check_vocab
 from tagtune.hub import resolve
-from tagtune.models import OTHER_TASKS, TAGTUNE_LAYERS, checkpoint_layers, checkpoint_names
+from tagtune.models import OTHER_TASKS, TAGTUNE_LAYERS, checkpoint_layers, checkpoint_names, unused_weights
 from tagtune.models.packed import TokenClassifier
 
 # Each family's names in its checkpoints are the family's own (CHECKPOINT_LAYERS and
 # CHECKPOINT_NAMES in tagtune/models/distilbert.py and modernbert.py); BERT, RoBERTa, XLM-R and
 # ELECTRA use tagtune's as they are. Other tasks' heads, dropped on load and listed in
 # LoadReport.dropped, are in tagtune.models.ARCHITECTURES ("classifier." joins them unless the
-# checkpoint is a token classifier).
+# checkpoint is a token classifier), with the weights a family's config leaves unused
+# (tagtune.models.unused_weights).
 
 # Non-trainable buffers some checkpoints carry (HF BertEmbeddings.position_ids in old saves).
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -128,7 +129,7 @@ def to_tagtune_names(state: dict, config: EncoderConfig, keep_classifier: bool):
     layer_prefix, table = checkpoint_layers(config.model_type)
     inverse = {v: k for k, v in table.items()}
     names = [(theirs, ours) for ours, theirs in checkpoint_names(config.model_type)]
-    other_tasks = OTHER_TASKS + arch.other_tasks
+    other_tasks = OTHER_TASKS + arch.other_tasks + unused_weights(config)
     out, dropped = {}, []
     for key, tensor in state.items():
         name = key[len(arch.prefix):] if key.startswith(arch.prefix) else key
@@ -167,7 +168,7 @@ class LoadReport:
 
     directory: Path
     dropped: list[str] = field(default_factory=list)
-    """Checkpoint keys of other tasks' heads, not used by a tagger."""
+    """Checkpoint keys of other tasks' heads (and weights the config leaves unused), not used by a tagger."""
     new_head: bool = False
     """The classifier was initialised fresh (base checkpoint, or labels changed)."""
 

@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--keyword-label", help="label of spans from keyword lists")
     p.add_argument("--bf16", choices=["auto", "on", "off"],
-                   help="bf16 mixed precision; auto: on for CUDA GPUs with bf16 and CPUs with AVX512-BF16 "
-                        "or AMX, fp32 elsewhere; on forces it, emulated where not native; off: fp32")
+                   help="bf16 mixed precision; auto: on for CUDA GPUs with bf16 and for CPUs with AVX512-BF16 "
+                        "or AMX whose bf16 matrix products measure faster than fp32, fp32 elsewhere; on forces "
+                        "it, emulated where not native; off: fp32")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace --out if it holds an earlier run")
     p.add_argument("--resume", action="store_const", const=True, help="continue the interrupted run in --out")

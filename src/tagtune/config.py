@@ -128,7 +128,10 @@ class EncoderConfig:
 
     @property
     def head_dropout(self) -> float:
-        return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+        """The dropout before the classifier, as the family's transformers class reads it."""
+        if self.classifier_dropout is None or not self.arch.reads_classifier_dropout:
+            return self.hidden_dropout_prob
+        return self.classifier_dropout
 
     @property
     def label2id(self) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Tokenisation with character offsets into the original text, for every supported checkpoint.
 
-Three kinds of checkpoint folder are read:
+Four kinds of checkpoint folder are read:
 
 * ``tokenizer.json`` (any model the `tokenizers` library describes): loaded as it is, with its
   truncation and padding switched off (tagtune windows long texts itself, it never truncates).
@@ -8,6 +8,9 @@ Three kinds of checkpoint folder are read:
   ``tokenizer_config.json`` (lowercasing, accent stripping, CJK splitting).
 * ``tokenizer_config.json`` naming ``BertJapaneseTokenizer`` (cl-tohoku and similar): MeCab word
   splitting then WordPiece or character subwords, see :mod:`tagtune.japanese`.
+* ``spm.model`` without tokenizer.json, of a DeBERTa-v2/v3 tokenizer (``tokenizer_class``
+  DebertaV2Tokenizer, or none and config.json's ``model_type`` "deberta-v2"): the SentencePiece
+  model is converted to the pipeline transformers builds, see :mod:`tagtune.sentencepiece`.
 
 ``tokenizer.json`` covers byte-level BPE (RoBERTa, ModernBERT, mmBERT) and SentencePiece-style
 pipelines (XLM-R, the Japanese ModernBERTs: ``▁`` for spaces, Unigram or BPE, byte fallback).
@@ -54,7 +57,14 @@ TOKENIZER_FILES = (
     "merges.txt",
     "sentencepiece.bpe.model",
     "spiece.model",
+    "spm.model",
 )
+
+# Tokenizers whose pipeline is made of the `tokenizers` library's own pre-tokenizers and models
+# (a tokenizer.json, or one converted from a DeBERTa spm.model): their offsets are repaired.
+LIBRARY_PIPELINES = ("tokenizer.json", "spm.model")
+
+DEBERTA_V2_CLASSES = ("DebertaV2Tokenizer", "DebertaV2TokenizerFast")
 
 # What a token string uses for whitespace: SentencePiece's "▁", and the byte-level BPE images of
 # the ASCII whitespace bytes (tab, newline, vertical tab, form feed, carriage return, space).
@@ -243,19 +253,21 @@ class Tokenizer:
     is a word, see :class:`Encoding`).
     """
 
-    def __init__(self, backend: Backend, source: Path, kind: str, config: dict | None = None):
+    def __init__(self, backend: Backend, source: Path, kind: str, config: dict | None = None,
+                 model_file: str | None = None):
         self.backend = backend
         self.source = source
-        self.kind = kind  # "tokenizer.json", "wordpiece" or "japanese"
+        self.kind = kind  # "tokenizer.json", "spm.model", "wordpiece" or "japanese"
         self.config = config or {}
+        self.model_file = model_file  # the SentencePiece model of an "spm.model" tokenizer
         self.backend.no_truncation()
         self.backend.no_padding()
         (self.cls_token, self.cls_id), (self.sep_token, self.sep_id) = self._wrapping()
         self.pad_id = self._pad_id()
-        self.splits_words = kind != "tokenizer.json" or _splits_words(backend)
-        # The pipelines tagtune builds itself, and WordPiece (which splits at whitespace and never
-        # cuts a character), give offsets that need no repair.
-        self.exact_offsets = kind != "tokenizer.json" or isinstance(backend.model, models.WordPiece)
+        self.splits_words = kind not in LIBRARY_PIPELINES or _splits_words(backend)
+        # The WordPiece and Japanese pipelines tagtune builds, and WordPiece in any pipeline (which
+        # splits at whitespace and never cuts a character), give offsets that need no repair.
+        self.exact_offsets = kind not in LIBRARY_PIPELINES or isinstance(backend.model, models.WordPiece)
 
     def _wrapping(self) -> tuple[tuple[str, int], tuple[str, int]]:
         """The start and end token around every window, as (token, id).
@@ -354,9 +366,14 @@ class Tokenizer:
     def save(self, directory: Path) -> None:
         """Copy the tokenizer files of the source checkpoint into ``directory``. Where tagtune
         completed the template with a start or end token, tokenizer.json is written with the
-        completed template, so that transformers wraps a text as the model was trained."""
+        completed template, so that transformers wraps a text as the model was trained. A
+        tokenizer converted from ``spm.model`` is written as tokenizer.json too, beside the
+        model file, so that the folder loads without converting it again."""
         directory = Path(directory)
-        for name in TOKENIZER_FILES:
+        names = TOKENIZER_FILES
+        if self.model_file is not None and self.model_file not in names:
+            names = names + (self.model_file,)
+        for name in names:
             src = self.source / name
             if not src.is_file():
                 continue
@@ -366,6 +383,8 @@ class Tokenizer:
                 atomic_write(directory / name, json.dumps(data, ensure_ascii=False))
             else:
                 shutil.copyfile(src, directory / name)
+        if self.kind == "spm.model":
+            atomic_write(directory / "tokenizer.json", self.backend.to_str())
 
 
 def _special_tokens(directory: Path, config: dict) -> dict:
@@ -397,6 +416,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         except Exception as e:  # the tokenizers library raises a bare Exception on bad files
             raise TagtuneError(f"{path}: not a readable tokenizer file ({e})") from None
         return Tokenizer(backend, directory, "tokenizer.json", _special_tokens(directory, config))
+    model_file = _sentencepiece_file(directory, config)
+    if model_file is not None and _is_deberta_v2(directory, tokenizer_class):
+        from tagtune import sentencepiece
+
+        backend = sentencepiece.deberta_v2_backend(directory, model_file, config)
+        return Tokenizer(backend, directory, "spm.model", _special_tokens(directory, config), model_file.name)
     if (directory / "vocab.txt").is_file():
         vocab = read_vocab(directory / "vocab.txt")
         settings = {
@@ -408,7 +433,36 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             "tokenize_chinese_chars": config.get("tokenize_chinese_chars", True),
         }
         return Tokenizer(_wordpiece_backend(vocab, settings), directory, "wordpiece")
+    if model_file is not None:
+        raise TagtuneError(
+            f"{directory}: {model_file.name} is a SentencePiece model of a {tokenizer_class or 'non-DeBERTa'} "
+            "tokenizer; tagtune converts those of DebertaV2Tokenizer only (other tokenizers need a tokenizer.json)"
+        )
     raise TagtuneError(
-        f"{directory}: no tokenizer found (looked for tokenizer.json, vocab.txt, "
-        "or tokenizer_config.json naming BertJapaneseTokenizer)"
+        f"{directory}: no tokenizer found (looked for tokenizer.json, vocab.txt, spm.model of a "
+        "DebertaV2Tokenizer, or tokenizer_config.json naming BertJapaneseTokenizer)"
     )
+
+
+def _sentencepiece_file(directory: Path, config: dict) -> Path | None:
+    """The folder's SentencePiece model: ``spm.model``, else the file tokenizer_config.json's
+    ``vocab_file`` names (by its name alone: older transformers saved a full path there) when
+    that is in the folder and ends in ``.model``; None if neither is."""
+    path = directory / "spm.model"
+    if path.is_file():
+        return path
+    named = config.get("vocab_file")
+    if isinstance(named, str) and named.strip():
+        path = directory / Path(named.replace("\\", "/")).name
+        if path.name.endswith(".model") and path.is_file():
+            return path
+    return None
+
+
+def _is_deberta_v2(directory: Path, tokenizer_class: str) -> bool:
+    """Whether the folder's tokenizer is DebertaV2Tokenizer: tokenizer_config.json names it, or
+    names no class and config.json's model_type is "deberta-v2" (as transformers picks it)."""
+    if tokenizer_class:
+        return tokenizer_class in DEBERTA_V2_CLASSES
+    path = directory / "config.json"
+    return path.is_file() and _read_json(path).get("model_type") == "deberta-v2"

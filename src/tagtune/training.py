@@ -45,6 +45,7 @@ resumable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -143,8 +144,9 @@ class TrainConfig:
     keyword_label: str = "KEY"
     """Label of spans read from keyword lists."""
     bf16: str = "auto"
-    """bf16 mixed precision: "auto" (on where the hardware multiplies bf16 natively: CUDA with
-    bf16 support, CPUs with AVX512-BF16 or AMX), "on" or "off" (fp32 throughout)."""
+    """bf16 mixed precision: "auto" (on where the hardware multiplies bf16 natively and faster:
+    CUDA with bf16 support, CPUs with AVX512-BF16 or AMX whose bf16 matrix products measure
+    faster than fp32, see cpu_bf16_pays), "on" or "off" (fp32 throughout)."""
     device: str | None = None
     """"cpu", "cuda", ...; None picks CUDA when available."""
     overwrite: bool = False
@@ -290,9 +292,39 @@ def make_schedule(optimizer: AdamW, config: TrainConfig, total_steps: int) -> Li
 
 
 def cpu_has_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), so bf16 GEMMs are fast."""
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+BF16_MIN_SPEEDUP = 1.2
+"""--bf16 auto trains in bf16 on a CPU only where its bf16 matrix products measure at least this
+many times as fast as fp32 ones: some CPUs with AVX512-BF16 run them slower than fp32."""
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(width: int = 512, rows: int = 1024) -> float:
+    """fp32 time / bf16 time of a (rows x width) @ (width x 4 width) matrix product on this CPU,
+    the shapes of a tagger's feed-forward layer: the best of five runs each, after a warm-up
+    (some tens of milliseconds in all)."""
+    times = {}
+    generator = torch.Generator().manual_seed(0)  # the global random state is the run's own
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(rows, width, dtype=dtype, generator=generator)
+        b = torch.randn(width, 4 * width, dtype=dtype, generator=generator)
+        runs = []
+        for _ in range(7):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            runs.append(time.perf_counter() - start)
+        times[dtype] = min(runs[2:])
+    return times[torch.float32] / times[torch.bfloat16]
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether bf16 mixed precision speeds up training on this CPU: native bf16, and bf16 matrix
+    products measured at least BF16_MIN_SPEEDUP times as fast as fp32 (cpu_bf16_speedup)."""
+    return cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
 def precision_note(config: TrainConfig, device: torch.device, mode: str) -> str:
@@ -300,6 +332,9 @@ def precision_note(config: TrainConfig, device: torch.device, mode: str) -> str:
     if mode == "fp32":
         if config.bf16 == "off":
             return "fp32 (--bf16 off)"
+        if device.type == "cpu" and cpu_has_bf16():
+            return (f"fp32 (bf16 matrix products measured {cpu_bf16_speedup():.1f}x fp32's speed on this CPU, "
+                    f"under the {BF16_MIN_SPEEDUP}x that pays; --bf16 on forces bf16)")
         if device.type == "cpu":
             return "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"
         if device.type == "cuda":
@@ -312,7 +347,8 @@ def precision_note(config: TrainConfig, device: torch.device, mode: str) -> str:
         features = [name for name, check in (("AVX512-BF16", "_is_avx512_bf16_supported"),
                                              ("AMX", "_is_amx_tile_supported"))
                     if getattr(torch.cpu, check, lambda: False)()]
-        return f"bf16 mixed precision (CPU has {' and '.join(features)}; --bf16 off for fp32)"
+        return (f"bf16 mixed precision (CPU has {' and '.join(features)}, bf16 matrix products measured "
+                f"{cpu_bf16_speedup():.1f}x fp32's speed; --bf16 off for fp32)")
     return "bf16 mixed precision (GPU supports bf16; --bf16 off for fp32)"
 
 
@@ -326,7 +362,7 @@ def precision(config: TrainConfig, device: torch.device) -> str:
     if device.type == "cuda":
         return "autocast" if on or torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if on or cpu_has_bf16() else "fp32"
+        return "bf16" if on or cpu_bf16_pays() else "fp32"
     return "autocast" if on else "fp32"
 
 
@@ -718,7 +754,7 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
     optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, total_steps)
-    mode = precision(config, device)
+    mode = group.on_main(precision, config, device)  # measured on one process, the same for all
     state = start_state(config, group, folder, model, optimizer, schedule, device)
     run = Run(config=config, group=group, folder=folder, device=device, model=model, tokenizer=tokenizer,
               settings=settings, labels=labels, train_examples=train_examples, dev_examples=dev_examples,

@@ -6,7 +6,7 @@ config.json's own key names and defaults, the position offset, other tasks' head
 ``family`` -- the module in this package that builds the encoder. Adding an architecture is one
 row here and, for a new layer layout, one file beside bert.py.
 
-A family module (tagtune.models.bert, .distilbert, .modernbert) defines:
+A family module (tagtune.models.bert, .distilbert, .modernbert, .deberta) defines:
 
 - ``Embeddings(config)``: ``(input_ids (T,), packing, token_type_ids) -> (T, E)``;
 - ``Encoder(config)``: ``(x (T, C), packing) -> (T, C)``;
@@ -23,6 +23,8 @@ and where it has them:
 - ``CHECKPOINT_NAMES``: [(tagtune's key prefix, the checkpoint's)], and ``CHECKPOINT_LAYERS``:
   (the checkpoint's layer prefix, {tagtune module path in a layer: the checkpoint's}), for
   families whose checkpoints name things differently.
+- ``unused_weights(config)``: checkpoint key prefixes (after the architecture's prefix) that
+  ``config`` leaves unused, dropped on load (DeBERTa-v3's absolute positions).
 
 Packed sequences and attention (tagtune.models.packed) are shared by every family.
 
@@ -46,12 +48,16 @@ class Architecture:
     token_class: str
     """The transformers class name written to config.json ``architectures`` on save."""
     family: str
-    """The module of tagtune.models that implements the encoder ("bert", "distilbert", "modernbert")."""
+    """The module of tagtune.models that implements the encoder ("bert", "distilbert", "modernbert", "deberta")."""
     config_keys: dict[str, str] = field(default_factory=dict)
     """HF config key -> EncoderConfig field, where the family names them differently."""
     defaults: dict[str, object] = field(default_factory=dict)
     """EncoderConfig fields whose value, when config.json lacks the key, is the family's own
     (its transformers config class's default) rather than BERT's."""
+    reads_classifier_dropout: bool = True
+    """Whether the family's token classifier drops out with config.json's classifier_dropout
+    (hidden_dropout_prob when it is null); False where it always uses hidden_dropout_prob
+    (DistilBERT's ``dropout``, DeBERTa)."""
     position_offset_from_pad: bool = False
     """RoBERTa family: positions start at pad_token_id + 1 (HF create_position_ids_from_input_ids)."""
     other_tasks: tuple[str, ...] = ()
@@ -91,6 +97,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "attention_dropout": "attention_probs_dropout_prob",
         },
         defaults={"type_vocab_size": 0},
+        reads_classifier_dropout=False,
         other_tasks=("vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "pre_classifier."),
     ),
     "modernbert": Architecture(
@@ -108,6 +115,14 @@ ARCHITECTURES: dict[str, Architecture] = {
                   "pad_token_id": 50283},
         other_tasks=("decoder.",),
         top_level=("head.", "classifier."),
+    ),
+    "deberta-v2": Architecture(
+        "deberta.",
+        "DebertaV2ForTokenClassification",
+        "deberta",
+        defaults={"type_vocab_size": 0, "layer_norm_eps": 1e-7},
+        reads_classifier_dropout=False,
+        other_tasks=("cls.", "lm_predictions.", "mask_predictions."),
     ),
 }
 
@@ -130,6 +145,12 @@ def checkpoint_names(model_type: str) -> list[tuple[str, str]]:
     """[(tagtune's key prefix, the checkpoint's)] after the architecture's prefix: renames of
     whole modules (ModernBERT's ``encoder.final_norm`` is ``final_norm``)."""
     return list(getattr(family(model_type), "CHECKPOINT_NAMES", []))
+
+
+def unused_weights(config) -> tuple[str, ...]:
+    """Checkpoint key prefixes (after the architecture's prefix) that ``config`` leaves unused."""
+    unused = getattr(family(config.model_type), "unused_weights", None)
+    return tuple(unused(config)) if unused is not None else ()
 
 
 def check(config, source: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tagtune.config import EncoderConfig
 from tagtune.models import family
@@ -163,6 +164,16 @@ class Packing:
         return torch.div(self.slots, self.max_seqlen, rounding_mode="floor")
 
 
+def _sdpa(q, k, v, mask=None, dropout_p: float = 0.0):
+    """scaled_dot_product_attention, with PyTorch's math kernel for bf16 training on CPU: its
+    fused CPU kernel runs bf16 backward passes 2-3x slower than the plain matrix products (and
+    bf16 inference and fp32 faster, so those keep it)."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
 def _varlen(q, k, v, packing: Packing, dropout_p: float, window: int | None):
     """FlashAttention's variable-length kernel (torch.nn.attention.varlen) on CUDA in bf16 or
     fp16 without attention dropout, where this PyTorch has it; None elsewhere."""
@@ -188,13 +199,13 @@ def _padded_attention(q, k, v, packing: Packing, dropout_p: float, window: int |
         mask = mask & ((index[:, None] - index[None, :]).abs() <= window)  # (B, 1, L, L)
     if packing.padded:  # already laid out as (B * L)
         padded = torch.stack((q, k, v)).view(3, batch, length, heads, dim).transpose(2, 3)  # (3, B, H, L, D)
-        out = F.scaled_dot_product_attention(padded[0], padded[1], padded[2], attn_mask=mask, dropout_p=dropout_p)
+        out = _sdpa(padded[0], padded[1], padded[2], mask, dropout_p)
         return out.transpose(1, 2).reshape(total, heads, dim)
     qkv = torch.stack((q, k, v))  # (3, T, H, D)
     padded = qkv.new_zeros(3, batch * length, heads, dim)
     padded[:, packing.slots] = qkv
     padded = padded.view(3, batch, length, heads, dim).transpose(2, 3)  # (3, B, H, L, D)
-    out = F.scaled_dot_product_attention(padded[0], padded[1], padded[2], attn_mask=mask, dropout_p=dropout_p)
+    out = _sdpa(padded[0], padded[1], padded[2], mask, dropout_p)
     out = out.transpose(1, 2).reshape(batch * length, heads, dim)  # (B * L, H, D)
     return out[packing.slots]  # (T, H, D)
 
@@ -226,7 +237,7 @@ def _banded_attention(q, k, v, packing: Packing, dropout_p: float, window: int):
         x = F.pad(x, (0, 0, 0, 0, block, pad + block))  # (Tp + 2b, H, D)
         return x.unfold(0, 3 * block, block).permute(1, 0, 3, 2)  # (H, N, 3b, D)
 
-    out = F.scaled_dot_product_attention(qb, windows(k), windows(v), attn_mask=mask, dropout_p=dropout_p)
+    out = _sdpa(qb, windows(k), windows(v), mask, dropout_p)
     out = out.permute(1, 2, 0, 3).reshape(blocks * block, heads, dim)  # (N * b, H, D)
     return out[:total]
 
@@ -249,9 +260,8 @@ def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | 
     if window is not None and not packing.padded:
         return _banded_attention(q, k, v, packing, dropout_p, window)
     if packing.batch_size == 1 and window is None and not packing.padded:
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], dropout_p=dropout_p
-        )  # (1, H, T, D)
+        out = _sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                    dropout_p=dropout_p)  # (1, H, T, D)
         return out[0].transpose(0, 1)
     return _padded_attention(q, k, v, packing, dropout_p, window)
 
