@@ -1,8 +1,11 @@
 """The bench scripts run end to end (their --smoke modes: tiny data, seconds)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -19,10 +22,25 @@ def test_train_bench_smoke():
     assert "tagtune/trainer" in out and "f1_seqeval_words" in out and "train_tokens_per_second" in out
 
 
-def test_train_bench_random_family_smoke():
-    """One of the random families (ModernBERT's differs in its config only) through tagtune's side."""
-    out = smoke("train_bench.py", "--family", "deberta-v3", "--only", "tagtune")
-    assert "a random deberta-v3 of the MiniLM's shape" in out and "train_tokens_per_second" in out
+@pytest.mark.parametrize("family, architecture", [("modernbert", "ModernBertForMaskedLM"),
+                                                  ("deberta-v3", "DebertaV2ForMaskedLM")])
+def test_random_family_checkpoints(family, architecture, tiny_bert, tmp_path):
+    """--family's random checkpoints take the shape and tokenizer of the model they are like, and
+    tagtune loads them (the rest of the bench is the same as for a pretrained model)."""
+    sys.path.insert(0, str(BENCH))
+    from train_bench import random_model
+
+    from tagtune.checkpoint import load_model
+
+    folder = random_model(family, tmp_path / family, tiny_bert)
+    config = json.loads((folder / "config.json").read_text())
+    like = json.loads((tiny_bert / "config.json").read_text())
+    assert config["architectures"] == [architecture]
+    assert [config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")] == \
+        [like[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")]
+    assert (folder / "tokenizer.json").read_bytes() == (tiny_bert / "tokenizer.json").read_bytes()
+    model, report = load_model(folder, labels=["O", "B-X", "I-X"])
+    assert report.new_head and model.config.model_type == config["model_type"]
 
 
 def test_predict_bench_smoke():
