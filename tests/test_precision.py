@@ -133,18 +133,19 @@ def cpuinfo_flags() -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_bf16_dropout_mask(p):
+def test_dropout_mask(p, dtype):
     from tagtune.model import Dropout
 
     layer = Dropout(p).train()
-    x = (torch.rand(1000, 1000) + 1).to(torch.bfloat16).requires_grad_()
+    x = (torch.rand(1000, 1000) + 1).to(dtype).requires_grad_()
     torch.manual_seed(1)
     y = layer(x)
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - p) < 0.002  # 1e6 independent draws: the standard error is 5e-4 or less
     kept = y != 0
-    torch.testing.assert_close(y[kept], (x[kept].float() / (1 - p)).to(torch.bfloat16), rtol=1e-2, atol=0)
+    torch.testing.assert_close(y[kept], (x[kept].float() / (1 - p)).to(dtype), rtol=1e-2, atol=0)
     y.float().sum().backward()
     assert torch.equal(x.grad != 0, kept)  # the gradient flows through the kept elements only
     torch.manual_seed(1)
@@ -162,3 +163,17 @@ def test_measuring_bf16_leaves_the_random_state_alone():
     torch.manual_seed(3)
     cpu_bf16_speedup()
     assert torch.equal(torch.rand(4), expected)  # runs are seeded: measuring must not move them
+
+
+def test_attention_dropout_keeps_the_expected_output():
+    """Attention with dropout on CPU (the probabilities masked by dropout_mask): the mean over
+    many draws is attention without dropout, and the probabilities dropped are about p."""
+    from tagtune.models.packed import _sdpa
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 4) for _ in range(3))
+    mask = torch.tensor([True] * 5 + [False])[None, None, None, :]
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    draws = torch.stack([_sdpa(q, k, v, mask, 0.2) for _ in range(4000)])
+    torch.testing.assert_close(draws.mean(0), plain, atol=0.03, rtol=0)
+    assert not torch.equal(draws[0], draws[1])

@@ -36,7 +36,7 @@ class Embeddings(nn.Module):
         else:
             self.token_type_embeddings = None
         self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.position_offset = config.position_offset
 
     def forward(self, input_ids, packing: Packing, token_type_ids=None):

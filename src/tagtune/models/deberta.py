@@ -209,7 +209,7 @@ class Embeddings(nn.Module):
             self.token_type_embeddings = None
         self.embed_proj = nn.Linear(width, config.hidden_size, bias=False) if width != config.hidden_size else None
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, packing: Packing, token_type_ids=None):
         """input_ids, token_type_ids: (T,) -> (T, C)."""

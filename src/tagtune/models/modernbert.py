@@ -167,7 +167,7 @@ class Embeddings(nn.Module):
         super().__init__()
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.norm = _norm(config, settings(config))
-        self.drop = nn.Dropout(config.hidden_dropout_prob)  # embedding_dropout
+        self.drop = Dropout(config.hidden_dropout_prob)  # embedding_dropout
 
     def forward(self, input_ids, packing: Packing, token_type_ids=None):
         """input_ids: (T,) -> (T, C)."""
