@@ -15,7 +15,7 @@ the top-level names of the state dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +120,8 @@ class Packing:
     slots: torch.Tensor
     key_mask: torch.Tensor
     padded: bool = False
+    band_masks: dict = field(default_factory=dict, repr=False)
+    """:meth:`band_mask` by window, made once per forward pass for all the local layers."""
 
     @property
     def batch_size(self) -> int:
@@ -161,6 +163,25 @@ class Packing:
     def sequence_ids(self) -> torch.Tensor:
         """(T,) the index of each token's sequence."""
         return torch.div(self.slots, self.max_seqlen, rounding_mode="floor")
+
+    def band_mask(self, window: int) -> torch.Tensor:
+        """(N, b, 3b) bool, b = ``window``, N = ceil(T / b): the keys each query of the stream's
+        blocks may see in its block and the two beside it (:func:`_banded_attention`): the same
+        sequence, at most ``window`` positions away. The stream's end padding is sequence -1,
+        which attends anything (its output is dropped); the key side's padding, sequence -2,
+        is seen by nobody."""
+        if window not in self.band_masks:
+            block, total = window, self.positions.numel()
+            blocks = -(-total // block)
+            pad = blocks * block - total
+            seq, pos = self.sequence_ids(), self.positions
+            q_seq = F.pad(seq, (0, pad), value=-1).view(blocks, block)  # (N, b)
+            q_pos = F.pad(pos, (0, pad), value=0).view(blocks, block)
+            k_seq = F.pad(seq, (block, pad + block), value=-2).unfold(0, 3 * block, block)  # (N, 3b)
+            k_pos = F.pad(pos, (block, pad + block), value=0).unfold(0, 3 * block, block)
+            mask = (q_seq[:, :, None] == k_seq[:, None, :]) & ((q_pos[:, :, None] - k_pos[:, None, :]).abs() <= window)
+            self.band_masks[window] = mask | (q_seq[:, :, None] == -1)
+        return self.band_masks[window]
 
 
 def _sdpa(q, k, v, mask=None, dropout_p: float = 0.0):
@@ -227,16 +248,7 @@ def _banded_attention(q, k, v, packing: Packing, dropout_p: float, window: int):
     block = window
     blocks = -(-total // block)
     pad = blocks * block - total
-    seq = packing.sequence_ids()  # (T,)
-    pos = packing.positions
-    # Queries: the stream, then its end padding as sequence -1. Keys: one more block of padding
-    # on each side, as sequence -2, which no query has.
-    q_seq = F.pad(seq, (0, pad), value=-1).view(blocks, block)  # (N, b)
-    q_pos = F.pad(pos, (0, pad), value=0).view(blocks, block)
-    k_seq = F.pad(seq, (block, pad + block), value=-2).unfold(0, 3 * block, block)  # (N, 3b)
-    k_pos = F.pad(pos, (block, pad + block), value=0).unfold(0, 3 * block, block)
-    mask = (q_seq[:, :, None] == k_seq[:, None, :]) & ((q_pos[:, :, None] - k_pos[:, None, :]).abs() <= window)
-    mask = mask | (q_seq[:, :, None] == -1)  # (N, b, 3b): padding rows attend anything, their output is dropped
+    mask = packing.band_mask(window)  # (N, b, 3b)
     qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(blocks, block, heads, dim).permute(2, 0, 1, 3)  # (H, N, b, D)
 
     def windows(x):  # (T, H, D) -> (H, N, 3b, D)
