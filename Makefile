@@ -6,7 +6,7 @@ setup:
 
 test:
 	./scripts/setup.sh test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 demo: setup
 	$(PY) -m tagtune.demo

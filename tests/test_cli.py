@@ -112,7 +112,8 @@ def test_help_says_what_tagtune_is_with_examples():
         assert any(line.startswith("  ") and f"tagtune {command} " in line for line in examples), command
     parser = cli.build_parser()
     commands = next(a.choices for a in parser._actions if isinstance(a.choices, dict))
-    assert set(commands) == {"info", "tokenize", "train", "evaluate", "predict", "serve", "export"}
+    assert set(commands) == {"info", "tokenize", "train", "evaluate", "predict", "serve", "annotate", "select",
+                             "export"}
     for name, command in commands.items():  # each command's --help starts with what it does
         assert command.description and command.description[0].isupper() and command.description.endswith("."), name
         for action in command._actions:  # and states a default at most once per option
@@ -163,7 +164,7 @@ def test_option_defaults_come_from_the_library(cli):
     assert (args.max_texts, args.max_chars, args.max_total_chars, args.max_body) == (
         limits.max_texts, limits.max_chars, limits.max_total_chars, limits.max_body)
     signature = inspect.signature(serve).parameters
-    for name in ("host", "port", "batch_texts", "timeout", "max_queue"):
+    for name in ("host", "port", "batch_texts", "timeout", "max_queue", "min_score"):
         assert getattr(args, name) == signature[name].default, name
     assert args.batch_wait_ms == signature["batch_wait"].default * 1000
     helps = option_helps(cli("serve", "--help").stdout)
@@ -198,3 +199,15 @@ def test_main_restores_showwarning(monkeypatch, capsys):
         with pytest.raises(RuntimeError):
             cli.main(["info", "anything"])
         assert warnings.showwarning is before
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+@pytest.mark.parametrize("value", ["1.01", "-0.5", "nan", "inf"])
+def test_min_score_outside_0_to_1_is_one_line(cli, command, value, tmp_path):
+    """--min-score is checked before anything is loaded, read or written."""
+    (tmp_path / "in.txt").write_text("Barack Obama\n")
+    extra = [tmp_path / "in.txt", "-o", tmp_path / "out.jsonl"] if command == "predict" else ["--port", "0"]
+    result = cli(command, tmp_path / "no-tagger", *extra, "--min-score", value)
+    assert result.returncode == 1 and result.stdout == ""
+    assert_one_line_error(result, "min-score must be a number from 0 to 1, got")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

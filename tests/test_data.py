@@ -195,6 +195,33 @@ def test_jsonl_as_a_json_list(tmp_path):
     assert [e.source for e in examples] == [f"{path}:2", f"{path}:12"]
 
 
+def test_jsonl_last_record_of_an_id_wins_and_skipped_texts_are_no_examples(tmp_path):
+    path = write(tmp_path, "answers.jsonl", jsonl(
+        {"id": 1, "text": "Ann met Bob", "skipped": True},
+        {"id": 2, "text": "Acme hired Ann", "spans": [[0, 4, "ORG"]]},
+        {"id": 1, "text": "Ann met Bob", "spans": [[0, 3, "PER"]]},
+        {"id": 3, "text": "nothing here", "spans": []},
+        {"id": 2, "text": "Acme hired Ann", "spans": [[0, 4, "ORG"], [11, 14, "PER"]]},
+        {"id": 4, "text": "skip me", "spans": [[0, 4, "X"]]},
+        {"id": 4, "text": "skip me", "skipped": True},
+    ))
+    examples = read_examples(path)  # detected as jsonl past the first record, a skip
+    assert pairs(examples) == [("Ann met Bob", [(0, 3, "PER")]), ("nothing here", []),
+                               ("Acme hired Ann", [(0, 4, "ORG"), (11, 14, "PER")])]
+    assert [e.source for e in examples] == [f"{path}:3", f"{path}:4", f"{path}:5"]
+    # records without an id are each an example, a repeated text included
+    plain = read_examples(write(tmp_path, "plain.jsonl", jsonl(
+        {"text": "Ann met Bob", "spans": [[0, 3, "PER"]]}, {"text": "Ann met Bob", "spans": [[8, 11, "PER"]]},
+        {"id": 5, "text": "Ann met Bob", "spans": []})))
+    assert pairs(plain) == [("Ann met Bob", [(0, 3, "PER")]), ("Ann met Bob", [(8, 11, "PER")]), ("Ann met Bob", [])]
+    assert_error(write(tmp_path, "skipped.jsonl", jsonl({"text": "a", "skipped": True})), None,
+                 "every text in the file is marked skipped")
+    bad = write(tmp_path, "bad.jsonl", jsonl({"text": "a", "spans": []}, {"text": "b", "skipped": "yes"}))
+    assert_error(bad, 2, '"skipped" is the string \'yes\', not true or false')
+    assert_error(write(tmp_path, "no-text.jsonl", jsonl({"text": "a", "spans": []}, {"skipped": True})), 2,
+                 'no "text"')
+
+
 def test_write_jsonl_round_trip(tmp_path):
     examples = [
         Example("東京タワーは港区", [Span(0, 5, "施設"), Span(6, 8, "地名", score=0.5)]),

@@ -154,22 +154,23 @@ def test_spans_from_tags_literal():
     text = "Ada Lovelace met Charles Babbage in London"
     ranges = [(0, 3), (4, 12), (13, 16), (17, 24), (25, 32), (33, 35), (36, 42)]
     tags = ["B-PER", "I-PER", "O", "B-PER", "I-PER", "O", "B-LOC"]
-    probs = [0.9, 0.7, 0.99, 0.6, 0.8, 0.95, 0.5]
-    spans = spans_from_tags(tags, ranges, "BIO", probs)
+    spans = spans_from_tags(tags, ranges, "BIO", scores=[0.75, 0.5, 0.25])  # one score per entity
     assert spans == [Span(0, 12, "PER"), Span(17, 32, "PER"), Span(36, 42, "LOC")]
     assert [text[s.start:s.end] for s in spans] == ["Ada Lovelace", "Charles Babbage", "London"]
-    assert [s.score for s in spans] == [pytest.approx(0.8), pytest.approx(0.7), pytest.approx(0.5)]
+    assert [s.score for s in spans] == [0.75, 0.5, 0.25]
     assert all(s.score is None for s in spans_from_tags(tags, ranges, "BIO"))
+    with pytest.raises(ValueError, match="3 entities but 7 scores"):  # per-position numbers are not span scores
+        spans_from_tags(tags, ranges, "BIO", scores=[0.9, 0.7, 0.99, 0.6, 0.8, 0.95, 0.5])
     # argmax output that breaks BIO is read the conlleval way: I- after O opens an entity,
     # a type switch splits one
     broken = ["I-PER", "I-PER", "O", "B-PER", "I-LOC", "O", "O"]
-    assert spans_from_tags(broken, ranges, "BIO", probs) == [
+    assert spans_from_tags(broken, ranges, "BIO", scores=[0.1, 0.2, 0.3]) == [
         Span(0, 12, "PER"), Span(17, 24, "PER"), Span(25, 32, "LOC")]
-    assert spans_from_tags(broken, ranges, "BIO", probs)[2].score == pytest.approx(0.8)
+    assert spans_from_tags(broken, ranges, "BIO", scores=[0.1, 0.2, 0.3])[2].score == 0.3
     bioes = ["B-PER", "E-PER", "O", "S-PER", "S-PER", "O", "S-LOC"]
     assert spans_from_tags(bioes, ranges, "BIOES") == [
         Span(0, 12, "PER"), Span(17, 24, "PER"), Span(25, 32, "PER"), Span(36, 42, "LOC")]
-    assert spans_from_tags([], [], "BIO", []) == []
+    assert spans_from_tags([], [], "BIO", scores=[]) == []
     with pytest.raises(ValueError):
         spans_from_tags(["O"], [], "BIO")
 

@@ -32,26 +32,42 @@ def test_saved_weight_names_are_transformers_own(trained_tagger):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
 
 
-def pipeline_words(tokenizer, text):
+def pipeline_words(tokenizer, text, firsts=None):
     """Word ranges as the token-classification pipeline groups tokens with a WordPiece tokenizer:
     a token whose text differs in length from its characters (a ``##`` piece) joins the word
-    before it, an [UNK] never does (transformers TokenClassificationPipeline.gather_pre_entities)."""
+    before it, an [UNK] never does (transformers TokenClassificationPipeline.gather_pre_entities).
+    ``firsts``, a list, receives the index of each word's first token (special tokens not counted)."""
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
     words = []
-    for token_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+    for k, (token_id, (start, end)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
         token = tokenizer.convert_ids_to_tokens(token_id)
         subword = len(token) != end - start and token_id != tokenizer.unk_token_id
         if subword and words:
             words[-1] = (words[-1][0], end)
         else:
             words.append((start, end))
+            if firsts is not None:
+                firsts.append(k)
     return words
+
+
+def argmax_span_probability(probs, labels, i, j, kind):
+    """The probability that words i..j-1 are read as exactly one ``kind`` entity when each word's
+    tag is drawn on its own from ``probs`` (words x labels), BIO read the conlleval way: the
+    entity begins at i (B-kind, or I-kind after a tag of another type or O), I-kind follows up to
+    j-1, and word j (if any) is no I-kind."""
+    b, inside = labels.index(f"B-{kind}"), labels.index(f"I-{kind}")
+    before = probs[i - 1, b] + probs[i - 1, inside] if i > 0 else 0.0
+    after = probs[j, inside] if j < len(probs) else 0.0
+    return (probs[i, b] + probs[i, inside] * (1 - before)) * probs[i + 1:j, inside].prod() * (1 - after)
 
 
 def test_pipeline_and_tagtune_give_the_same_spans(trained_tagger, tweets):
     """transformers' pipeline(aggregation_strategy="first") and tagtune with argmax decoding
     mean the same thing: each word takes the argmax label of its first subword, and entities are
-    read from those labels the conlleval way. Both give the same spans on real tweets.
+    read from those labels the conlleval way. Both give the same spans on real tweets, and
+    tagtune's score is the span's probability under transformers' own per-word probabilities
+    (each word's tag drawn on its own, as argmax decoding assumes).
 
     Words agree when tagtune's units (the pre-tokenizer's words) are the pipeline's groups
     (a token starts a word unless it is a ``##`` piece). They differ only where normalisation
@@ -74,9 +90,20 @@ def test_pipeline_and_tagtune_give_the_same_spans(trained_tagger, tweets):
     with torch.inference_mode():
         theirs = pipe(chosen)
     ours = tagger(chosen)
+    labels = [pipe.model.config.id2label[k] for k in range(pipe.model.config.num_labels)]
     found = 0
     for text, a, b in zip(chosen, ours, theirs):
         assert [(s.start, s.end, s.label) for s in a] == [(e["start"], e["end"], e["entity_group"]) for e in b], text
-        assert [s.score for s in a] == pytest.approx([float(e["score"]) for e in b], abs=1e-4)
+        if not a:
+            continue
+        firsts = []
+        words = pipeline_words(pipe.tokenizer, text, firsts)
+        with torch.inference_mode():
+            logits = pipe.model(**pipe.tokenizer(text, return_tensors="pt")).logits[0, 1:-1]
+        probs = logits.double().softmax(-1)[firsts].numpy()  # each word's first token
+        for span in a:
+            i = next(k for k, (start, _) in enumerate(words) if start == span.start)
+            j = next(k for k, (_, end) in enumerate(words) if end == span.end) + 1
+            assert span.score == pytest.approx(argmax_span_probability(probs, labels, i, j, span.label), abs=1e-4)
         found += len(a)
     assert found >= 20  # real entities were compared, not only empty lists

@@ -291,3 +291,73 @@ def test_unknown_format(tagger_dir, tmp_path):
 
     with pytest.raises(TagtuneError, match="unknown input format 'csv'"):
         predict_file(str(tagger_dir), "-", format="csv")
+
+
+# --------------------------------------------------------------------------- span scores and min_score
+
+
+@pytest.fixture(scope="module")
+def tweet_texts():
+    return [" ".join(tokens) for tokens, _ in wnut_sentences()[:40]]
+
+
+def median_score(tagger, texts):
+    scores = sorted(s.score for spans in tagger.predict(texts) for s in spans)
+    assert len(scores) > 10 and all(0 < s <= 1 for s in scores)
+    return scores[len(scores) // 2]
+
+
+def dicts(texts, predicted):
+    return [[s.to_dict(t) for s in spans] for t, spans in zip(texts, predicted)]
+
+
+def test_min_score_drops_the_spans_below_it(tagger_dir, tagger, tweet_texts):
+    from tagtune.tagger import Tagger
+
+    full = tagger.predict(tweet_texts)
+    floor = median_score(tagger, tweet_texts)
+    kept = [[s for s in spans if s.score >= floor] for spans in full]
+    assert 0 < sum(map(len, kept)) < sum(map(len, full))
+    assert dicts(tweet_texts, tagger.predict(tweet_texts, min_score=floor)) == dicts(tweet_texts, kept)
+    assert dicts(tweet_texts[:1], [tagger(tweet_texts[0], min_score=floor)]) == dicts(tweet_texts[:1], kept[:1])
+    # as the tagger's own setting, which a call may lower again
+    strict = Tagger.load(tagger_dir, device="cpu", min_score=floor)
+    assert strict.min_score == floor
+    assert dicts(tweet_texts, strict(tweet_texts)) == dicts(tweet_texts, kept)
+    assert dicts(tweet_texts, strict.predict(tweet_texts, min_score=0)) == dicts(tweet_texts, full)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), float("inf"), "0.5", True, None])
+def test_min_score_outside_0_to_1_is_refused(tagger_dir, tagger, value):
+    from tagtune.errors import TagtuneError
+    from tagtune.tagger import Tagger
+
+    if value is not None:  # None means "the tagger's own" in a call, but is no setting of its own
+        with pytest.raises(TagtuneError, match="min_score must be a number from 0 to 1"):
+            tagger.predict(["Barack Obama"], min_score=value)
+    with pytest.raises(TagtuneError, match="min_score must be a number from 0 to 1"):
+        Tagger.load(tagger_dir, device="cpu", min_score=value)
+
+
+def test_min_score_option(tagger_dir, tagger, tweet_texts, tmp_path):
+    path = tmp_path / "tweets.txt"
+    path.write_text("\n".join(tweet_texts) + "\n", encoding="utf-8")
+    floor = median_score(tagger, tweet_texts)
+    result = run("predict", tagger_dir, path, "--quiet", "--min-score", floor)
+    assert result.returncode == 0, result.stderr
+    want = dicts(tweet_texts, [[s for s in spans if s.score >= floor] for spans in tagger.predict(tweet_texts)])
+    got = [r["spans"] for r in records(result.stdout)]
+    assert got == want and sum(map(len, got)) > 0
+    # --argmax too: its spans' scores are their probabilities with each unit on its own
+    argmax = run("predict", tagger_dir, path, "--quiet", "--argmax", "--min-score", "0.999999")
+    assert argmax.returncode == 0, argmax.stderr
+    assert all(s["score"] >= 0.9999 for r in records(argmax.stdout) for s in r["spans"])
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.25", "nan", "inf"])
+def test_min_score_option_outside_0_to_1(tagger_dir, tmp_path, value):
+    (tmp_path / "in.txt").write_text("Barack Obama\n")
+    result = run("predict", tagger_dir, tmp_path / "in.txt", "-o", tmp_path / "out.jsonl", "--min-score", value)
+    assert_one_line_error(result, "min-score must be a number from 0 to 1")
+    assert not (tmp_path / "out.jsonl").exists()
+    assert result.stdout == ""

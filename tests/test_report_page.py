@@ -3,6 +3,7 @@ start at epoch 1, the loss chart draws a line even for a run of a few steps, no 
 across lines. Screenshots are written to test-artifacts/report.png and report-nodev.png."""
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -155,3 +156,89 @@ def test_loss_points_sit_at_their_fraction_of_the_epoch():
     assert loss_points(history[2:3]) == [(1.0, 0.8)]
     page = render(history[2:3], ["O", "B-x", "I-x"])  # one epoch of a few steps: a point, not "no data yet"
     assert "no data yet" not in page and 'class="point"' in page and "no dev set" in page
+
+
+# -- span scores on dev -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dev_predictions(tiny_bert, wnut_files):
+    """The WNUT dev tweets and spans decoded for them from noisy logits: each unit (word) of the
+    tiny BERT's tokenizer leans to its gold tag, with Gaussian noise, so that some spans are
+    right and some wrong, with scores of every size."""
+    import numpy as np
+
+    from tagtune.align import units_of
+    from tagtune.data import read_examples
+    from tagtune.decode import decode_spans
+    from tagtune.schemes import tag_names
+    from tagtune.tokenizer import load_tokenizer
+
+    examples = read_examples(str(wnut_files / "dev.conll"))
+    labels = tag_names({s.label for ex in examples for s in ex.spans}, "BIO")
+    rng = np.random.default_rng(0)
+    predicted = []
+    for ex, enc in zip(examples, load_tokenizer(tiny_bert).encode_batch([ex.text for ex in examples])):
+        ranges = units_of(enc).ranges
+        logits = rng.standard_normal((len(ranges), len(labels))) * 1.5
+        for k, (a, b) in enumerate(ranges):
+            inside = [s for s in ex.spans if s.start <= a and b <= s.end]
+            tag = f"{'B' if inside[0].start == a else 'I'}-{inside[0].label}" if inside else "O"
+            logits[k, labels.index(tag)] += 2.5
+        predicted.append(decode_spans(logits, labels, ranges) if ranges else [])
+    return examples, predicted
+
+
+def svg_elements(page: str, chart: str, pattern: str) -> list[dict]:
+    """The data- attributes of the elements matching ``pattern`` inside one chart's figure."""
+    figure = re.search(rf'<figure class="chart" data-chart="{chart}">.*?</figure>', page, re.S)
+    assert figure, f"no {chart} chart"
+    return [dict(re.findall(r'data-([a-z]+)="([^"]*)"', m.group(0))) for m in re.finditer(pattern, figure.group(0))]
+
+
+def test_report_shows_the_kept_epochs_span_scores(dev_predictions):
+    from tagtune.metrics import calibration
+
+    examples, predicted = dev_predictions
+    gold = [{(s.start, s.end, s.label) for s in ex.spans} for ex in examples]
+    pairs = [(s.score, (s.start, s.end, s.label) in truth) for truth, spans in zip(gold, predicted) for s in spans]
+    assert len(pairs) >= 50 and 0 < sum(right for _, right in pairs) < len(pairs)
+    history = [{"epoch": 1, "step": 4, "train_loss": 0.9, "tokens_per_second": 1.0,
+                "dev": {"precision": 0.1, "recall": 0.1, "f1": 0.1, "macro_f1": 0.1}, "dev_per_label": {},
+                "dev_calibration": calibration([ex.spans for ex in examples], predicted)}]
+    page = render(history, ["O", "B-x", "I-x"])
+    assert "<h2>Span scores (dev, epoch 1)</h2>" in page
+
+    # reliability: each non-empty bin of 0.1 with its count, mean score and fraction exactly right
+    bins = svg_elements(page, "reliability", r'<g class="bin"[^>]*>')
+    want = {}
+    for score, right in pairs:
+        want.setdefault(min(int(score * 10), 9), []).append((score, right))
+    assert [round(float(b["low"]) * 10) for b in bins] == sorted(want)
+    for b in bins:
+        members = want[round(float(b["low"]) * 10)]
+        assert int(b["count"]) == len(members)
+        assert float(b["mean"]) == pytest.approx(sum(s for s, _ in members) / len(members), abs=1e-4)
+        assert float(b["correct"]) == pytest.approx(sum(r for _, r in members) / len(members), abs=1e-4)
+    assert sum(int(b["count"]) for b in bins) == len(pairs)
+    ece = sum(len(m) / len(pairs) * abs(sum(r for _, r in m) / len(m) - sum(s for s, _ in m) / len(m))
+              for m in want.values())
+    assert f"ECE {ece:.4f} over {len(pairs)} spans" in page
+
+    # precision and recall of the spans scoring at least each threshold
+    n_gold = sum(len(truth) for truth in gold)
+    for key in ("precision", "recall"):
+        points = svg_elements(page, "threshold", rf'<circle class="point {key}"[^>]*>')
+        assert [float(p["threshold"]) for p in points][:3] == [0.0, 0.05, 0.1]
+        for p in points:
+            kept = [right for score, right in pairs if score >= float(p["threshold"])]
+            value = sum(kept) / (len(kept) if key == "precision" else n_gold)
+            assert float(p["value"]) == pytest.approx(value, abs=1e-4) and int(p["spans"]) == len(kept)
+        assert len(points) >= 2 and 'class="line ' + key in page
+
+    # given outright, as write_report passes them, the same numbers; without them, no such part
+    history[0].pop("dev_calibration")
+    assert render(history, ["O"], calibration=calibration([ex.spans for ex in examples], predicted)) == page \
+        .replace('<ul class="labels"><li>O</li><li>B-x</li><li>I-x</li></ul>', '<ul class="labels"><li>O</li></ul>') \
+        .replace("Tags (3):", "Tags (1):")
+    assert "Span scores" not in render(history, ["O"])

@@ -194,6 +194,11 @@ def test_bad_json_is_400(client, tagger, texts):
     ({"texts": ["ok", None]}, "texts[1] must be a string, got null"),
     (["Obama"], "expected a JSON object"),
     ('"\\ud800"', "unpaired surrogate"),
+    ({"texts": ["a"], "min_score": 1.5}, '"min_score" must be a number from 0 to 1, got 1.5'),
+    ({"texts": ["a"], "min_score": -0.01}, '"min_score" must be a number from 0 to 1, got -0.01'),
+    ({"texts": ["a"], "min_score": "0.5"}, '"min_score" must be a number from 0 to 1, got a string'),
+    ({"texts": ["a"], "min_score": True}, '"min_score" must be a number from 0 to 1, got a boolean'),
+    ({"texts": ["a"], "min_score": None}, '"min_score" must be a number from 0 to 1, got null'),
 ])
 def test_wrong_fields_are_422(client, tagger, texts, body, fragment):
     if isinstance(body, str):  # a lone surrogate, which json.dumps would escape the same way
@@ -204,6 +209,56 @@ def test_wrong_fields_are_422(client, tagger, texts, body, fragment):
     assert response.status_code == 422, response.text
     assert fragment in response.json()["error"]
     assert_still_serving(client, tagger, texts)
+
+
+def filtered(spans, floor):
+    return [[s for s in row if s["score"] >= floor] for row in spans]
+
+
+def floor_between(spans):
+    """A threshold in the widest gap between two of the spans' (rounded) scores: spans on both sides."""
+    scores = sorted({s["score"] for row in spans for s in row})
+    assert len(scores) >= 3, scores
+    gap, k = max((b - a, k) for k, (a, b) in enumerate(zip(scores, scores[1:])))
+    assert gap > 1e-3, scores
+    return (scores[k] + scores[k + 1]) / 2
+
+
+def test_min_score_in_the_request(client, tagger, texts):
+    """A request's "min_score" leaves out the spans scoring below it; the server's default keeps all."""
+    full = extract(client, texts[:8])
+    scores = [s["score"] for row in full for s in row]
+    assert all(0 < s <= 1 for s in scores)
+    floor = floor_between(full)
+    response = client.post("/v1/extract", json={"texts": texts[:8], "min_score": floor})
+    assert response.status_code == 200, response.text
+    got = [r["spans"] for r in response.json()["results"]]
+    assert_same_spans(got, filtered(full, floor))
+    assert 0 < sum(map(len, got)) < len(scores)
+    assert client.post("/v1/extract", json={"texts": texts[:8], "min_score": 0}).json()["results"] == \
+        client.post("/v1/extract", json={"texts": texts[:8]}).json()["results"]
+    assert client.post("/v1/extract", json={"texts": [], "min_score": 1}).json() == {"results": []}
+
+
+def test_server_min_score_is_the_default_of_requests(tagger, texts):
+    """create_app(min_score=...) (serve --min-score) filters every request that does not say otherwise."""
+    from starlette.testclient import TestClient
+
+    from tagtune.errors import TagtuneError
+
+    everything = [[s.to_dict(t) for s in row] for t, row in zip(texts[:8], tagger.predict(texts[:8]))]
+    floor = floor_between(everything)
+    with TestClient(create_app(tagger, limits=Limits(), min_score=floor)) as c:
+        assert c.get("/health").json()["min_score"] == floor
+        default = c.post("/v1/extract", json={"texts": texts[:8]}).json()["results"]
+        assert_same_spans([r["spans"] for r in default], filtered(everything, floor))
+        lowered = c.post("/v1/extract", json={"texts": texts[:8], "min_score": 0.0}).json()["results"]
+        assert_same_spans([r["spans"] for r in lowered], everything)
+        schema = c.get("/openapi.json").json()["components"]["schemas"]["ExtractRequest"]["properties"]
+        assert schema["min_score"]["minimum"] == 0 and schema["min_score"]["maximum"] == 1
+    for bad in (1.5, -1, float("nan")):
+        with pytest.raises(TagtuneError, match="min-score must be a number from 0 to 1"):
+            create_app(tagger, min_score=bad)
 
 
 @pytest.mark.parametrize("case", ["texts", "chars", "total-chars", "body", "chunked-body"])

@@ -59,6 +59,9 @@ def test_output_folder_is_complete_and_loads(tiny_bert, wnut_files, tmp_path):
     report = (out / "report.html").read_text()
     assert "<svg" in report and "dev entity F1" in report and "B-person" in json.loads(
         (out / "config.json").read_text())["label2id"]
+    kept = epochs[result["epoch"] - 1]["dev_calibration"]  # the kept epoch's dev spans, scored
+    assert 'data-chart="reliability"' in report and f'ECE {kept["ece"]:.4f}' in report
+    assert sum(b["count"] for b in kept["bins"]) == kept["spans"]
     tagger = Tagger.load(out)
     assert tagger.settings.scheme == "BIO" and tagger.labels[0] == "O"
 
@@ -202,7 +205,7 @@ def test_predict_output_spans_slice_the_input(minilm, tmp_path, tweets):
     for line in lines:
         for span in line["spans"]:
             assert line["text"][span["start"]:span["end"]] == span["text"] and span["text"].strip() == span["text"]
-            assert 0 < span["score"] <= 1 and span["label"] in ("X", "Y")
+            assert 0 <= span["score"] <= 1 and span["label"] in ("X", "Y")
             total += 1
     assert total > 20
     again = cli("predict", tmp_path / "tagger", tmp_path / "in.txt", "-o", tmp_path / "new" / "out.jsonl")

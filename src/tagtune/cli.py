@@ -95,7 +95,7 @@ def cmd_predict(args) -> int:
 
     predict_file(args.model_dir, args.input, args.output, device=args.device, batch_texts=args.batch_texts,
                  progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite, backend=args.backend,
-                 format=args.format)
+                 format=args.format, min_score=args.min_score)
     return 0
 
 
@@ -158,7 +158,23 @@ def cmd_serve(args) -> int:
                     max_body=args.max_body)
     serve(args.model_dir, host=args.host, port=args.port, limits=limits, device=args.device,
           batch_texts=args.batch_texts, batch_wait=args.batch_wait_ms / 1000, access_log=args.access_log,
-          timeout=args.timeout, max_queue=args.max_queue)
+          timeout=args.timeout, max_queue=args.max_queue, min_score=args.min_score)
+    return 0
+
+
+def cmd_annotate(args) -> int:
+    from tagtune.annotate import annotate
+
+    annotate(args.texts, args.out, labels=args.labels, model=args.model, host=args.host, port=args.port,
+             device=args.device, access_log=args.access_log, progress=not args.quiet)
+    return 0
+
+
+def cmd_select(args) -> int:
+    from tagtune.select import select
+
+    select(args.model_dir, args.pool, args.n, args.output, format=args.format, overwrite=args.overwrite,
+           max_similarity=args.max_similarity, device=args.device, progress=not args.quiet)
     return 0
 
 
@@ -178,6 +194,8 @@ EPILOG = """examples:
   tagtune train --model bert-base-cased --train train.conll --out my-tagger
   echo "Angela Merkel visited Lisbon" | tagtune predict my-tagger
   tagtune serve my-tagger --port 8080
+  tagtune annotate texts.txt --labels PER,ORG --out annotations.jsonl
+  tagtune select my-tagger pool.txt -n 200 -o tasks.json --format label-studio
   tagtune export my-tagger --onnx my-tagger-onnx --int8
 
 Run 'tagtune COMMAND --help' for the options of a command."""
@@ -266,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--scheme", choices=["BIO", "BIOES", "IO"], help="tagging scheme")
     p.add_argument("--all-subwords", action="store_const", const=True, help="label every subword, not only the first")
+    p.add_argument("--crf", action="store_const", const=True,
+                   help="a linear-chain CRF on the classifier: learned tag transition scores (within the "
+                        "scheme's rules), trained with the sequence likelihood and used in decoding; kept in "
+                        "crf.json beside the weights")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1; "
                    "only with a dev set of at least 20 entity spans")
     p.add_argument("--no-head-prior", dest="head_prior", action="store_const", const=False,
@@ -309,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-texts", type=int, default=parameter_default(predict_file, "batch_texts"), metavar="N",
                    help="texts (lines, records or sentences) read and tagged at a time")
     p.add_argument("--argmax", action="store_true", help="per-token argmax instead of constrained decoding")
+    p.add_argument("--min-score", type=float, default=parameter_default(predict_file, "min_score"), metavar="P",
+                   help="leave out spans whose score, the probability that the span is an entity of its label, "
+                        "is below P (0 to 1)")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="PyTorch or ONNX Runtime (default auto: ONNX for a folder with model.onnx and no weights)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -346,7 +371,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="texts that may wait for the model; beyond, 503 at once with Retry-After")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--min-score", type=float, default=serve_default("min_score"), metavar="P",
+                   help="leave out spans whose score (their probability, 0 to 1) is below P, unless a request "
+                        "asks otherwise with \"min_score\"")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("annotate", help="label texts in a browser page, one at a time, into a JSONL file that "
+                       "train reads", formatter_class=_ShowDefaults)
+    p.add_argument("texts", help="texts to label: a text per line, or JSON Lines with a \"text\" field (and an "
+                   "optional \"id\")")
+    p.add_argument("--labels", metavar="A,B,...", help="the labels, comma-separated; the first 9 get keys 1-9 "
+                   "(default with --model: the tagger's)")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL file the answers are appended to, each as "
+                   "soon as it is given; an existing one is continued")
+    p.add_argument("--model", metavar="DIR", help="trained tagger folder: its spans are suggested and the texts "
+                   "come most uncertain first (default: none, file order)")
+    from tagtune.annotate import annotate
+
+    p.add_argument("--host", default=parameter_default(annotate, "host"), metavar="ADDRESS",
+                   help="address to listen on")
+    p.add_argument("--port", type=int, default=parameter_default(annotate, "port"), metavar="N",
+                   help="port; 0 picks a free one")
+    p.add_argument("--device", help="device of --model: cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while --model tags the texts")
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("select", help="choose the texts of a pool the tagger is least sure of, written with its "
+                       "spans as pre-annotations to correct", formatter_class=_ShowDefaults)
+    from tagtune.select import OUTPUT_FORMATS, select
+
+    p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")
+    p.add_argument("pool", help="unlabelled texts: a text per line, or JSON Lines with a \"text\" field")
+    p.add_argument("-n", type=int, required=True, metavar="N", help="how many texts to choose")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file the chosen texts are written to")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=parameter_default(select, "format"),
+                   help="jsonl (tagtune's spans), label-studio (JSON import with predictions) or doccano (JSONL)")
+    p.add_argument("--max-similarity", type=float, default=parameter_default(select, "max_similarity"),
+                   metavar="J", help="leave out a text whose character 5-grams have a Jaccard similarity of at "
+                   "least J with a text already chosen")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--quiet", action="store_true", help="nothing on stderr but errors and warnings")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("export", help="write an ONNX tagger folder (model.onnx, config, tokenizer) from a trained one")
     p.add_argument("model_dir", help="trained tagger folder, or Hub id org/name[@revision] (downloaded unless cached)")

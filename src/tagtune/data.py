@@ -16,6 +16,10 @@ Formats (:data:`FORMATS`):
     another type or after an ``E-``/``S-`` starts a new entity).
 ``jsonl``
     ``{"text": ..., "spans": [{"start": 0, "end": 5, "label": "PER"}, ...]}``, one object a line.
+    Records with an ``"id"`` (a string or an integer, as ``tagtune annotate`` writes them) answer
+    that id: a later record of the same id replaces the earlier ones (an answer changed later). A
+    record ``{"text": ..., "skipped": true}`` has no answer: it is no example, and with an id it
+    replaces the earlier records of that id. Records without an id are each an example.
 ``doccano``
     doccano's JSONL export: ``{"text": ..., "label": [[0, 5, "PER"], ...]}``; also ``"labels"``,
     ``"entities": [{"start_offset", "end_offset", "label"}]`` (projects with relations), and
@@ -61,6 +65,7 @@ __all__ = [
     "FORMATS",
     "KeywordWarning",
     "keyword_spans",
+    "read_answers",
     "read_examples",
     "split_dev",
     "write_jsonl",
@@ -142,7 +147,28 @@ def read_examples(
                 stacklevel=2,
             )
         return examples
+    if format == "jsonl":
+        answers = _answers(path, records, labels)
+        keys = [_answer_key(record, line) for line, record in records]
+        last = {key: i for i, key in enumerate(keys)}  # the last record of an "id" wins
+        examples = [example for i, (example, skipped) in enumerate(answers)
+                    if not skipped and last[keys[i]] == i]
+        if not examples:
+            raise TagtuneError(f"{path}: no examples (every text in the file is marked skipped)")
+        return examples
     return [_span_record(path, line, record, labels) for line, record in records]
+
+
+def read_answers(path: str | Path, labels: Collection[str] | None = None) -> list[tuple[Example, bool]]:
+    """Every record of the ``jsonl`` spans file ``path`` in file order, as ``(example, skipped)``;
+    a record marked ``"skipped": true`` has no spans. A text may come more than once (where
+    :func:`read_examples` keeps its last record). An empty file has no records; errors are those
+    of :func:`read_examples`."""
+    path = Path(path)
+    text = _read_text(path)
+    if not text.strip():
+        return []
+    return _answers(path, _json_records(path, text), frozenset(labels) if labels is not None else None)
 
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
@@ -266,7 +292,9 @@ def _detect(path: Path, text: str) -> tuple[str, list | None]:
 
 
 def _format_of_records(path: Path, records: list) -> str:
-    line, record = records[0]
+    line, record = next(((n, r) for n, r in records if not _skipped(r)), records[0])
+    if _skipped(record):  # nothing but skipped texts
+        return "jsonl"
     if not isinstance(record, dict):
         raise TagtuneError(f"{path}:{line}: expected a JSON object, got {_kind(record)}")
     if any(k in record for k in ("annotations", "completions", "predictions")) or isinstance(
@@ -418,6 +446,33 @@ def _record_text(record: dict, where: str) -> str:
     if not isinstance(text, str):
         raise TagtuneError(f'{where}: "text" is {_kind(text)}, not a string')
     return text
+
+
+def _answer_key(record: object, line: int):
+    """What a ``jsonl`` record answers: its ``"id"`` where it has one (a later record of the id
+    replaces it), else its own line."""
+    if isinstance(record, dict) and isinstance(record.get("id"), (str, int)) and not isinstance(record["id"], bool):
+        return ("id", record["id"])
+    return ("line", line)
+
+
+def _skipped(record: object) -> bool:
+    return isinstance(record, dict) and record.get("skipped") is True
+
+
+def _answers(path: Path, records: list, labels: frozenset[str] | None) -> list[tuple[Example, bool]]:
+    """(example, skipped) of each ``jsonl`` record: a skipped one has a text and no spans."""
+    answers = []
+    for line, record in records:
+        if isinstance(record, dict) and "skipped" in record:
+            where = f"{path}:{line}"
+            if not isinstance(record["skipped"], bool):
+                raise TagtuneError(f'{where}: "skipped" is {_kind(record["skipped"])}, not true or false')
+            if record["skipped"]:
+                answers.append((Example(_record_text(record, where), [], where), True))
+                continue
+        answers.append((_span_record(path, line, record, labels), False))
+    return answers
 
 
 def _span_record(path: Path, line: int, record: object, labels: frozenset[str] | None) -> Example:

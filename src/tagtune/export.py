@@ -1,7 +1,7 @@
 """Export a trained tagger folder to ONNX: a self-contained folder for the ONNX backend.
 
-``export_onnx(DIR, OUT)`` writes OUT/model.onnx with copies of config.json, the tokenizer files
-and tagtune.json, so ``Tagger.load(OUT)`` runs it on ONNX Runtime without torch. The graph takes
+``export_onnx(DIR, OUT)`` writes OUT/model.onnx with copies of config.json, the tokenizer files,
+tagtune.json and, for a tagger trained with ``--crf``, crf.json (the CRF is decoded in numpy), so ``Tagger.load(OUT)`` runs it on ONNX Runtime without torch. The graph takes
 padded input, ``input_ids, attention_mask: (batch, seq)`` int64 -> ``logits: (batch, seq,
 labels)``, both axes dynamic. Before anything is written in OUT's place, ONNX Runtime's logits
 are checked against the PyTorch model's on padded batches of two shapes.
@@ -28,7 +28,7 @@ from torch import nn
 
 from tagtune.errors import TagtuneError
 from tagtune.files import new_folder_beside, replace_folder
-from tagtune.folder import CONFIG_FILE, ONNX_FILE, locate, open_folder, write_settings
+from tagtune.folder import CONFIG_FILE, ONNX_FILE, locate, open_folder, write_crf, write_settings
 from tagtune.onnx_backend import INPUT_NAMES, OUTPUT_NAME, OnnxModel
 from tagtune.tagger import Tagger
 
@@ -169,6 +169,7 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
             raise TagtuneError(f"{eval_file}: no annotated texts")
     opened = open_folder(source, "torch", check_window=False, located=True)
     model, tokenizer, settings = opened.model.float().eval(), opened.tokenizer, opened.settings
+    transitions = opened.transitions
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_folder_beside(out)
@@ -179,6 +180,8 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
         shutil.copyfile(source / CONFIG_FILE, tmp / CONFIG_FILE)
         tokenizer.save(tmp)
         write_settings(tmp, settings)
+        if transitions is not None:
+            write_crf(tmp, transitions, opened.labels)
         onnx_model = OnnxModel.load(tmp)
         say("checking ONNX Runtime against PyTorch...")
         difference = max_logit_difference(model, onnx_model, tokenizer, settings.max_length)
@@ -189,15 +192,16 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
                   "fp32_bytes": fp32.stat().st_size}
         taggers = {}
         if examples is not None:
-            taggers["pytorch"] = Tagger(model, tokenizer, settings, "cpu")
-            taggers["onnx_fp32"] = Tagger(onnx_model, tokenizer, settings)
+            taggers["pytorch"] = Tagger(model, tokenizer, settings, "cpu", transitions=transitions)
+            taggers["onnx_fp32"] = Tagger(onnx_model, tokenizer, settings, transitions=transitions)
         if int8:
             quantized = tmp / "model.int8.onnx"
             say("quantising the weights to int8...")
             quantize_int8(fp32, quantized)
             report["int8_bytes"] = quantized.stat().st_size
             if examples is not None:
-                taggers["onnx_int8"] = Tagger(OnnxModel(quantized, onnx_model.config), tokenizer, settings)
+                taggers["onnx_int8"] = Tagger(OnnxModel(quantized, onnx_model.config), tokenizer, settings,
+                                              transitions=transitions)
         if examples is not None:
             say(f"evaluating on {eval_file} ({len(examples)} texts)...")
             scores = {name: _f1(tagger, examples, progress, f"scoring {name}") for name, tagger in taggers.items()}

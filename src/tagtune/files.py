@@ -68,10 +68,22 @@ def atomic_save(path: str | os.PathLike, write) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        stream = open(tmp, "wb")
+    except OSError as e:
+        raise write_error(path, e) from None
+    _save_through(path, tmp, stream, write)
+
+
+def _save_through(path: Path, tmp: Path, stream, write, mode: int | None = None) -> None:
+    """``write(stream)`` into ``tmp`` (open as ``stream``), flushed, fsynced, given ``mode`` (if
+    any) and renamed over ``path``; the folder is then fsynced. On failure ``tmp`` is removed."""
+    try:
+        with stream as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -139,3 +151,19 @@ def replace_folder(tmp: Path, out: Path, aside: Path | None = None) -> None:
         raise write_error(out, e) from None
     if aside is not None:
         shutil.rmtree(holder or aside, ignore_errors=True)
+
+
+def write_file(path: str | os.PathLike, data: str | bytes, mode: int | None = None) -> None:
+    """Write ``data`` (text as UTF-8) to the user's file ``path`` through a new file beside it
+    that mkstemp names (unique, created exclusively, so no file already there is touched),
+    flushed, fsynced and renamed over ``path``. ``mode``: the permissions the file gets (default:
+    a new file's, under the umask). On any failure the temporary file is removed and ``path`` is
+    as it was; an OSError becomes a one-line TagtuneError naming ``path`` and the cause."""
+    path = Path(path)
+    payload = data if isinstance(data, bytes) else data.encode("utf-8")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    _save_through(path, Path(name), os.fdopen(fd, "wb"), lambda f: f.write(payload),
+                  (0o666 & ~umask()) if mode is None else mode)

@@ -2,7 +2,10 @@
 
 A tagger folder is an HF token-classification folder: config.json (the labels in id2label),
 weights (WEIGHT_FILES for PyTorch, or model.onnx that ``tagtune export`` wrote), the tokenizer
-files, and tagtune.json (TaggerSettings: how the labels map to spans). ``tagtune train`` writes
+files, and tagtune.json (TaggerSettings: how the labels map to spans). A tagger trained with a
+CRF (``"crf": true`` in tagtune.json) also has crf.json, its learned transition scores (CRF_FILE,
+see :func:`crf_files`), kept out of model.safetensors so that transformers still loads the
+folder as a plain token classifier. ``tagtune train`` writes
 one, ``tagtune export`` copies one into an ONNX folder, and :func:`open_folder` opens one,
 given as a path or a Hub repo id: the folder is found (tagtune.hub), refused while it is an
 unfinished training run (tagtune.runs), its backend chosen, and its model, tokenizer, labels
@@ -15,19 +18,26 @@ only when that backend is chosen, so an exported folder opens where torch is not
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tagtune import safejson
 from tagtune.align import window_size
+from tagtune.decode import Transitions
 from tagtune.errors import TagtuneError
+from tagtune.files import atomic_write
 from tagtune.runs import check_finished
-from tagtune.schemes import SCHEMES, guess_scheme
+from tagtune.schemes import SCHEMES, guess_scheme, transition_mask
 from tagtune.tokenizer import TOKENIZER_FILES, load_tokenizer  # noqa: F401  (the tokenizer's files)
 
 CONFIG_FILE = "config.json"
 SETTINGS_FILE = "tagtune.json"
 ONNX_FILE = "model.onnx"
+CRF_FILE = "crf.json"
+CRF_FORMAT = 1
 # The weight files the PyTorch backend reads (tagtune.checkpoint reads them; named here so that
 # choosing a backend does not import torch).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -48,6 +58,8 @@ class TaggerSettings:
     """Window length in tokens, start and end tokens included."""
     stride: int = 32
     """Tokens shared by consecutive windows of a long text."""
+    crf: bool = False
+    """True: decoded with the linear-chain CRF whose scores are in crf.json (``tagtune train --crf``)."""
 
     @classmethod
     def read(cls, directory: Path, labels: list[str], config=None) -> TaggerSettings:
@@ -59,7 +71,8 @@ class TaggerSettings:
         values = safejson.read_object(path)
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         for name, kind, what in (("scheme", str, "a string"), ("all_subwords", bool, "true or false"),
-                                 ("max_length", int, "an integer"), ("stride", int, "an integer")):
+                                 ("max_length", int, "an integer"), ("stride", int, "an integer"),
+                                 ("crf", bool, "true or false")):
             value = known.get(name, getattr(cls, name))
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TagtuneError(f"{path}: {name} is {safejson.excerpt(value)}, not {what}")
@@ -74,7 +87,10 @@ class TaggerSettings:
         return settings
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        values = asdict(self)
+        if not self.crf:  # the folders of taggers without a CRF read as they always have
+            del values["crf"]
+        return json.dumps(values, indent=2) + "\n"
 
 
 def settings_files(settings: TaggerSettings) -> dict[str, str]:
@@ -85,6 +101,57 @@ def settings_files(settings: TaggerSettings) -> dict[str, str]:
 def write_settings(directory: Path, settings: TaggerSettings) -> None:
     """Write ``settings`` as ``directory``/tagtune.json (a folder still being built)."""
     (Path(directory) / SETTINGS_FILE).write_text(settings.to_json(), encoding="utf-8")
+
+
+def crf_files(transitions: Transitions, labels: list[str]) -> dict[str, str]:
+    """crf.json for a CRF's ``transitions`` over ``labels``, as ``{file name: content}``.
+
+    The file is ``{"format": 1, "labels": [...], "start": [L], "transitions": [L][L], "end": [L]}``:
+    ``transitions[a][b]`` scores label b right after label a, in the model's label order, and
+    ``null`` stands for a step the scheme forbids (-inf). The scores are added to the
+    log-softmax of the classifier's logits (tagtune.decode).
+    """
+    def value(x: float):
+        return float(x) if math.isfinite(x) else None
+
+    start, trans, end = (x.tolist() for x in transitions)
+    data = {"format": CRF_FORMAT, "labels": list(labels), "start": [value(x) for x in start],
+            "transitions": [[value(x) for x in row] for row in trans], "end": [value(x) for x in end]}
+    return {CRF_FILE: json.dumps(data) + "\n"}
+
+
+def write_crf(directory: Path, transitions: Transitions, labels: list[str]) -> None:
+    """Write crf.json (:func:`crf_files`) into ``directory``, whole."""
+    for name, content in crf_files(transitions, labels).items():
+        atomic_write(Path(directory) / name, content)
+
+
+def read_crf(directory: Path, labels: list[str], scheme: str) -> Transitions:
+    """The CRF scores in ``directory``/crf.json, checked against the model's ``labels``, as
+    float64 arrays with -inf where the file has null or ``scheme`` forbids the step."""
+    path = Path(directory) / CRF_FILE
+    if not path.is_file():
+        raise TagtuneError(f"{directory}: tagtune.json says the tagger has a CRF, but there is no {CRF_FILE}")
+    data = safejson.read_object(path)
+    if data.get("format") != CRF_FORMAT:
+        raise TagtuneError(f"{path}: format {safejson.excerpt(data.get('format'))} is not {CRF_FORMAT}")
+    if data.get("labels") != list(labels):
+        raise TagtuneError(f"{path}: its labels {safejson.excerpt(data.get('labels'))} are not the model's "
+                           f"({', '.join(labels)})")
+    n = len(labels)
+
+    def scores(name: str, shape: tuple[int, ...]):
+        rows = data.get(name)
+        flat = [rows] if len(shape) == 1 else rows
+        if not isinstance(flat, list) or len(flat) != (1 if len(shape) == 1 else n) or not all(
+                isinstance(row, list) and len(row) == n and all(
+                    x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in row)
+                for row in flat):
+            raise TagtuneError(f"{path}: {name} must be {' x '.join(map(str, shape))} numbers or null")
+        return [[-math.inf if x is None else float(x) for x in row] for row in flat]
+
+    start, trans, end = scores("start", (n,))[0], scores("transitions", (n, n)), scores("end", (n,))[0]
+    return Transitions(np.array(start), np.array(trans), np.array(end)).masked(*transition_mask(labels, scheme))
 
 
 def _torch_importable() -> bool:
@@ -137,6 +204,8 @@ class TaggerFolder:
     tokenizer: object
     settings: TaggerSettings
     labels: list[str]
+    transitions: Transitions | None = None
+    """The CRF's scores (crf.json) when the tagger was trained with one."""
 
 
 def locate(source) -> Path:
@@ -176,4 +245,5 @@ def open_folder(source, backend: str = "auto", check_window: bool = True, locate
     check_vocab(tokenizer, model.config, folder)
     labels = model.config.labels
     settings = TaggerSettings.read(folder, labels, model.config if check_window else None)
-    return TaggerFolder(folder, backend, model, tokenizer, settings, labels)
+    transitions = read_crf(folder, labels, settings.scheme) if settings.crf else None
+    return TaggerFolder(folder, backend, model, tokenizer, settings, labels, transitions)

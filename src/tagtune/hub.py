@@ -27,7 +27,7 @@ from pathlib import Path
 from tagtune.errors import TagtuneError
 from tagtune.tokenizer import TOKENIZER_FILES as _TOKENIZER_FILES
 
-from tagtune.folder import CONFIG_FILE, ONNX_FILE, SETTINGS_FILE
+from tagtune.folder import CONFIG_FILE, CRF_FILE, ONNX_FILE, SETTINGS_FILE
 from tagtune.folder import WEIGHT_FILES as TORCH_WEIGHT_FILES  # in tagtune's order of preference
 TOKENIZER_FILES = tuple(dict.fromkeys(_TOKENIZER_FILES + ("spm.model",)))
 DEFAULT_REVISION = "main"
@@ -145,7 +145,7 @@ def shard_names(index: Path) -> list[str]:
 
 
 def files_to_fetch(names, label: str) -> tuple[list[str], str]:
-    """From a repo's file list: the tokenizer files and tagtune.json it has, and the first file
+    """From a repo's file list: the tokenizer files, tagtune.json and crf.json it has, and the first file
     of the weight form tagtune loads (an index when the weights are sharded).
 
     Downloads take these first, then an index's shards, and config.json last, so a snapshot
@@ -160,7 +160,7 @@ def files_to_fetch(names, label: str) -> tuple[list[str], str]:
     if form is None:
         raise TagtuneError(f"{label}: the repo has no weights tagtune can read ({', '.join(TORCH_WEIGHT_FILES)} "
                            f"or {ONNX_FILE}); it has {_listing(names)}")
-    extras = [n for n in TOKENIZER_FILES + (SETTINGS_FILE,) if n in top]
+    extras = [n for n in TOKENIZER_FILES + (SETTINGS_FILE, CRF_FILE) if n in top]
     return extras, form[0]
 
 

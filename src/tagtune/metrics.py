@@ -109,3 +109,80 @@ def score(gold: set, pred: set) -> dict:
         "support": totals[2],
         "per_label": per_label,
     }
+
+
+# -- how well span scores predict correctness ------------------------------------------------------
+
+THRESHOLDS = tuple(k / 20 for k in range(21))
+"""Score thresholds of ``calibration``'s precision/recall curve: 0, 0.05, ..., 1."""
+
+
+def scored_spans(gold, pred) -> list[tuple[float, bool]]:
+    """``(score, correct)`` for each predicted span that has a score: correct when a gold span of
+    its text has exactly its start, end and label. ``gold`` and ``pred`` as for ``span_scores``
+    (``pred`` of ``Span``s, or of dicts with ``start``, ``end``, ``label`` and ``score``)."""
+    gold, pred = list(gold), list(pred)
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold texts but {len(pred)} predicted ones")
+    out = []
+    for spans, predicted in zip(gold, pred):
+        truth = {_key(s) for s in spans}
+        for span in predicted:
+            score = span.get("score") if isinstance(span, dict) else getattr(span, "score", None)
+            if score is not None:
+                out.append((float(score), _key(span) in truth))
+    return out
+
+
+def _key(span) -> tuple:
+    if isinstance(span, Span):
+        return span.start, span.end, span.label
+    if isinstance(span, dict):
+        return span["start"], span["end"], span["label"]
+    return tuple(span[:3])
+
+
+def reliability(scored: list[tuple[float, bool]], bins: int = 10) -> list[dict]:
+    """``bins`` equal-width score bins over [0, 1] (the last one closed): for each its bounds
+    ``low``, ``high``, the ``count`` of spans scored in it, their ``mean_score`` and the fraction
+    of them that are ``correct`` (both None in an empty bin)."""
+    sums = [[0, 0.0, 0] for _ in range(bins)]
+    for score, correct in scored:
+        row = sums[min(max(int(score * bins), 0), bins - 1)]
+        row[0] += 1
+        row[1] += score
+        row[2] += bool(correct)
+    return [{"low": k / bins, "high": (k + 1) / bins, "count": n,
+             "mean_score": total / n if n else None, "correct": right / n if n else None}
+            for k, (n, total, right) in enumerate(sums)]
+
+
+def expected_calibration_error(scored: list[tuple[float, bool]], bins: int = 10) -> float:
+    """The spans' mean gap between score and correctness, bin by bin (``reliability``): the sum over
+    bins of (spans in the bin / all spans) x |fraction correct - mean score|; 0 without spans."""
+    total = sum(b["count"] for b in reliability(scored, bins))
+    return sum(b["count"] / total * abs(b["correct"] - b["mean_score"])
+               for b in reliability(scored, bins) if b["count"]) if total else 0.0
+
+
+def threshold_curve(scored: list[tuple[float, bool]], n_gold: int, thresholds=THRESHOLDS) -> list[dict]:
+    """For each threshold, the spans scoring at least that much (``spans``) and their
+    ``precision`` (None when there are none) and ``recall`` against ``n_gold`` gold spans."""
+    out = []
+    for t in thresholds:
+        kept = [correct for score, correct in scored if score >= t]
+        right = sum(kept)
+        out.append({"threshold": t, "spans": len(kept), "precision": right / len(kept) if kept else None,
+                    "recall": right / n_gold if n_gold else 0.0})
+    return out
+
+
+def calibration(gold, pred, bins: int = 10) -> dict:
+    """How well predicted spans' scores say which are right: ``spans`` (scored predictions),
+    ``gold`` (gold spans), ``ece`` (``expected_calibration_error``), ``bins`` (``reliability``) and
+    ``thresholds`` (``threshold_curve``). ``gold`` and ``pred`` as for ``scored_spans``."""
+    gold = list(gold)
+    scored = scored_spans(gold, pred)
+    n_gold = sum(len({_key(s) for s in spans}) for spans in gold)
+    return {"spans": len(scored), "gold": n_gold, "ece": expected_calibration_error(scored, bins),
+            "bins": reliability(scored, bins), "thresholds": threshold_curve(scored, n_gold)}

@@ -34,11 +34,13 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 from itertools import chain, islice
 from pathlib import Path
 
 from tagtune import safejson
 from tagtune.data import CONLL_SUFFIXES, conll_fields, looks_like_conll
+from tagtune.decode import check_min_score
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.files import umask
@@ -49,6 +51,19 @@ UNITS = {"text": "lines", "jsonl": "records", "conll": "sentences"}
 PROBE_LINES = 50  # non-blank lines looked at to tell CoNLL from plain text
 INTERACTIVE_HINT = "tagtune: type a text per line, Ctrl-D to end"
 _BOM = b"\xef\xbb\xbf"
+
+
+def open_input(path) -> BinaryIO:
+    """``path`` open for reading bytes; a missing file, a folder or an unreadable file is a
+    one-line error naming it."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise TagtuneError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TagtuneError(f"{path}: is a directory, not a file") from None
+    except OSError as e:
+        raise TagtuneError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def decoded_lines(stream, name: str) -> Iterator[tuple[int, str]]:
@@ -166,10 +181,11 @@ def _probe(lines: Iterator[tuple[int, str]]) -> tuple[list[str], Iterator[tuple[
 
 def predict_file(model_dir: str, input: str = "-", output: str = "-", device: str | None = None,
                  batch_texts: int = 512, progress: bool = True, argmax: bool = False, overwrite: bool = False,
-                 backend: str = "auto", format: str | None = None) -> int:
+                 backend: str = "auto", format: str | None = None, min_score: float = 0.0) -> int:
     """Tag every text of ``input`` and write ``{"text", "spans", ...}`` lines to ``output``.
     ``backend``: "torch", "onnx" or "auto" (tagtune.tagger.choose_backend). ``format``: one of
-    :data:`INPUT_FORMATS`, or None to detect it (:func:`detect_format`). Returns the number of texts.
+    :data:`INPUT_FORMATS`, or None to detect it (:func:`detect_format`). ``min_score``: spans whose
+    score (their probability) is below it are left out. Returns the number of texts.
 
     When ``input`` is stdin and stdin is a terminal, each text is tagged and written as soon as its
     line is entered (a hint goes to stderr first, unless ``progress`` is off). Otherwise texts are
@@ -183,6 +199,7 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
         raise TagtuneError(f"unknown input format {format!r}; the formats are: {', '.join(INPUT_FORMATS)}")
     if batch_texts < 1:
         raise TagtuneError(f"batch size must be positive, got {batch_texts}")
+    min_score = check_min_score(min_score, "min-score")
     if input == "-":
         if sys.stdin is None:
             raise TagtuneError("stdin is closed; name an input file")
@@ -203,7 +220,7 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
             if backend != "onnx":
                 device = str(device_for(group, device))
         return _predict(model_dir, input, output, device, batch_texts, progress and group.main, argmax, backend,
-                        format, group)
+                        format, group, min_score)
     finally:
         leave(group)
 
@@ -218,16 +235,14 @@ def _isatty(stream) -> bool:
 def _open_input(input: str):
     if input == "-":
         return getattr(sys.stdin, "buffer", sys.stdin)
-    try:
-        return open(input, "rb")
-    except OSError as e:
-        raise TagtuneError(f"{input}: cannot be read ({e.strerror})") from None
+    return open_input(input)
 
 
-def _predict(model_dir, input, output, device, batch_texts, progress, argmax, backend, format, group: Group) -> int:
+def _predict(model_dir, input, output, device, batch_texts, progress, argmax, backend, format, group: Group,
+             min_score: float = 0.0) -> int:
     from tagtune.tagger import Tagger
 
-    tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend)
+    tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend, min_score=min_score)
     name = "stdin" if input == "-" else input
     interactive = input == "-" and _isatty(sys.stdin)
     source = _open_input(input)

@@ -128,6 +128,22 @@ def chunks(parsed) -> list[tuple[int, int, str]]:
     return out
 
 
+def chunk_relations(labels) -> tuple[np.ndarray, np.ndarray]:
+    """How ``chunks`` reads a tag right after another, as boolean ``(L, L)`` matrices over
+    ``labels`` (tag strings): ``begins[a, b]``, tag b after tag a starts a new entity (b is not O,
+    and a is O, a is an E- or S-, b is a B- or S-, or their types differ); ``continues[a, b]``,
+    b extends the entity a is in (neither is O and b does not begin one). A text's first tag
+    begins an entity unless it is O, as it would after an O."""
+    parsed = [parse_tag(tag) for tag in labels]
+    prefix = np.array([p for p, _ in parsed])
+    kind = np.array([t for _, t in parsed], dtype=object)
+    outside = prefix == OUTSIDE  # (L,)
+    begins = (~outside[None, :] & (outside[:, None] | np.isin(prefix, ("E", "S"))[:, None]
+                                   | np.isin(prefix, ("B", "S"))[None, :] | (kind[:, None] != kind[None, :])))
+    continues = ~outside[:, None] & ~outside[None, :] & ~begins
+    return begins, continues
+
+
 def tag_names(entity_types, scheme: str = "BIO") -> list[str]:
     """All tags of ``scheme`` over ``entity_types``: ``"O"`` first, then for each type in sorted
     order its tags (BIO: B-, I-; BIOES: B-, I-, E-, S-; IO: I-)."""

