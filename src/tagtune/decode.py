@@ -417,6 +417,22 @@ def decode_spans(logits, labels: list[str], ranges, scheme: str = "BIO", constra
     return out[0] if single else out
 
 
+def uncertainty(logits, labels: list[str], scheme: str = "BIO", constrained: bool = True, mask=None,
+                transitions: Transitions | None = None) -> np.ndarray:
+    """Per row of ``logits: (B, N, L)`` (``mask`` as in ``decode``): the expected share of its
+    positions whose decoded tag is wrong, the mean over its real positions of 1 - p(the tag
+    ``decode`` takes there), p being the position's marginal under the lattice ``decode_spans``
+    scores spans with; 0 for a row without positions. ``(B,)`` float64."""
+    logits, mask, single = _batched(logits, labels, mask)
+    constraints = _constraints(labels, scheme, constrained, transitions)
+    ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)  # (B, N)
+    marginals = forward_backward(logits, mask, *constraints).marginals()  # (B, N, L)
+    right = np.take_along_axis(marginals, ids[..., None], axis=-1)[..., 0]  # (B, N)
+    wrong = np.where(mask, 1.0 - right, 0.0).sum(axis=1)  # expected wrong positions, (B,)
+    out = wrong / np.maximum(mask.sum(axis=1), 1)
+    return out[0] if single else out
+
+
 def check_min_score(value, name: str = "min_score") -> float:
     """``value`` as a float if it is a number from 0 to 1 (a span scoring below it is dropped),
     else a TagtuneError saying so."""

@@ -50,15 +50,7 @@ def span_scores(gold, pred) -> dict:
         raise ValueError(f"{len(gold)} gold texts but {len(pred)} predicted ones")
 
     def keyed(texts):
-        out = set()
-        for k, spans in enumerate(texts):
-            for span in spans:
-                if isinstance(span, Span):
-                    out.add((k, span.start, span.end, span.label))
-                else:
-                    start, end, label = span[:3]
-                    out.add((k, start, end, label))
-        return out
+        return {(k, *_key(span)) for k, spans in enumerate(texts) for span in spans}
 
     return score(keyed(gold), keyed(pred))
 
@@ -160,9 +152,9 @@ def reliability(scored: list[tuple[float, bool]], bins: int = 10) -> list[dict]:
 def expected_calibration_error(scored: list[tuple[float, bool]], bins: int = 10) -> float:
     """The spans' mean gap between score and correctness, bin by bin (``reliability``): the sum over
     bins of (spans in the bin / all spans) x |fraction correct - mean score|; 0 without spans."""
-    total = sum(b["count"] for b in reliability(scored, bins))
-    return sum(b["count"] / total * abs(b["correct"] - b["mean_score"])
-               for b in reliability(scored, bins) if b["count"]) if total else 0.0
+    table = reliability(scored, bins)
+    total = sum(b["count"] for b in table)
+    return sum(b["count"] / total * abs(b["correct"] - b["mean_score"]) for b in table if b["count"]) if total else 0.0
 
 
 def threshold_curve(scored: list[tuple[float, bool]], n_gold: int, thresholds=THRESHOLDS) -> list[dict]:

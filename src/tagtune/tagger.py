@@ -18,11 +18,10 @@ import numpy as np
 
 from tagtune.align import Units, merge_windows, units_of, windows_of, with_specials
 from tagtune.batching import batch_indices, pad
-from tagtune.decode import Transitions, as_array, check_min_score, decode_spans, forward_backward, viterbi
+from tagtune.decode import Transitions, as_array, check_min_score, decode_spans, uncertainty
 from tagtune.errors import TagtuneError
 # The folder's settings and backend choice live in tagtune.folder; imported here for callers.
 from tagtune.folder import BACKENDS, SETTINGS_FILE, TaggerSettings, choose_backend, open_folder  # noqa: F401
-from tagtune.schemes import transition_mask
 from tagtune.spans import Span
 
 
@@ -168,6 +167,27 @@ class Tagger:
         scored with their probabilities; those below ``min_score`` (None: the tagger's) are dropped."""
         min_score = self.min_score if min_score is None else check_min_score(min_score)
         out: list[list[Span]] = []
+        for lo, padded, mask in self._padded(unit_logits, chunk):
+            ranges = [u.ranges for u in units[lo:lo + len(padded)]]
+            for spans in decode_spans(padded, self.labels, ranges, self.settings.scheme, self.constrained, mask,
+                                      self.transitions):
+                out.append([s for s in spans if s.score >= min_score] if min_score > 0 else spans)
+        return out
+
+    def uncertainty(self, unit_logits: list, chunk: int = 256) -> list[float]:
+        """Per text of ``unit_logits`` (as :meth:`unit_logits` gives them): the expected share of its
+        units whose decoded tag is wrong (decode.uncertainty), under the distribution the spans'
+        scores come from (a CRF's included); 0 for a text without units. Batched ``chunk`` texts
+        at a time."""
+        out: list[float] = []
+        for _, padded, mask in self._padded(unit_logits, chunk):
+            out += uncertainty(padded, self.labels, self.settings.scheme, self.constrained, mask,
+                               self.transitions).tolist()
+        return out
+
+    def _padded(self, unit_logits: list, chunk: int):
+        """``(first index, logits (B, N, labels) float32, mask (B, N))`` for each ``chunk`` texts of
+        ``unit_logits``, zero-padded to the longest (at least one position)."""
         for lo in range(0, len(unit_logits), chunk):
             group = [as_array(x) for x in unit_logits[lo:lo + chunk]]
             longest = max((x.shape[0] for x in group), default=0)
@@ -176,41 +196,7 @@ class Tagger:
             for k, x in enumerate(group):
                 padded[k, :x.shape[0]] = x
                 mask[k, :x.shape[0]] = True
-            ranges = [u.ranges for u in units[lo:lo + len(group)]]
-            for spans in decode_spans(padded, self.labels, ranges, self.settings.scheme, self.constrained, mask,
-                                      self.transitions):
-                out.append([s for s in spans if s.score >= min_score] if min_score > 0 else spans)
-        return out
-
-    def uncertainty(self, unit_logits: list, chunk: int = 256) -> list[float]:
-        """Per text of ``unit_logits`` (as :meth:`unit_logits` gives them): the expected share of its
-        units whose decoded tag is wrong, the mean over its units of 1 - p(the tag decoded there),
-        p being the unit's marginal (decode.forward_backward) under the distribution the spans'
-        scores come from (a CRF's included); 0 for a text without units. Batched ``chunk`` texts
-        at a time."""
-        n_labels = len(self.labels)
-        if self.constrained:
-            constraints = transition_mask(self.labels, self.settings.scheme)
-            if self.transitions is not None:
-                constraints = self.transitions.masked(*constraints)
-        else:  # every path allowed: the marginals are each unit's softmax
-            constraints = (np.ones(n_labels, dtype=bool), np.ones((n_labels, n_labels), dtype=bool),
-                           np.ones(n_labels, dtype=bool))
-        out: list[float] = []
-        for lo in range(0, len(unit_logits), chunk):
-            group = [as_array(x) for x in unit_logits[lo:lo + chunk]]
-            longest = max((x.shape[0] for x in group), default=0)
-            padded = np.zeros((len(group), max(longest, 1), n_labels), dtype=np.float32)
-            mask = np.zeros((len(group), max(longest, 1)), dtype=bool)
-            for k, x in enumerate(group):
-                padded[k, :x.shape[0]] = x
-                mask[k, :x.shape[0]] = True
-            ids = viterbi(padded, mask, *constraints)  # (B, N)
-            marginals = forward_backward(padded, mask, *constraints).marginals()  # (B, N, L)
-            right = np.take_along_axis(marginals, ids[..., None], axis=-1)[..., 0]  # (B, N)
-            wrong = np.where(mask, 1.0 - right, 0.0).sum(axis=1)  # expected wrong units, (B,)
-            out += (wrong / np.maximum(mask.sum(axis=1), 1)).tolist()
-        return out
+            yield lo, padded, mask
 
 
 def _torch_device(device):
