@@ -9,6 +9,7 @@ work a tagger must do, whatever it wastes on top.
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -55,3 +56,15 @@ def gemm_flops_per_second(shape: dict, rows: int = 2048, seconds: float = 3.0) -
             torch.mm(a, b)
             rates.append(2 * m * k * n / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    """The CPU's model name (as lscpu shows it) and which of the flags that decide the precision it
+    has (avx2, avx512f, avx512_bf16, amx_bf16)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown", []
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    flags = set(info.split())
+    return (names[0] if names else "unknown"), [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]

@@ -5,7 +5,8 @@ seqeval metrics, evaluation each epoch, best checkpoint by F1).
     python bench/peer_trainer.py DATA_DIR OUT_DIR --model M --labels O,B-x,... [--epochs ...]
 
 DATA_DIR holds train.conll, dev.conll, test.conll (token TAB tag). Writes OUT_DIR/test_tags.jsonl
-(the predicted word tags of each test sentence) and OUT_DIR/stats.json (training tokens, time).
+(the predicted word tags of each test sentence) and OUT_DIR/stats.json (training tokens, time,
+the seconds of each epoch without its evaluation and checkpoint, and on CUDA the peak GPU memory).
 """
 
 import argparse
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 
 def read_conll(path):
@@ -33,6 +35,24 @@ def read_conll(path):
     return sentences
 
 
+class EpochTimer(TrainerCallback):
+    """Seconds of each epoch's training steps: from the epoch's start to its last step, before
+    the evaluation and checkpoint that follow (with CUDA's queued work finished at both ends)."""
+
+    def __init__(self):
+        self.seconds, self.start = [], 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds.append(time.perf_counter() - self.start)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
@@ -48,6 +68,8 @@ def main():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--random-init", action="store_true", help="random weights of the model's shape")
+    parser.add_argument("--attn", help="attn_implementation of the model (sdpa, eager, ...); "
+                                       "default: transformers' choice")
     args = parser.parse_args()
 
     from seqeval.metrics import f1_score
@@ -76,6 +98,8 @@ def main():
 
     train, dev, test = (encode(data[s]) for s in ("train", "dev", "test"))
     kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
+    if args.attn:
+        kwargs["attn_implementation"] = args.attn
     if args.random_init:
         config = AutoConfig.from_pretrained(args.model, **kwargs)
         model = AutoModelForTokenClassification.from_config(config)
@@ -108,11 +132,17 @@ def main():
         disable_tqdm=True,
         logging_strategy="no",
     )
+    timer = EpochTimer()
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
-                      data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=compute_metrics)
+                      data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=compute_metrics,
+                      callbacks=[timer])
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
+    gpu = {}
+    if torch.cuda.is_available():
+        gpu = {"cuda_peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+               "cuda_peak_reserved_bytes": torch.cuda.max_memory_reserved()}
 
     start = time.perf_counter()
     output = trainer.predict(test)
@@ -128,7 +158,8 @@ def main():
             f.write(json.dumps(tags) + "\n")
     real_tokens = sum(len(r["input_ids"]) for r in train)
     stats = {"train_seconds": train_seconds, "predict_seconds": predict_seconds,
-             "real_train_tokens": real_tokens * args.epochs, "threads": torch.get_num_threads()}
+             "real_train_tokens": real_tokens * args.epochs, "threads": torch.get_num_threads(),
+             "epoch_seconds": timer.seconds, "attn_implementation": model.config._attn_implementation, **gpu}
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 
 

@@ -1,15 +1,27 @@
-"""Prediction: `tagtune predict` against transformers' token-classification pipeline, in one run.
+"""Prediction: `tagtune predict` against transformers' token-classification pipeline, in one run,
+with tagtune's precisions and backends side by side.
 
-    .venv/bin/python bench/predict_bench.py [--model TAGGER_DIR] [--repeat 2]
+    .venv/bin/python bench/predict_bench.py [--model TAGGER_DIR] [--repeat 2] [--sides pipeline,tagtune,...]
     .venv/bin/python bench/predict_bench.py --smoke
 
-Both sides tag the same texts (the WNUT-2016 tweets, repeated ``--repeat`` times) with the same
+All sides tag the same texts (the WNUT-2016 tweets, repeated ``--repeat`` times) with the same
 trained tagger folder (default: runs/wnut-minilm from ``make demo``; without it, MiniLM with a
-random head is saved and used, which is as good for timing). Each side runs as its own process;
-reported: whole-process wall time, peak RSS, tagging time (model loading and file writing
-excluded on both sides) and real tokens per second (tokens of the texts, no padding or special
-tokens counted). The pipeline is used as the HF docs show it:
-``pipeline("token-classification", model=DIR, aggregation_strategy="simple")``.
+random head is saved and used, which is as good for timing). The sides:
+
+- pipeline: ``pipeline("token-classification", model=DIR, aggregation_strategy="simple")``, as
+  the HF docs show it;
+- tagtune: ``Tagger.load(DIR)`` with its default ``bf16="auto"`` (fp32 on CPUs where bf16 does
+  not pay);
+- tagtune-fp32 / tagtune-bf16: the same with ``bf16="off"`` / ``"on"``;
+- onnx-fp32 / onnx-int8: the folders ``tagtune export --onnx`` writes (int8: ``--int8``,
+  dynamic quantisation with per-channel weight scales), through ONNX Runtime.
+
+Each side runs as its own process; reported: whole-process wall time, peak RSS (the process's
+own high-water mark, VmHWM), tagging time
+(model loading and file writing excluded) and real tokens per second (tokens of the texts, no
+padding or special tokens counted), then each side's entity F1 on the tweets that ``make demo``
+held out as its dev set (exact character spans), and on how many texts each tagtune side's spans
+equal the first tagtune side's.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from flops import gemm_flops_per_second, model_shape, useful_flops  # noqa: E402
+from flops import cpu_description, gemm_flops_per_second, model_shape, useful_flops  # noqa: E402
 from train_bench import run  # noqa: E402
 
 PEER = """
@@ -40,14 +52,15 @@ with open(sys.argv[3], "w", encoding="utf-8") as f:
     for text, spans in zip(texts, results):
         f.write(json.dumps({"text": text, "spans": [{"start": int(s["start"]), "end": int(s["end"]),
                  "label": s["entity_group"]} for s in spans]}) + "\\n")
-json.dump({"seconds": seconds}, open(sys.argv[4], "w"))
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+json.dump({"seconds": seconds, "peak_rss_mb": peak}, open(sys.argv[4], "w"))
 """
 
 OURS = """
 import json, sys, time
 from tagtune.tagger import Tagger
 texts = [line.rstrip("\\n") for line in open(sys.argv[2], encoding="utf-8")]
-tagger = Tagger.load(sys.argv[1], device="cpu")
+tagger = Tagger.load(sys.argv[1], device="cpu", bf16=sys.argv[5])
 start = time.perf_counter()
 results = []
 for lo in range(0, len(texts), 512):  # as `tagtune predict` does: 512 texts read and tagged at a time
@@ -56,7 +69,8 @@ seconds = time.perf_counter() - start
 with open(sys.argv[3], "w", encoding="utf-8") as f:
     for text, spans in zip(texts, results):
         f.write(json.dumps({"text": text, "spans": [s.to_dict(text) for s in spans]}) + "\\n")
-json.dump({"seconds": seconds}, open(sys.argv[4], "w"))
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+json.dump({"seconds": seconds, "precision": tagger.precision, "peak_rss_mb": peak}, open(sys.argv[4], "w"))
 """
 
 
@@ -74,15 +88,65 @@ def random_head_tagger(folder: Path) -> Path:
     return save_model(model, load_tokenizer(minilm_dir()), folder, overwrite=True)
 
 
+SIDES = ("pipeline", "tagtune", "tagtune-fp32", "tagtune-bf16", "onnx-fp32", "onnx-int8")
+SMOKE_SIDES = ("pipeline", "tagtune", "tagtune-bf16")
+ROWS = ("wall_seconds", "peak_rss_mb", "tag_seconds", "tokens_per_second", "useful_gflops_per_second",
+        "efficiency_vs_fp32_gemm", "dev_f1")
+
+
+def side_command(side: str, model: Path, onnx: dict[str, Path], texts: Path, out: Path, stats: Path) -> list[str]:
+    """The child process of one side: the pipeline's script, or tagtune's with the folder and
+    bf16 choice the side names."""
+    if side == "pipeline":
+        return [sys.executable, "-c", PEER, str(model), str(texts), str(out), str(stats)]
+    folder = onnx[side] if side.startswith("onnx-") else model
+    bf16 = {"tagtune-fp32": "off", "tagtune-bf16": "on"}.get(side, "auto")
+    return [sys.executable, "-c", OURS, str(folder), str(texts), str(out), str(stats), bf16]
+
+
+def export_sides(model: Path, sides: list[str], work: Path) -> dict[str, Path]:
+    """ONNX folders for the onnx sides, as ``tagtune export --onnx DIR [--int8]`` writes them."""
+    from tagtune.export import export_onnx
+
+    folders = {}
+    for side in sides:
+        if side.startswith("onnx-"):
+            print(f"bench: exporting {side} ...", flush=True)
+            folders[side] = work / side
+            export_onnx(model, folders[side], int8=side == "onnx-int8", progress=False)
+    return folders
+
+
+def dev_examples(texts: list[str]) -> tuple[list[int], list]:
+    """Indices of the tweets ``make demo`` held out as dev data (those among ``texts``), and the
+    WNUT examples they index."""
+    from tagtune.data import read_examples, split_dev
+    from tagtune.examples import wnut_path
+    from tagtune.training import TrainConfig
+
+    examples = read_examples(str(wnut_path()))
+    config = TrainConfig(model="", train="", out="")  # the demo's seed is TrainConfig's default
+    _, dev = split_dev(examples, 0.1, config.seed)
+    chosen = {id(e) for e in dev}
+    return [i for i, e in enumerate(examples) if id(e) in chosen and i < len(texts) and texts[i] == e.text], examples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/wnut-minilm", help="trained tagger folder")
     parser.add_argument("--repeat", type=int, default=2, help="how many times the 2,394 tweets are tagged")
+    parser.add_argument("--sides", help=f"comma-separated, of {', '.join(SIDES)} (default: all; with --smoke "
+                        "pipeline,tagtune,tagtune-bf16); the ratio column is the second over the first")
     parser.add_argument("--smoke", action="store_true", help="100 tweets, to check the bench runs")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    sides = (args.sides or (",".join(SMOKE_SIDES) if args.smoke else ",".join(SIDES))).split(",")
+    unknown = [side for side in sides if side not in SIDES]
+    if unknown or len(sides) < 2:
+        parser.error(f"--sides: at least two of {', '.join(SIDES)}; unknown: {', '.join(unknown) or '-'}")
 
     from tagtune.examples import wnut_sentences
+    from tagtune.metrics import span_scores
     from tagtune.tagger import Tagger
 
     work = Path(tempfile.mkdtemp(prefix="tagtune-predict-bench-"))
@@ -93,48 +157,66 @@ def main() -> None:
     texts = [" ".join(tokens) for tokens, _ in wnut_sentences()]
     texts = texts[:100] if args.smoke else texts * args.repeat
     (work / "texts.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    tagger = Tagger.load(model, device="cpu")
+    tagger = Tagger.load(model, device="cpu", bf16="off")
     counts = [len(e) for e in tagger.tokenizer.encode_batch(texts)]
     tokens = sum(counts)
     shape = model_shape(model)
     flops = useful_flops(shape, [n + 2 for n in counts], training=False)
     print(f"bench: {len(texts)} texts, {tokens} tokens, tagger {model}", flush=True)
+    onnx = export_sides(model, sides, work)
+    dev, examples = dev_examples(texts)
 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
-    results = {}
-    for side, script in (("pipeline", PEER), ("tagtune", OURS)):
+    results, spans = {}, {}
+    for side in sides:
         print(f"bench: {side} ...", flush=True)
         out, stats = work / f"{side}.jsonl", work / f"{side}.json"
-        usage = run([sys.executable, "-c", script, str(model), str(work / "texts.txt"), str(out), str(stats)], env)
-        seconds = json.loads(stats.read_text())["seconds"]
-        results[side] = {**usage, "tag_seconds": seconds, "tokens_per_second": tokens / seconds,
-                         "useful_gflops_per_second": flops / seconds / 1e9}
+        usage = run(side_command(side, model, onnx, work / "texts.txt", out, stats), env)
+        measured = json.loads(stats.read_text())
+        spans[side] = [[(s["start"], s["end"], s["label"]) for s in json.loads(line)["spans"]]
+                       for line in out.read_text().splitlines()]
+        f1 = span_scores([examples[i].spans for i in dev], [spans[side][i] for i in dev])["f1"] if dev else None
+        # the child's own high-water mark: a forked child's ru_maxrss starts at this process's size
+        usage["peak_rss_mb"] = measured["peak_rss_mb"]
+        results[side] = {**usage, "tag_seconds": measured["seconds"], "tokens_per_second": tokens / measured["seconds"],
+                         "useful_gflops_per_second": flops / measured["seconds"] / 1e9, "dev_f1": f1,
+                         "precision": measured.get("precision", "fp32")}
     gemm = gemm_flops_per_second(shape, seconds=0.2 if args.smoke else 3.0)
     for r in results.values():
         r["efficiency_vs_fp32_gemm"] = r["useful_gflops_per_second"] * 1e9 / gemm
 
     # tagtune's spans against its own padded path (forward_padded over right-padded batches)
-    predicted = [json.loads(line)["spans"] for line in (work / "tagtune.jsonl").read_text().splitlines()]
+    ours = next((side for side in sides if side.startswith("tagtune")), None)
     padded = padded_path_spans(tagger, texts[: min(len(texts), 2394)])
-    same = sum(1 for a, b in zip(predicted, padded) if a == b)
-    pipe = [json.loads(line)["spans"] for line in (work / "pipeline.jsonl").read_text().splitlines()]
-    key = [[(s["start"], s["end"], s["label"]) for s in spans] for spans in predicted]
-    pipe_key = [[(s["start"], s["end"], s["label"]) for s in spans] for spans in pipe]
-    agree = sum(1 for a, b in zip(key, pipe_key) if a == b)
+    same = sum(1 for a, b in zip(spans[ours], padded) if a == [(s["start"], s["end"], s["label"]) for s in b]) \
+        if ours else None
 
-    print(f"\n{'':26}{'pipeline':>14}{'tagtune':>14}   tagtune/pipeline")
-    for k in ("wall_seconds", "peak_rss_mb", "tag_seconds", "tokens_per_second", "useful_gflops_per_second",
-              "efficiency_vs_fp32_gemm"):
-        a, b = results["pipeline"][k], results["tagtune"][k]
-        print(f"{k:26}{a:>14.4g}{b:>14.4g}{b / a:>18.3f}")
-    print(f"texts whose spans equal tagtune's padded path: {same}/{len(padded)}")
-    print(f"texts where the pipeline's spans equal tagtune's: {agree}/{len(texts)} "
-          "(the pipeline tags every subword and merges them its own way)")
+    first, second = sides[:2]
+    print(f"\n{'':26}" + "".join(f"{side:>14}" for side in sides) + f"   {second}/{first}")
+    for k in ROWS:
+        row = [results[side][k] for side in sides]
+        ratio = f"{row[1] / row[0]:>18.3f}" if None not in row[:2] and row[0] else ""
+        print(f"{k:26}" + "".join(f"{'-' if x is None else format(x, '.4g'):>14}" for x in row) + ratio)
+    print(f"{'precision':26}" + "".join(f"{results[side]['precision']:>14}" for side in sides))
+    if ours:
+        for side in sides:
+            if side != ours and side != "pipeline":
+                agree = sum(a == b for a, b in zip(spans[side], spans[ours]))
+                results[side]["texts_equal_to_" + ours] = agree
+                print(f"texts where {side}'s spans equal {ours}'s: {agree}/{len(texts)}")
+        print(f"texts whose spans equal tagtune's padded path: {same}/{len(padded)}")
+    if "pipeline" in sides and ours:
+        agree = sum(a == b for a, b in zip(spans["pipeline"], spans[ours]))
+        print(f"texts where the pipeline's spans equal {ours}'s: {agree}/{len(texts)} "
+              "(the pipeline tags every subword and merges them its own way)")
+    print(f"dev_f1: entity F1 (exact character spans) on the {len(dev)} tweets make demo held out as dev")
     print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
-    print(f"machine: {os.cpu_count()} CPUs")
+    name, flags = cpu_description()
+    print(f"machine: {os.cpu_count()} CPUs, {name}, flags {' '.join(flags) or '-'}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "gemm_gflops_per_second": gemm / 1e9,
-                                               "padded_path_agreement": [same, len(padded)]}, indent=2))
+                                               "padded_path_agreement": [same, len(padded)], "dev_tweets": len(dev),
+                                               "cpu": name, "cpu_flags": flags}, indent=2))
 
 
 def padded_path_spans(tagger, texts: list[str]) -> list[list[dict]]:

@@ -77,7 +77,7 @@ def test_pipeline_and_tagtune_give_the_same_spans(trained_tagger, tweets):
     """
     pipe = transformers.pipeline("token-classification", model=str(trained_tagger), aggregation_strategy="first",
                                  device="cpu")
-    tagger = Tagger.load(trained_tagger, device="cpu", constrained=False)
+    tagger = Tagger.load(trained_tagger, device="cpu", constrained=False, bf16="off")
     texts = texts_of(tweets[1000:1200])
     encodings = tagger.tokenizer.encode_batch(texts)
     from tagtune.align import units_of

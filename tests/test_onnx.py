@@ -30,7 +30,7 @@ def spans_of(predictions):
 
 @pytest.fixture(scope="module")
 def torch_tagger(trained_tagger):
-    return Tagger.load(trained_tagger, device="cpu")
+    return Tagger.load(trained_tagger, device="cpu", bf16="off")  # fp32, as the export is
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,8 @@ def test_predict_cli_on_onnx_folder(exported, trained_tagger, texts, tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("".join(t + "\n" for t in texts[:60]))
     for name, folder in (("onnx", out), ("torch", trained_tagger)):
-        assert main(["predict", str(folder), str(source), "-o", str(tmp_path / f"{name}.jsonl"), "--quiet"]) == 0
+        assert main(["predict", str(folder), str(source), "-o", str(tmp_path / f"{name}.jsonl"), "--quiet",
+                     "--bf16", "off"]) == 0
     assert (tmp_path / "onnx.jsonl").read_text() != ""
     onnx_lines = [json.loads(line) for line in (tmp_path / "onnx.jsonl").read_text().splitlines()]
     torch_lines = [json.loads(line) for line in (tmp_path / "torch.jsonl").read_text().splitlines()]
@@ -242,3 +243,19 @@ def test_export_graph_matches_packed_model_for_each_family(kind, tmp_path):
         out = session(ids[rows, cut].numpy(), mask[rows, cut].numpy())
         keep = real[rows, cut]
         np.testing.assert_allclose(out[keep.numpy()], reference[rows, cut][keep].numpy(), atol=1e-4, rtol=0)
+
+
+def test_bf16_is_for_the_pytorch_backend(exported, trained_tagger, tmp_path, capsys):
+    """An ONNX folder runs as exported: auto leaves it so, on is refused with one line."""
+    from tagtune.errors import TagtuneError
+
+    out, _ = exported
+    assert Tagger.load(out).precision == "onnx"
+    with pytest.raises(TagtuneError, match="bf16 is for the PyTorch backend"):
+        Tagger.load(out, bf16="on")
+    source = tmp_path / "in.txt"
+    source.write_text("Barack Obama visited Lisbon\n")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(source), "--bf16", "on", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tagtune: error: bf16 is for the PyTorch backend") and len(err.splitlines()) == 1, err

@@ -1,4 +1,5 @@
-"""bf16 mixed precision on CPU: bf16 activations and matrix products, fp32 master weights."""
+"""bf16 mixed precision on CPU: bf16 activations and matrix products, fp32 master weights; and
+bf16 prediction (Tagger's ``bf16``), chosen as training chooses it."""
 
 from pathlib import Path
 
@@ -10,8 +11,10 @@ from tagtune.align import IGNORE
 from tagtune.batching import pack
 from tagtune.checkpoint import load_model
 from tagtune.model import Linear
+from tagtune.precision import BF16_MIN_SPEEDUP, cpu_bf16_speedup, cpu_has_bf16
 from tagtune.tokenizer import load_tokenizer
-from tagtune.training import BF16_MIN_SPEEDUP, TrainConfig, cpu_bf16_speedup, cpu_has_bf16, fill_batch, precision
+from tagtune.batching import fill_batch
+from tagtune.training import TrainConfig, precision
 
 TEXTS = ["@user I'm in New York City this weekend for the Yankees game",
          "Watching Star Wars again tonight",
@@ -110,17 +113,17 @@ def test_precision_modes():
 
 
 def test_bf16_speed_is_measured(monkeypatch):
-    from tagtune import training
+    from tagtune import precision as chooser
 
     assert 0.05 < cpu_bf16_speedup() < 20  # a ratio of two real timings
     assert cpu_bf16_speedup() == cpu_bf16_speedup()  # measured once per process
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(chooser, "cpu_has_bf16", lambda: True)
     auto = TrainConfig(model="m", train="t", out="o")
-    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 0.6)
+    monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 0.6)
     assert precision(auto, torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 1.9)
+    monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 1.9)
     assert precision(auto, torch.device("cpu")) == "bf16"
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)  # emulated bf16 is never chosen
+    monkeypatch.setattr(chooser, "cpu_has_bf16", lambda: False)  # emulated bf16 is never chosen
     assert precision(auto, torch.device("cpu")) == "fp32"
 
 
@@ -177,3 +180,52 @@ def test_attention_dropout_keeps_the_expected_output():
     draws = torch.stack([_sdpa(q, k, v, mask, 0.2) for _ in range(4000)])
     torch.testing.assert_close(draws.mean(0), plain, atol=0.03, rtol=0)
     assert not torch.equal(draws[0], draws[1])
+
+
+def test_bf16_prediction_agrees_with_fp32(trained_tagger, tweets, tmp_path):
+    """A real tagger in bf16 against itself in fp32 on 300 held-out tweets: the same spans on at
+    least 99% of the texts, entity F1 within 0.005, span scores within 0.02."""
+    from tagtune.data import read_examples
+    from tagtune.examples import write_conll
+    from tagtune.tagger import Tagger
+    from tagtune.training import evaluate_examples
+
+    write_conll(tmp_path / "test.conll", tweets[1000:1300])
+    examples = read_examples(str(tmp_path / "test.conll"))
+    texts = [e.text for e in examples]
+    fp32 = Tagger.load(trained_tagger, device="cpu", bf16="off")
+    bf16 = Tagger.load(trained_tagger, device="cpu", bf16="on")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert all(m.lowp is not None and m.lowp.dtype == torch.bfloat16
+               for m in bf16.model.modules() if isinstance(m, Linear) and m is not bf16.model.classifier)
+    a, b = fp32.predict(texts), bf16.predict(texts)
+    assert sum(map(len, a)) > 50  # the tagger finds entities, so agreement means something
+
+    def key(spans):
+        return [(s.start, s.end, s.label) for s in spans]
+
+    same = sum(key(x) == key(y) for x, y in zip(a, b))
+    assert same >= 0.99 * len(texts), f"{same} of {len(texts)} texts with equal spans"
+    assert max(abs(x.score - y.score) for p, q in zip(a, b) if key(p) == key(q) for x, y in zip(p, q)) < 0.02
+    f1 = [evaluate_examples(t, examples)["f1"] for t in (fp32, bf16)]
+    assert abs(f1[0] - f1[1]) <= 0.005, f1
+
+
+def test_bf16_auto_follows_the_hardware(trained_tagger, monkeypatch):
+    from tagtune import precision as chooser
+    from tagtune.errors import TagtuneError
+    from tagtune.tagger import Tagger
+
+    cpu = torch.device("cpu")
+    tagger = Tagger.load(trained_tagger, device="cpu")  # auto
+    assert tagger.precision == ("bf16" if chooser.use_bf16("auto", cpu) else "fp32")
+    assert tagger.precision_note == chooser.describe("auto", cpu, tagger.precision == "bf16")
+    monkeypatch.setattr(chooser, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 2.0)
+    assert Tagger.load(trained_tagger, device="cpu").precision == "bf16"
+    monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 0.6)  # native, but slower than fp32
+    tagger = Tagger.load(trained_tagger, device="cpu")
+    assert tagger.precision == "fp32" and "0.6x fp32's speed" in tagger.precision_note
+    assert all(m.lowp is None for m in tagger.model.modules() if isinstance(m, Linear))
+    with pytest.raises(TagtuneError, match="bf16 must be auto, on or off, got 'yes'"):
+        Tagger.load(trained_tagger, device="cpu", bf16="yes")

@@ -361,3 +361,19 @@ def test_min_score_option_outside_0_to_1(tagger_dir, tmp_path, value):
     assert_one_line_error(result, "min-score must be a number from 0 to 1")
     assert not (tmp_path / "out.jsonl").exists()
     assert result.stdout == ""
+
+
+def test_prediction_gives_freed_memory_back(tagger, monkeypatch):
+    """After each batch of texts on the CPU, the C heap's free pages go back to the system, so a
+    long prediction's resident memory stays flat (bench/scale_bench.py measures it)."""
+    import platform
+
+    from tagtune import tagger as module
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert module.release_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(module, "release_freed_memory", lambda: calls.append(1) or True)
+    tagger.predict(["Barack Obama visited Lisbon", "lol"])
+    tagger.predict(["Tokyo"])
+    assert len(calls) == 2

@@ -131,6 +131,7 @@ def test_health_and_openapi(client, tagger):
     health = client.get("/health").json()
     assert health["status"] == "ok"
     assert health["tags"] == tagger.labels
+    assert health["precision"] == tagger.precision in ("fp32", "bf16")
     assert health["labels"] == entity_labels(tagger.labels)
     assert "person" in health["labels"] and "O" not in health["labels"]
     assert health["limits"] == {"max_texts": 8, "max_chars": 400, "max_total_chars": 1200, "max_body": 20000}

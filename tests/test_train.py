@@ -426,7 +426,7 @@ def test_run_header_names_device_and_precision(tiny_bert, wnut_files, tmp_path):
 
 
 def test_precision_note_gives_the_reason(monkeypatch):
-    from tagtune import training
+    from tagtune import precision as chooser
     from tagtune.training import precision, precision_note
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -441,10 +441,10 @@ def test_precision_note_gives_the_reason(monkeypatch):
     assert note("on", cpu) == "bf16 mixed precision (--bf16 on; emulated, no native bf16 here)"
     assert note("off", cpu) == "fp32 (--bf16 off)"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 2.04)
+    monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 2.04)
     assert note("auto", cpu) == ("bf16 mixed precision (CPU has AMX, bf16 matrix products measured 2.0x fp32's "
                                  "speed; --bf16 off for fp32)")
-    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: 0.58)  # native bf16 that loses to fp32
+    monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 0.58)  # native bf16 that loses to fp32
     assert note("auto", cpu) == ("fp32 (bf16 matrix products measured 0.6x fp32's speed on this CPU, under the "
                                  "1.2x that pays; --bf16 on forces bf16)")
     assert note("on", cpu) == "bf16 mixed precision (--bf16 on)"

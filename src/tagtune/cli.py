@@ -85,7 +85,8 @@ def _sigterm_as_interrupt():
 def cmd_evaluate(args) -> int:
     from tagtune.training import evaluate
 
-    scores = evaluate(args.model_dir, args.file, args.format, device=args.device, progress=not args.quiet)
+    scores = evaluate(args.model_dir, args.file, args.format, device=args.device, progress=not args.quiet,
+                      bf16=args.bf16)
     print(json.dumps(scores, indent=2))
     return 0
 
@@ -95,8 +96,16 @@ def cmd_predict(args) -> int:
 
     predict_file(args.model_dir, args.input, args.output, device=args.device, batch_texts=args.batch_texts,
                  progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite, backend=args.backend,
-                 format=args.format, min_score=args.min_score)
+                 format=args.format, min_score=args.min_score, bf16=args.bf16)
     return 0
+
+
+def add_bf16_option(p) -> None:
+    """--bf16 for the commands that run a tagger (train has its own, for mixed precision)."""
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="run the encoder in bf16; auto: where the hardware multiplies bf16 natively and faster "
+                        "than fp32 (CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX measured faster), fp32 "
+                        "elsewhere; on forces it; off: fp32. An ONNX folder runs as exported")
 
 
 def field_default(cls, name: str):
@@ -158,7 +167,7 @@ def cmd_serve(args) -> int:
                     max_body=args.max_body)
     serve(args.model_dir, host=args.host, port=args.port, limits=limits, device=args.device,
           batch_texts=args.batch_texts, batch_wait=args.batch_wait_ms / 1000, access_log=args.access_log,
-          timeout=args.timeout, max_queue=args.max_queue, min_score=args.min_score)
+          timeout=args.timeout, max_queue=args.max_queue, min_score=args.min_score, bf16=args.bf16)
     return 0
 
 
@@ -174,7 +183,7 @@ def cmd_select(args) -> int:
     from tagtune.select import select
 
     select(args.model_dir, args.pool, args.n, args.output, format=args.format, overwrite=args.overwrite,
-           max_similarity=args.max_similarity, device=args.device, progress=not args.quiet)
+           max_similarity=args.max_similarity, device=args.device, progress=not args.quiet, bf16=args.bf16)
     return 0
 
 
@@ -311,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="annotated file")
     p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    add_bf16_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress output (warnings and errors only)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -328,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and first lines)")
     p.add_argument("-o", "--output", default="-", metavar="FILE", help="output JSONL file (default: stdout)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    add_bf16_option(p)
     p.add_argument("--batch-texts", type=int, default=parameter_default(predict_file, "batch_texts"), metavar="N",
                    help="texts (lines, records or sentences) read and tagged at a time")
     p.add_argument("--argmax", action="store_true", help="per-token argmax instead of constrained decoding")
@@ -370,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=serve_default("max_queue"), metavar="N",
                    help="texts that may wait for the model; beyond, 503 at once with Retry-After")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    add_bf16_option(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--min-score", type=float, default=serve_default("min_score"), metavar="P",
                    help="leave out spans whose score (their probability, 0 to 1) is below P, unless a request "
@@ -411,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="J", help="leave out a text whose character 5-grams have a Jaccard similarity of at "
                    "least J with a text already chosen")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    add_bf16_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     p.add_argument("--quiet", action="store_true", help="nothing on stderr but errors and warnings")
     p.set_defaults(func=cmd_select)

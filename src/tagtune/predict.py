@@ -43,6 +43,7 @@ from tagtune.data import CONLL_SUFFIXES, conll_fields, looks_like_conll
 from tagtune.decode import check_min_score
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
+from tagtune.precision import check_bf16
 from tagtune.files import umask
 from tagtune.progress import Progress
 
@@ -181,11 +182,12 @@ def _probe(lines: Iterator[tuple[int, str]]) -> tuple[list[str], Iterator[tuple[
 
 def predict_file(model_dir: str, input: str = "-", output: str = "-", device: str | None = None,
                  batch_texts: int = 512, progress: bool = True, argmax: bool = False, overwrite: bool = False,
-                 backend: str = "auto", format: str | None = None, min_score: float = 0.0) -> int:
+                 backend: str = "auto", format: str | None = None, min_score: float = 0.0, bf16: str = "auto") -> int:
     """Tag every text of ``input`` and write ``{"text", "spans", ...}`` lines to ``output``.
     ``backend``: "torch", "onnx" or "auto" (tagtune.tagger.choose_backend). ``format``: one of
     :data:`INPUT_FORMATS`, or None to detect it (:func:`detect_format`). ``min_score``: spans whose
-    score (their probability) is below it are left out. Returns the number of texts.
+    score (their probability) is below it are left out. ``bf16``: "auto", "on" or "off", as
+    :class:`tagtune.tagger.Tagger` takes it. Returns the number of texts.
 
     When ``input`` is stdin and stdin is a terminal, each text is tagged and written as soon as its
     line is entered (a hint goes to stderr first, unless ``progress`` is off). Otherwise texts are
@@ -200,6 +202,7 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
     if batch_texts < 1:
         raise TagtuneError(f"batch size must be positive, got {batch_texts}")
     min_score = check_min_score(min_score, "min-score")
+    check_bf16(bf16)
     if input == "-":
         if sys.stdin is None:
             raise TagtuneError("stdin is closed; name an input file")
@@ -220,7 +223,7 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
             if backend != "onnx":
                 device = str(device_for(group, device))
         return _predict(model_dir, input, output, device, batch_texts, progress and group.main, argmax, backend,
-                        format, group, min_score)
+                        format, group, min_score, bf16)
     finally:
         leave(group)
 
@@ -239,10 +242,11 @@ def _open_input(input: str):
 
 
 def _predict(model_dir, input, output, device, batch_texts, progress, argmax, backend, format, group: Group,
-             min_score: float = 0.0) -> int:
+             min_score: float = 0.0, bf16: str = "auto") -> int:
     from tagtune.tagger import Tagger
 
-    tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend, min_score=min_score)
+    tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend, min_score=min_score,
+                         bf16=bf16)
     name = "stdin" if input == "-" else input
     interactive = input == "-" and _isatty(sys.stdin)
     source = _open_input(input)

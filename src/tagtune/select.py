@@ -290,7 +290,7 @@ def model_version(model_dir) -> str:
 
 
 def select(model_dir, pool, n: int, out, format: str = "jsonl", overwrite: bool = False,
-           max_similarity: float = 0.8, device=None, progress: bool = True) -> list[Choice]:
+           max_similarity: float = 0.8, device=None, progress: bool = True, bf16: str = "auto") -> list[Choice]:
     """Choose ``n`` texts of the file ``pool`` with the tagger in ``model_dir`` (:func:`choose`)
     and write them with its spans to ``out`` in ``format`` (:data:`OUTPUT_FORMATS`).
 
@@ -313,7 +313,7 @@ def select(model_dir, pool, n: int, out, format: str = "jsonl", overwrite: bool 
         raise TagtuneError(f"{out}: is the pool; write the selection to another file")
     if progress:
         print(f"tagtune: {pool}: {len(texts):,} texts", file=sys.stderr, flush=True)
-    tagger = Tagger.load(model_dir, device=device)
+    tagger = Tagger.load(model_dir, device=device, bf16=bf16)
     chosen = choose(tagger, texts, n, max_similarity, progress)
     now = check_output(out, overwrite)
     if before is None and now is not None:

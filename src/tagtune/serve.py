@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from tagtune.decode import check_min_score
+from tagtune.precision import check_bf16
 from tagtune.errors import TagtuneError
 from tagtune.schemes import OUTSIDE, entity_type
 
@@ -537,6 +538,8 @@ def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0) ->
                         "tags": {"type": "array", "items": {"type": "string"},
                                  "description": "The model's tags (O, B-..., I-...)"},
                         "device": {"type": "string"},
+                        "precision": {"type": "string", "enum": ["fp32", "bf16", "onnx"],
+                                      "description": "How the model multiplies (--bf16), or onnx: as exported"},
                         "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
                         "batching": {"type": "object", "description": "Counters of micro-batches since start"},
                         "min_score": {"type": "number", "description": "The server's default min_score"},
@@ -648,7 +651,8 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": name, "labels": labels, "tags": list(tagger.labels),
-                             "device": str(getattr(tagger, "device", "")), "limits": asdict(limits),
+                             "device": str(getattr(tagger, "device", "")),
+                             "precision": getattr(tagger, "precision", None), "limits": asdict(limits),
                              "batching": batcher.stats(), "min_score": min_score,
                              "queue": {"max_queue": max_queue, "timeout": timeout, **batcher.queue_stats()}})
 
@@ -709,9 +713,10 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits | None = None,
           device: str | None = None, batch_texts: int = 256, batch_wait: float = 0.005,
           access_log: bool = False, timeout: float | None = 30.0, max_queue: int = 1024,
-          min_score: float = 0.0) -> None:
+          min_score: float = 0.0, bf16: str = "auto") -> None:
     """Load the tagger, open the port, serve until interrupted. Prints the address once listening.
-    ``min_score``: spans scoring below it are left out, unless a request gives its own."""
+    ``min_score``: spans scoring below it are left out, unless a request gives its own. ``bf16``:
+    "auto", "on" or "off", as :class:`tagtune.tagger.Tagger` takes it."""
     require_server_packages()
     from tagtune.tagger import Tagger
 
@@ -723,7 +728,8 @@ def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits |
         raise TagtuneError(f"batch wait must not be negative, got {batch_wait}")
     check_queue(timeout, max_queue)
     min_score = check_min_score(min_score, "min-score")
-    tagger = Tagger.load(model_dir, device=device)
+    check_bf16(bf16)
+    tagger = Tagger.load(model_dir, device=device, bf16=bf16)
     app = create_app(tagger, Path(model_dir).resolve().name, limits, batch_texts, batch_wait, timeout, max_queue,
                      min_score)
     run_app(app, host, port, access_log, shown=model_dir)

@@ -45,7 +45,6 @@ resumable.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -62,7 +61,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tagtune.align import IGNORE, AlignStats, token_labels, windows_of, with_specials
-from tagtune.batching import PackedBatch, batch_indices, pack
+from tagtune.batching import batch_indices, fill_batch, pack
 from tagtune.checkpoint import load_model, safetensors_bytes, torch_save, write_model_files
 from tagtune.crf import ChainCRF
 from tagtune.data import read_examples, split_dev
@@ -72,6 +71,7 @@ from tagtune.files import atomic_write, replace_folder, signals_held, sync_folde
 from tagtune.folder import TaggerSettings, check_vocab, crf_files, settings_files
 from tagtune.metrics import calibration, span_scores
 from tagtune.optim import AdamW, LinearSchedule
+from tagtune.precision import check_bf16, describe, use_bf16
 from tagtune.progress import Progress, duration
 from tagtune.runs import RUN_MARKER, marker_text, replacement_of, run_state, set_aside_of
 from tagtune.schemes import OUTSIDE, SCHEMES, entity_type, tag_names
@@ -176,8 +176,7 @@ class TrainConfig:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.save not in ("best", "last"):
             raise TagtuneError(f"save must be best or last, got {self.save!r}")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise TagtuneError(f"bf16 must be auto, on or off, got {self.bf16!r}")
+        check_bf16(self.bf16)
         for name in ("epochs", "accumulation"):
             if getattr(self, name) < 1:
                 raise TagtuneError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -302,105 +301,19 @@ def make_schedule(optimizer: AdamW, config: TrainConfig, total_steps: int) -> Li
     return LinearSchedule(optimizer, config.lr, warmup, total_steps)
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-BF16_MIN_SPEEDUP = 1.2
-"""--bf16 auto trains in bf16 on a CPU only where its bf16 matrix products measure at least this
-many times as fast as fp32 ones: some CPUs with AVX512-BF16 run them slower than fp32."""
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_speedup(width: int = 512, rows: int = 1024) -> float:
-    """fp32 time / bf16 time of a (rows x width) @ (width x 4 width) matrix product on this CPU,
-    the shapes of a tagger's feed-forward layer: the best of five runs each, after a warm-up
-    (some tens of milliseconds in all)."""
-    times = {}
-    generator = torch.Generator().manual_seed(0)  # the global random state is the run's own
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(rows, width, dtype=dtype, generator=generator)
-        b = torch.randn(width, 4 * width, dtype=dtype, generator=generator)
-        runs = []
-        for _ in range(7):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            runs.append(time.perf_counter() - start)
-        times[dtype] = min(runs[2:])
-    return times[torch.float32] / times[torch.bfloat16]
-
-
-def cpu_bf16_pays() -> bool:
-    """Whether bf16 mixed precision speeds up training on this CPU: native bf16, and bf16 matrix
-    products measured at least BF16_MIN_SPEEDUP times as fast as fp32 (cpu_bf16_speedup)."""
-    return cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
-
-
 def precision_note(config: TrainConfig, device: torch.device, mode: str) -> str:
     """The precision ``mode`` (see precision) in words, with the reason it was chosen."""
-    if mode == "fp32":
-        if config.bf16 == "off":
-            return "fp32 (--bf16 off)"
-        if device.type == "cpu" and cpu_has_bf16():
-            return (f"fp32 (bf16 matrix products measured {cpu_bf16_speedup():.1f}x fp32's speed on this CPU, "
-                    f"under the {BF16_MIN_SPEEDUP}x that pays; --bf16 on forces bf16)")
-        if device.type == "cpu":
-            return "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"
-        if device.type == "cuda":
-            return "fp32 (this GPU has no bf16)"
-        return f"fp32 (bf16 is automatic on CUDA and CPU only; --bf16 on forces it on {device.type})"
-    if config.bf16 == "on":
-        native = cpu_has_bf16() if device.type == "cpu" else device.type != "cuda" or torch.cuda.is_bf16_supported()
-        return "bf16 mixed precision (--bf16 on" + ("" if native else "; emulated, no native bf16 here") + ")"
-    if device.type == "cpu":
-        features = [name for name, check in (("AVX512-BF16", "_is_avx512_bf16_supported"),
-                                             ("AMX", "_is_amx_tile_supported"))
-                    if getattr(torch.cpu, check, lambda: False)()]
-        return (f"bf16 mixed precision (CPU has {' and '.join(features)}, bf16 matrix products measured "
-                f"{cpu_bf16_speedup():.1f}x fp32's speed; --bf16 off for fp32)")
-    return "bf16 mixed precision (GPU supports bf16; --bf16 off for fp32)"
+    return describe(config.bf16, device, mode != "fp32", "bf16 mixed precision")
 
 
 def precision(config: TrainConfig, device: torch.device) -> str:
     """How training multiplies: "fp32"; "autocast" (CUDA bf16 autocast); or "bf16" (CPU: the
     encoder's activations and matrix products in bf16 against bf16 copies of fp32 master
-    weights, see model.LowPrecisionLinear)."""
-    on = config.bf16 == "on"
-    if config.bf16 == "off":
+    weights, see model.LowPrecisionLinear). "auto" decides as tagtune.precision.use_bf16;
+    devices other than CUDA and the CPU take autocast when bf16 is forced."""
+    if not use_bf16(config.bf16, device):
         return "fp32"
-    if device.type == "cuda":
-        return "autocast" if on or torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if on or cpu_bf16_pays() else "fp32"
-    return "autocast" if on else "fp32"
-
-
-SHAPE_MULTIPLE = 64
-"""Training batches are filled up to a multiple of this many tokens (see fill_batch)."""
-
-
-def fill_batch(batch: PackedBatch, multiple: int = SHAPE_MULTIPLE) -> PackedBatch:
-    """Append filler sequences (token 0, no labels) so the batch's token count is a multiple of
-    ``multiple``; each filler is at most ``max_seqlen`` long, so attention's padded layout does
-    not grow longer. Few distinct shapes let oneDNN reuse its compiled matrix-product kernels
-    and let the allocator reuse its blocks: with a new token count at every step, bf16 training
-    on CPU held several hundred MB more and ran slower. Costs under ``multiple`` tokens a batch.
-    """
-    extra = -batch.num_tokens % multiple
-    if not extra:
-        return batch
-    length = batch.max_seqlen
-    sizes = [length] * (extra // length) + ([extra % length] if extra % length else [])
-    ends = batch.cu_seqlens[-1] + torch.tensor(sizes, dtype=batch.cu_seqlens.dtype).cumsum(0)
-    return PackedBatch(
-        torch.cat([batch.input_ids, batch.input_ids.new_zeros(extra)]),
-        torch.cat([batch.cu_seqlens, ends]),
-        length,
-        torch.cat([batch.labels, batch.labels.new_full((extra,), IGNORE)]),
-        batch.indices,
-    )
+    return "bf16" if device.type == "cpu" else "autocast"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1120,14 +1033,14 @@ def unknown_labels(tagger: Tagger, examples: list[Example]) -> tuple[list[str], 
 
 
 def evaluate(directory: str, path: str, format: str | None = None, keyword_label: str = "KEY",
-             device: str | None = None, progress: bool = True) -> dict:
+             device: str | None = None, progress: bool = True, bf16: str = "auto") -> dict:
     """Load a trained tagger and score it on an annotated file. With ``progress``, says what it
     does on stderr. Labels in the file that the tagger does not know are warned about: their
     spans can never be found."""
     examples = read_examples(path, format, keyword_label)
     if progress and Path(directory).expanduser().is_dir():
         print(f"tagtune: loading the tagger in {directory}", file=sys.stderr)
-    tagger = Tagger.load(directory, device=device)
+    tagger = Tagger.load(directory, device=device, bf16=bf16)
     unknown, known = unknown_labels(tagger, examples)
     if unknown:
         warnings.warn(f"{path}: label{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} not among the tagger's "

@@ -1,0 +1,110 @@
+"""Which precision the matrix products run in: bf16 where the hardware multiplies it natively
+and faster than fp32, fp32 elsewhere. Training (tagtune.training.precision) and prediction
+(Tagger's ``bf16``) both decide here, from the same ``--bf16 auto|on|off``.
+
+Some CPUs with AVX512-BF16 multiply bf16 more slowly than fp32, so on a CPU "auto" measures a
+matrix product of a tagger's shapes in both (cpu_bf16_speedup, once per process) rather than
+trusting the flags alone. torch is imported only when a choice needs the hardware, so the ONNX
+backend checks its ``bf16`` without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import TYPE_CHECKING
+
+from tagtune.errors import TagtuneError
+
+if TYPE_CHECKING:
+    import torch
+
+BF16_CHOICES = ("auto", "on", "off")
+
+BF16_MIN_SPEEDUP = 1.2
+"""--bf16 auto uses bf16 on a CPU only where its bf16 matrix products measure at least this many
+times as fast as fp32 ones: some CPUs with AVX512-BF16 run them slower than fp32."""
+
+
+def check_bf16(value: str) -> str:
+    """``value`` if it is one of auto, on, off; else a TagtuneError."""
+    if value not in BF16_CHOICES:
+        raise TagtuneError(f"bf16 must be auto, on or off, got {value!r}")
+    return value
+
+
+def cpu_bf16_features() -> list[str]:
+    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX (empty where bf16 is emulated)."""
+    import torch
+
+    checks = (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+    return [name for name, check in checks if getattr(torch.cpu, check, lambda: False)()]
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX)."""
+    return bool(cpu_bf16_features())
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(width: int = 512, rows: int = 1024) -> float:
+    """fp32 time / bf16 time of a (rows x width) @ (width x 4 width) matrix product on this CPU,
+    the shapes of a tagger's feed-forward layer: the best of five runs each, after a warm-up
+    (some tens of milliseconds in all)."""
+    import torch
+
+    times = {}
+    generator = torch.Generator().manual_seed(0)  # the global random state is the caller's own
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(rows, width, dtype=dtype, generator=generator)
+        b = torch.randn(width, 4 * width, dtype=dtype, generator=generator)
+        runs = []
+        for _ in range(7):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            runs.append(time.perf_counter() - start)
+        times[dtype] = min(runs[2:])
+    return times[torch.float32] / times[torch.bfloat16]
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether bf16 speeds up this CPU: native bf16, and bf16 matrix products measured at least
+    BF16_MIN_SPEEDUP times as fast as fp32 (cpu_bf16_speedup)."""
+    return cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+def use_bf16(bf16: str, device: torch.device) -> bool:
+    """Whether ``--bf16 bf16`` means bf16 on ``device``: "on" always, "off" never, "auto" on CUDA
+    GPUs with bf16 and on CPUs where it pays (cpu_bf16_pays), never on other devices."""
+    import torch
+
+    if check_bf16(bf16) != "auto":
+        return bf16 == "on"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_bf16_pays()
+
+
+def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") -> str:
+    """Why ``--bf16 bf16`` on ``device`` gives bf16 (``chosen``) or fp32, in words; ``what``
+    names the bf16 mode ("bf16 mixed precision" for training)."""
+    import torch
+
+    if chosen:
+        if bf16 == "on":
+            native = cpu_has_bf16() if device.type == "cpu" else device.type != "cuda" or torch.cuda.is_bf16_supported()
+            return f"{what} (--bf16 on" + ("" if native else "; emulated, no native bf16 here") + ")"
+        if device.type == "cpu":
+            return (f"{what} (CPU has {' and '.join(cpu_bf16_features())}, bf16 matrix products measured "
+                    f"{cpu_bf16_speedup():.1f}x fp32's speed; --bf16 off for fp32)")
+        return f"{what} (GPU supports bf16; --bf16 off for fp32)"
+    if bf16 == "off":
+        return "fp32 (--bf16 off)"
+    if device.type == "cpu" and cpu_has_bf16():
+        return (f"fp32 (bf16 matrix products measured {cpu_bf16_speedup():.1f}x fp32's speed on this CPU, "
+                f"under the {BF16_MIN_SPEEDUP}x that pays; --bf16 on forces bf16)")
+    if device.type == "cpu":
+        return "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"
+    if device.type == "cuda":
+        return "fp32 (this GPU has no bf16)"
+    return f"fp32 (bf16 is automatic on CUDA and CPU only; --bf16 on forces it on {device.type})"
