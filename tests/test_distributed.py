@@ -86,16 +86,16 @@ def test_sharded_prediction_writes_the_same_file(trained_tagger, tweets, tmp_pat
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(" ".join(tokens) + "\n" for tokens, _ in tweets[900:1000]), encoding="utf-8")
     one = tagtune("predict", str(trained_tagger), str(texts), "-o", str(tmp_path / "one.jsonl"), "--batch-texts", "7",
-                  "--quiet")
+                  "--quiet", "--bf16", "off")  # fp32 everywhere: auto measures the CPU
     assert one.returncode == 0, one.stderr
     two = torchrun(2, "predict", str(trained_tagger), str(texts), "-o", str(tmp_path / "two.jsonl"),
-                   "--batch-texts", "7", "--quiet")
+                   "--batch-texts", "7", "--quiet", "--bf16", "off")
     assert two.returncode == 0, two.stderr
     expected = (tmp_path / "one.jsonl").read_text(encoding="utf-8")
     assert len(expected.splitlines()) == 100 and '"label"' in expected
     assert (tmp_path / "two.jsonl").read_text(encoding="utf-8") == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "texts.txt", "two.jsonl"]  # no parts left
-    stdout = torchrun(2, "predict", str(trained_tagger), str(texts), "--batch-texts", "7", "--quiet")
+    stdout = torchrun(2, "predict", str(trained_tagger), str(texts), "--batch-texts", "7", "--quiet", "--bf16", "off")
     assert stdout.returncode == 0, stdout.stderr
     assert stdout.stdout == expected
 

@@ -229,3 +229,18 @@ def test_bf16_auto_follows_the_hardware(trained_tagger, monkeypatch):
     assert all(m.lowp is None for m in tagger.model.modules() if isinstance(m, Linear))
     with pytest.raises(TagtuneError, match="bf16 must be auto, on or off, got 'yes'"):
         Tagger.load(trained_tagger, device="cpu", bf16="yes")
+
+
+def test_processes_can_agree_on_one_measurement(monkeypatch):
+    """Under torchrun one process measures and the others take its figure (agree_cpu_bf16_speedup),
+    so a busy machine cannot make them choose differently."""
+    from tagtune import precision as chooser
+
+    monkeypatch.setattr(chooser, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 0.6)  # this process's own measurement
+    monkeypatch.setattr(chooser, "_agreed_speedup", None)
+    cpu = torch.device("cpu")
+    assert not chooser.use_bf16("auto", cpu)
+    chooser.agree_cpu_bf16_speedup(2.5)  # the figure rank 0 measured
+    assert chooser.use_bf16("auto", cpu)
+    assert "measured 2.5x fp32's speed" in chooser.describe("auto", cpu, True)

@@ -49,28 +49,44 @@ def cpu_has_bf16() -> bool:
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_speedup(width: int = 512, rows: int = 1024) -> float:
     """fp32 time / bf16 time of a (rows x width) @ (width x 4 width) matrix product on this CPU,
-    the shapes of a tagger's feed-forward layer: the best of five runs each, after a warm-up
+    the shapes of a tagger's feed-forward layer: the best of six runs each, the two precisions
+    taking turns so that other work on the machine slows both alike, after a warm-up of each
     (some tens of milliseconds in all)."""
     import torch
 
-    times = {}
     generator = torch.Generator().manual_seed(0)  # the global random state is the caller's own
+    operands = {}
     for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(rows, width, dtype=dtype, generator=generator)
-        b = torch.randn(width, 4 * width, dtype=dtype, generator=generator)
-        runs = []
-        for _ in range(7):
+        operands[dtype] = (torch.randn(rows, width, dtype=dtype, generator=generator),
+                           torch.randn(width, 4 * width, dtype=dtype, generator=generator))
+    runs: dict = {dtype: [] for dtype in operands}
+    for _ in range(7):
+        for dtype, (a, b) in operands.items():
             start = time.perf_counter()
             torch.mm(a, b)
-            runs.append(time.perf_counter() - start)
-        times[dtype] = min(runs[2:])
-    return times[torch.float32] / times[torch.bfloat16]
+            runs[dtype].append(time.perf_counter() - start)
+    return min(runs[torch.float32][1:]) / min(runs[torch.bfloat16][1:])
+
+
+_agreed_speedup: float | None = None
+
+
+def agree_cpu_bf16_speedup(value: float) -> None:
+    """Take ``value``, one process's cpu_bf16_speedup, as this process's from now on: the
+    processes of one torchrun job then choose the same precision, where each measuring on a
+    busy machine might not."""
+    global _agreed_speedup
+    _agreed_speedup = value
+
+
+def _speedup() -> float:
+    return cpu_bf16_speedup() if _agreed_speedup is None else _agreed_speedup
 
 
 def cpu_bf16_pays() -> bool:
     """Whether bf16 speeds up this CPU: native bf16, and bf16 matrix products measured at least
     BF16_MIN_SPEEDUP times as fast as fp32 (cpu_bf16_speedup)."""
-    return cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+    return cpu_has_bf16() and _speedup() >= BF16_MIN_SPEEDUP
 
 
 def use_bf16(bf16: str, device: torch.device) -> bool:
@@ -96,12 +112,12 @@ def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") 
             return f"{what} (--bf16 on" + ("" if native else "; emulated, no native bf16 here") + ")"
         if device.type == "cpu":
             return (f"{what} (CPU has {' and '.join(cpu_bf16_features())}, bf16 matrix products measured "
-                    f"{cpu_bf16_speedup():.1f}x fp32's speed; --bf16 off for fp32)")
+                    f"{_speedup():.1f}x fp32's speed; --bf16 off for fp32)")
         return f"{what} (GPU supports bf16; --bf16 off for fp32)"
     if bf16 == "off":
         return "fp32 (--bf16 off)"
     if device.type == "cpu" and cpu_has_bf16():
-        return (f"fp32 (bf16 matrix products measured {cpu_bf16_speedup():.1f}x fp32's speed on this CPU, "
+        return (f"fp32 (bf16 matrix products measured {_speedup():.1f}x fp32's speed on this CPU, "
                 f"under the {BF16_MIN_SPEEDUP}x that pays; --bf16 on forces bf16)")
     if device.type == "cpu":
         return "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"

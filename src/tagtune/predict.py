@@ -245,6 +245,10 @@ def _predict(model_dir, input, output, device, batch_texts, progress, argmax, ba
              min_score: float = 0.0, bf16: str = "auto") -> int:
     from tagtune.tagger import Tagger
 
+    if group.active and bf16 == "auto" and backend != "onnx":  # one measurement, the same choice for all
+        from tagtune.precision import agree_cpu_bf16_speedup, cpu_bf16_speedup
+
+        agree_cpu_bf16_speedup(group.on_main(cpu_bf16_speedup))
     tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend, min_score=min_score,
                          bf16=bf16)
     name = "stdin" if input == "-" else input
