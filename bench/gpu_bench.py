@@ -49,10 +49,8 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -160,12 +158,11 @@ def bert_checkpoint(folder: Path, like: Path, args) -> Path:
 
 
 def run(cmd: list[str]) -> float:
-    """Run a child process (its stdout dropped, its stderr shown); its wall time."""
-    start = time.perf_counter()
-    code = subprocess.run(cmd, env={**os.environ, **QUIET}, stdout=subprocess.DEVNULL).returncode
-    if code != 0:
-        raise SystemExit(f"gpu_bench: command failed with exit code {code}: {' '.join(cmd)}")
-    return time.perf_counter() - start
+    """Run a child process (its stdout dropped, its stderr shown; bench/train_bench.py's run);
+    its wall time."""
+    from train_bench import run as run_child
+
+    return run_child(cmd, {**os.environ, **QUIET}, quiet=True)["wall_seconds"]
 
 
 def tagtune_child(spec_file: str) -> None:
@@ -206,8 +203,9 @@ def run_tagtune(args, work: Path, model: Path, budget: int, flops_per_epoch: flo
     spec.write_text(json.dumps({"config": config, "result": str(work / "tagtune-gpu.json")}))
     wall = run([sys.executable, str(HERE / "gpu_bench.py"), "--child", str(spec)])
     child = json.loads((work / "tagtune-gpu.json").read_text())
-    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    epochs = [e for e in epochs if "train_tokens" in e]
+    from train_bench import epoch_entries
+
+    epochs = epoch_entries(out)
     result = side_result([e["train_tokens"] for e in epochs], [e["train_seconds"] for e in epochs],
                          flops_per_epoch, peak, child["peak_allocated_bytes"], child["peak_reserved_bytes"], wall)
     varlen, calls = child["varlen_calls"], child["attention_calls"]

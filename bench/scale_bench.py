@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 
 from flops import cpu_description  # noqa: E402
 from predict_bench import random_head_tagger  # noqa: E402
-from train_bench import run  # noqa: E402
+from train_bench import epoch_entries, run  # noqa: E402
 from tagtune.align import windows_of  # noqa: E402
 from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
 from tagtune.tokenizer import load_tokenizer  # noqa: E402
@@ -123,8 +123,7 @@ def train_runs(args, work: Path, env: dict) -> dict:
                      "--out", str(out), "--max-length", str(length), "--stride", str(STRIDE),
                      "--max-tokens", str(args.max_tokens), "--epochs", str(args.epochs), "--lr", str(args.lr),
                      "--seed", str(args.seed), "--bf16", args.bf16, "--quiet"], env, quiet=True)
-        epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        epochs = [e for e in epochs if "train_tokens" in e]
+        epochs = epoch_entries(out)
         tokens, seconds = sum(e["train_tokens"] for e in epochs), sum(e["train_seconds"] for e in epochs)
         shutil.rmtree(out)
         results[str(length)] = {

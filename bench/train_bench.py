@@ -61,6 +61,13 @@ def run(cmd: list[str], env=None, quiet: bool = False) -> dict:
     return {"wall_seconds": wall, "peak_rss_mb": (peak_kb or usage.ru_maxrss) / 1024}
 
 
+def epoch_entries(out: Path) -> list[dict]:
+    """The epoch lines of the metrics.jsonl of the tagtune run in ``out`` (those with
+    ``train_tokens`` and ``train_seconds``), in order."""
+    entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [e for e in entries if "train_tokens" in e]
+
+
 def word_ranges(tokens: list[str]) -> list[tuple[int, int]]:
     """Character range of each word in the text ``" ".join(tokens)``."""
     ranges, pos = [], 0
@@ -208,8 +215,7 @@ def main() -> None:
                    "--seed", str(seed), "--bf16", args.bf16, *tagtune_batching, *common,
                    *(["--crf"] if args.crf else [])]
             usage = run(cmd, env, quiet=True)
-            epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            epochs = [e for e in epochs if "train_tokens" in e]
+            epochs = epoch_entries(out)
             tokens, seconds = sum(e["train_tokens"] for e in epochs), sum(e["train_seconds"] for e in epochs)
             predictions_file = work / f"tagtune_test-{seed}.jsonl"
             run([sys.executable, "-m", "tagtune", "predict", str(out), str(work / "test.txt"),

@@ -120,16 +120,10 @@ def read_texts(path: str | os.PathLike) -> tuple[list[Text], int]:
 
 
 def _text_record(path: Path, number: int, line: str) -> tuple[str, int | str]:
+    from tagtune.predict import text_record
+
     where = f"{path}:{number}"
-    try:
-        record = safejson.loads(line)
-    except json.JSONDecodeError as e:
-        raise TagtuneError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-    except safejson.JsonLimitError as e:
-        raise TagtuneError(f"{where}: {e.msg}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise TagtuneError(f'{where}: expected a JSON object with a "text" string (the first line of the file '
-                           "is JSON, so every line is read as JSON)")
+    record = text_record(line, where, " (the first line of the file is JSON, so every line is read as JSON)")
     key = record.get("id", number)
     if isinstance(key, bool) or not isinstance(key, (int, str)):
         raise TagtuneError(f'{where}: "id" is {safejson.shown(key)}, not a string or an integer')

@@ -43,8 +43,8 @@ from tagtune.data import CONLL_SUFFIXES, conll_fields, looks_like_conll
 from tagtune.decode import check_min_score
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
-from tagtune.precision import check_bf16
 from tagtune.files import umask
+from tagtune.precision import check_bf16
 from tagtune.progress import Progress
 
 INPUT_FORMATS = ("text", "jsonl", "conll")
@@ -133,15 +133,21 @@ def read_records(lines: Iterable[tuple[int, str]], name: str, format: str | None
             continue
         if not line.strip():
             continue
-        try:
-            record = safejson.loads(line)
-        except json.JSONDecodeError as e:
-            raise TagtuneError(f"{name}:{number}: not valid JSON ({e.msg})") from None
-        except safejson.JsonLimitError as e:
-            raise TagtuneError(f"{name}:{number}: {e.msg}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise TagtuneError(f'{name}:{number}: expected a JSON object with a "text" string')
-        yield record
+        yield text_record(line, f"{name}:{number}")
+
+
+def text_record(line: str, where: str, hint: str = "") -> dict:
+    """The JSON object of one JSONL line, which must have a "text" string; anything else is a
+    one-line error at ``where`` (``file:line``), the shape error followed by ``hint``."""
+    try:
+        record = safejson.loads(line)
+    except json.JSONDecodeError as e:
+        raise TagtuneError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except safejson.JsonLimitError as e:
+        raise TagtuneError(f"{where}: {e.msg}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise TagtuneError(f'{where}: expected a JSON object with a "text" string{hint}')
+    return record
 
 
 def _conll_records(lines: Iterable[tuple[int, str]]) -> Iterator[dict]:

@@ -29,8 +29,8 @@ from importlib import resources
 from pathlib import Path
 
 from tagtune.decode import check_min_score
-from tagtune.precision import check_bf16
 from tagtune.errors import TagtuneError
+from tagtune.precision import check_bf16
 from tagtune.schemes import OUTSIDE, entity_type
 
 log = logging.getLogger("tagtune.serve")

@@ -241,8 +241,8 @@ def release_freed_memory() -> bool:
     """Give the pages the C heap holds free back to the system (glibc's malloc_trim, well under
     a millisecond); False where there is no such call. PyTorch's CPU tensors come from malloc,
     and glibc keeps the holes that batches of ever-different shapes leave: without this, the
-    resident memory of a long prediction crept up batch after batch (by 130 MB over 48,000
-    tweets, 1.23x the peak of a run on a tenth of them)."""
+    resident memory between chunks of 512 tweets crept from 521 MB after the first to 585 MB
+    after the 18th; with it, 429-440 MB over 60 chunks."""
     trim = _malloc_trim()
     if trim is None:
         return False
