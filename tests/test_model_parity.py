@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 from tagtune.checkpoint import load_model
-from tagtune.model import Packing
+from tagtune.model import Packing, packed_attention
+from tagtune.models.packed import MAX_RUNS, _padded_attention, _runs_attention, equal_length_runs
 from tagtune.tokenizer import load_tokenizer
 
 from conftest import tiny_hf_model, tiny_with_minilm_tokenizer
@@ -144,8 +146,34 @@ def test_packing_layout():
     assert packing.max_seqlen == 3
     assert packing.slots.tolist() == [0, 1, 2, 3, 4, 6]
     assert packing.key_mask[:, 0, 0].tolist() == [[True, True, True], [True, True, False], [True, False, False]]
+    assert packing.runs == [(0, 1, 3), (3, 1, 2), (5, 1, 1)]
+    assert equal_length_runs([4, 4, 2, 2, 2, 4]) == [(0, 2, 4), (8, 3, 2), (14, 1, 4)]
     with pytest.raises(ValueError, match="at least one token"):
         Packing.from_cu_seqlens(torch.tensor([0, 3, 3]))
+
+
+def test_attention_by_runs_equals_the_padded_layout():
+    """Runs of equal-length sequences attended as views give the padded layout's outputs and
+    gradients, and a batch of more runs than MAX_RUNS takes the padded layout."""
+    torch.manual_seed(0)
+    lengths = [6, 6, 6, 4, 4, 9, 1, 4]
+    packing = Packing.from_cu_seqlens(torch.tensor([0, *lengths]).cumsum(0))
+    assert len(packing.runs) == 5
+    q, k, v = (torch.randn(sum(lengths), 3, 8, requires_grad=True) for _ in range(3))
+    grad = torch.randn(sum(lengths), 3, 8)
+    results = []
+    for attend in (_runs_attention, _padded_attention):
+        args = (packing.runs, 0.0) if attend is _runs_attention else (packing, 0.0, None)
+        out = attend(q, k, v, *args)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for ours, padded in zip(*results):
+        torch.testing.assert_close(ours, padded, atol=1e-6, rtol=1e-5)
+    for cu_seqlens in (packing.cu_seqlens, torch.arange(MAX_RUNS + 2).cumsum(0)):  # 5 runs; MAX_RUNS + 1 runs
+        cu = cu_seqlens.tolist()
+        q, k, v = (torch.randn(cu[-1], 3, 8) for _ in range(3))
+        expected = torch.cat([F.scaled_dot_product_attention(*(x[a:b].transpose(0, 1) for x in (q, k, v))).transpose(0, 1)
+                              for a, b in zip(cu, cu[1:])])
+        torch.testing.assert_close(packed_attention(q, k, v, Packing.from_cu_seqlens(cu_seqlens), 0.0), expected)
 
 
 def test_dropout_is_active_in_training(minilm):

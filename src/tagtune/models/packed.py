@@ -120,6 +120,9 @@ class Packing:
     slots: torch.Tensor
     key_mask: torch.Tensor
     padded: bool = False
+    runs: list[tuple[int, int, int]] | None = None
+    """Maximal runs of consecutive sequences of one length, as ``(first token, sequences,
+    length)``; None where not computed (CUDA, which needs no host copy of the lengths)."""
     band_masks: dict = field(default_factory=dict, repr=False)
     """:meth:`band_mask` by window, made once per forward pass for all the local layers."""
 
@@ -143,7 +146,8 @@ class Packing:
         )  # (T,)
         slots = seq_index * max_seqlen + positions  # (T,)
         key_mask = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lengths[:, None]  # (B, L)
-        return cls(cu_seqlens.to(torch.int32), max_seqlen, positions, slots, key_mask[:, None, None, :])
+        runs = equal_length_runs(lengths.tolist()) if cu_seqlens.device.type == "cpu" else None
+        return cls(cu_seqlens.to(torch.int32), max_seqlen, positions, slots, key_mask[:, None, None, :], runs=runs)
 
     @classmethod
     def of_padded(cls, attention_mask: torch.Tensor) -> Packing:
@@ -182,6 +186,20 @@ class Packing:
             mask = (q_seq[:, :, None] == k_seq[:, None, :]) & ((q_pos[:, :, None] - k_pos[:, None, :]).abs() <= window)
             self.band_masks[window] = mask | (q_seq[:, :, None] == -1)
         return self.band_masks[window]
+
+
+def equal_length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
+    """``(first token, sequences, length)`` for each maximal run of consecutive equal lengths."""
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for length in lengths:
+        if runs and runs[-1][2] == length:
+            first, count, _ = runs[-1]
+            runs[-1] = (first, count + 1, length)
+        else:
+            runs.append((start, 1, length))
+        start += length
+    return runs
 
 
 def _sdpa(q, k, v, mask=None, dropout_p: float = 0.0):
@@ -237,6 +255,29 @@ def _padded_attention(q, k, v, packing: Packing, dropout_p: float, window: int |
     return out[packing.slots]  # (T, H, D)
 
 
+MAX_RUNS = 32
+"""Up to this many runs of equal-length sequences, a batch's attention runs run by run
+(:func:`_runs_attention`) rather than in the padded layout. Measured on 2 CPU cores for 32
+sequences of 10-60 tokens (MiniLM's 12 heads of 32): training's forward and backward took
+4.6 ms against 12.2 ms padded with one run, 15 against 21 ms with 16 runs, and the same with 32;
+prediction 1.0 against 1.9 ms with one run, 2.4 against 3.7 ms with 32."""
+
+
+def _runs_attention(q, k, v, runs: list[tuple[int, int, int]], dropout_p: float):
+    """Attention over runs of equal-length sequences: each run of the stream is already a
+    ``(sequences, length)`` batch, a view with no padding and no mask, so nothing is scattered
+    or gathered. Batches sorted by length (prediction's, and training's with bucketing) hold few
+    runs."""
+    total, heads, dim = q.shape
+    outs = []
+    for first, count, length in runs:
+        def batch(x):  # (T, H, D) -> (n, H, L, D), a view
+            return x[first:first + count * length].view(count, length, heads, dim).transpose(1, 2)
+        out = _sdpa(batch(q), batch(k), batch(v), None, dropout_p)  # (n, H, L, D)
+        outs.append(out.transpose(1, 2).reshape(count * length, heads, dim))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 def _banded_attention(q, k, v, packing: Packing, dropout_p: float, window: int):
     """Local attention over the packed stream at a cost of about 3 * window * T per head.
 
@@ -265,10 +306,11 @@ def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | 
 
     ``window``: a local layer's reach, each query seeing the keys at most ``window`` positions
     away in its own sequence (ModernBERT's ``local_attention // 2``); None sees the whole sequence.
-    On CUDA in bf16 the variable-length FlashAttention kernel runs where PyTorch has it. On
-    other devices the sequences are padded for scaled_dot_product_attention, except a local
-    layer over sequences longer than its window, which runs banded over the stream (about
-    window x length, not length^2).
+    On CUDA in bf16 the variable-length FlashAttention kernel runs where PyTorch has it. On the
+    CPU, a batch of few runs of equal-length sequences runs run by run with no padding
+    (:data:`MAX_RUNS`); otherwise the sequences are padded for scaled_dot_product_attention,
+    except a local layer over sequences longer than its window, which runs banded over the
+    stream (about window x length, not length^2).
     """
     if window is not None and not packing.padded and packing.max_seqlen - 1 <= window:
         window = None  # every sequence fits in the window: the whole sequence is seen
@@ -277,6 +319,8 @@ def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | 
         return out
     if window is not None and not packing.padded:
         return _banded_attention(q, k, v, packing, dropout_p, window)
+    if window is None and packing.runs is not None and len(packing.runs) <= MAX_RUNS:
+        return _runs_attention(q, k, v, packing.runs, dropout_p)
     if packing.batch_size == 1 and window is None and not packing.padded:
         out = _sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                     dropout_p=dropout_p)  # (1, H, T, D)
