@@ -89,7 +89,8 @@ def read_texts(path: str | os.PathLike) -> tuple[list[Text], int]:
     string (and an optional ``"id"``, a string or an integer) when its first non-empty line is a
     JSON object. Bytes that are not UTF-8 and lines that are not JSON objects with a text are a
     one-line ``file:line:`` error."""
-    from tagtune.predict import decoded_lines, open_input
+    from tagtune.files import open_input
+    from tagtune.predict import decoded_lines
 
     path = Path(path)
     stream = open_input(path)

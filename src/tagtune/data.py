@@ -57,6 +57,7 @@ from pathlib import Path
 
 from tagtune import safejson
 from tagtune.errors import TagtuneError
+from tagtune.files import read_bytes
 from tagtune.safejson import cut, excerpt
 from tagtune.schemes import chunks, is_file_tag, split_tag
 from tagtune.spans import Example, Span
@@ -245,14 +246,7 @@ def keyword_spans(text: str, keywords: Iterable[str], label: str) -> tuple[list[
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TagtuneError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TagtuneError(f"{path}: is a directory, not a file") from None
-    except OSError as e:
-        raise TagtuneError(f"{path}: cannot read the file: {e.strerror or e}") from None
+    data = read_bytes(path)
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise TagtuneError(f"{path}: the file is UTF-16, not UTF-8; save it as UTF-8")
     try:

@@ -3,7 +3,7 @@
 A file is written to ``NAME.tmp``, flushed and fsynced, then renamed over NAME (atomic_save,
 atomic_write); a folder is built beside its destination and renamed into place
 (replace_folder). A failed write is a one-line TagtuneError naming the path and the cause
-(write_error). This module needs only the standard library, so any module may write through it
+(write_error), and so is a failed read of a user's file (read_error, open_input, read_bytes). This module needs only the standard library, so any module may write through it
 without importing torch.
 """
 
@@ -31,6 +31,31 @@ def write_error(path: str | os.PathLike, error: OSError) -> TagtuneError:
     """The one-line error for a file or folder that could not be written: its path and the cause
     (disk full, read-only filesystem, no permission, ...)."""
     return TagtuneError(f"{path}: cannot be written ({error.strerror or error})")
+
+
+def read_error(path: str | os.PathLike, error: OSError) -> TagtuneError:
+    """The one-line error for a file that could not be read: missing, a folder, or the cause."""
+    if isinstance(error, FileNotFoundError):
+        return TagtuneError(f"{path}: no such file")
+    if isinstance(error, IsADirectoryError):
+        return TagtuneError(f"{path}: is a directory, not a file")
+    return TagtuneError(f"{path}: cannot be read ({error.strerror or error})")
+
+
+def open_input(path: str | os.PathLike):
+    """``path`` open for reading bytes; failing that, :func:`read_error`."""
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise read_error(path, e) from None
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of the file ``path``; failing that, :func:`read_error`."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise read_error(path, e) from None
 
 
 def fsync_folder(path: str | os.PathLike) -> None:

@@ -34,7 +34,6 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 from itertools import chain, islice
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from tagtune.data import CONLL_SUFFIXES, conll_fields, looks_like_conll
 from tagtune.decode import check_min_score
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
-from tagtune.files import umask
+from tagtune.files import open_input, umask
 from tagtune.precision import check_bf16
 from tagtune.progress import Progress
 
@@ -52,19 +51,6 @@ UNITS = {"text": "lines", "jsonl": "records", "conll": "sentences"}
 PROBE_LINES = 50  # non-blank lines looked at to tell CoNLL from plain text
 INTERACTIVE_HINT = "tagtune: type a text per line, Ctrl-D to end"
 _BOM = b"\xef\xbb\xbf"
-
-
-def open_input(path) -> BinaryIO:
-    """``path`` open for reading bytes; a missing file, a folder or an unreadable file is a
-    one-line error naming it."""
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise TagtuneError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TagtuneError(f"{path}: is a directory, not a file") from None
-    except OSError as e:
-        raise TagtuneError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def decoded_lines(stream, name: str) -> Iterator[tuple[int, str]]:

@@ -210,15 +210,16 @@ def read_object(path, max_bytes: int | None = None) -> dict:
     from pathlib import Path
 
     from tagtune.errors import TagtuneError
+    from tagtune.files import read_bytes, read_error
 
     path = Path(path)
     try:
         size = path.stat().st_size
-        if max_bytes is not None and size > max_bytes:
-            raise TagtuneError(f"{path}: {size:,} bytes is too large for this file (at most {max_bytes:,})")
-        data = path.read_bytes()
     except OSError as e:
-        raise TagtuneError(f"{path}: cannot be read ({e.strerror or e})") from None
+        raise read_error(path, e) from None
+    if max_bytes is not None and size > max_bytes:
+        raise TagtuneError(f"{path}: {size:,} bytes is too large for this file (at most {max_bytes:,})")
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

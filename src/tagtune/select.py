@@ -85,7 +85,8 @@ def read_pool(path: str | os.PathLike) -> list[str]:
     """The texts of the pool ``path``: a text per line, or JSON Lines with a ``"text"`` string when
     the first non-empty line is a JSON object. Empty texts are left out. A line that is not UTF-8,
     or in JSON Lines not a JSON object with a text, is a one-line ``file:line:`` error."""
-    from tagtune.predict import decoded_lines, open_input, read_records
+    from tagtune.files import open_input
+    from tagtune.predict import decoded_lines, read_records
 
     name = str(path)
     stream = open_input(path)

@@ -46,7 +46,7 @@ from tokenizers import Tokenizer as Backend
 
 from tagtune import safejson
 from tagtune.errors import TagtuneError
-from tagtune.files import atomic_write
+from tagtune.files import atomic_write, read_bytes
 
 # SentencePiece's piece types (sentencepiece_model.proto) and model types.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -263,18 +263,11 @@ def read_model(path: Path, data: bytes | None = None) -> SpmModel:
     is not one is a one-line TagtuneError naming it."""
     path = Path(path)
     if data is None:
-        data = _read_bytes(path)
+        data = read_bytes(path)
     try:
         return parse_model(data)
     except ProtoError as e:
         raise TagtuneError(f"{path}: not a readable SentencePiece model ({e})") from None
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise TagtuneError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------- settings
@@ -494,7 +487,7 @@ def deberta_v2_backend(directory: Path, model_path: Path, config: dict) -> Backe
     settings, read from the cache where it was converted before. A cache that cannot be written
     only means the conversion is not kept."""
     settings = deberta_v2_settings(directory, config)
-    data = _read_bytes(model_path)
+    data = read_bytes(model_path)
     path = cache_dir() / f"{cache_key(data, settings)}.json"
     backend = _cached(path)
     if backend is not None:
