@@ -80,3 +80,51 @@ def test_state_dict_round_trip_continues_identically():
     resumed = run(model2, data[5:], stepper(opt2, sched2, []), opt2.zero_grad)
     for a, b in zip(resumed, straight):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("max_norm", [0.05, 100.0])  # every step clipped; none
+def test_clipping_inside_the_step_equals_clip_grad_norm(fused, max_norm):
+    model, data = problem(1)
+    ref_opt = torch.optim.AdamW(groups(model), lr=1e-2, fused=fused, foreach=False if not fused else None)
+    norms = []
+
+    def ref_step():
+        norms.append(float(torch.nn.utils.clip_grad_norm_(list(model.parameters()), max_norm)))
+        ref_opt.step()
+
+    expected = run(model, data, ref_step, ref_opt.zero_grad)
+    model, data = problem(1)
+    opt = AdamW(groups(model), lr=1e-2, fused=fused)
+    got = run(model, data, lambda: opt.step(max_grad_norm=max_norm), opt.zero_grad)
+    assert (min(norms) > max_norm) if max_norm < 1 else (max(norms) < max_norm)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_row_gradients_give_the_dense_updates():
+    """An embedding table kept by rows (sparse lookups into a dense gradient zeroed where touched)
+    trains exactly as with dense gradients, steps and clipping included."""
+    def make(seed):
+        torch.manual_seed(seed)
+        table = torch.nn.Embedding(50, 6)
+        head = torch.nn.Linear(6, 3)
+        return table, head, [(torch.randint(0, 50, (7,)), torch.randint(0, 3, (7,))) for _ in range(6)]
+
+    results = []
+    for rows in (False, True):
+        table, head, data = make(0)
+        opt = AdamW([{"params": [table.weight, head.weight], "weight_decay": 0.01},
+                     {"params": [head.bias], "weight_decay": 0.0}], lr=1e-2)
+        if rows:
+            opt.keep_row_gradients(table)
+        for ids, y in data:
+            for half in (slice(0, 4), slice(4, 7)):  # two lookups accumulate before each step
+                torch.nn.functional.cross_entropy(head(table(ids[half])), y[half]).backward()
+            opt.step(max_grad_norm=0.5)
+            opt.zero_grad()
+        assert (table.weight.grad is not None and not table.weight.grad.is_sparse) == rows
+        results.append([p.detach().clone() for p in (table.weight, head.weight, head.bias)])
+    assert table.weight.grad.abs().max() == 0  # zeroed after the last step
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -283,16 +283,26 @@ def label_prior(labels: list[list[int]], num_labels: int) -> torch.Tensor:
 # Optimisation
 
 
-def make_optimizer(model, config: TrainConfig, crf: ChainCRF | None = None) -> AdamW:
+ROW_GRADIENTS_MIN = 1 << 20
+"""Embedding tables of at least this many values keep their gradients by rows on the CPU
+(AdamW.keep_row_gradients): a vocabulary's, not the positions'."""
+
+
+def make_optimizer(model, config: TrainConfig, crf: ChainCRF | None = None, row_gradients: bool = False) -> AdamW:
     """AdamW; weight decay on matrices only, never on biases and LayerNorm weights. A CRF's
     scores are grouped as the classifier's are: its transition matrix with the decayed
-    weights, its start and end vectors with the biases."""
+    weights, its start and end vectors with the biases. With ``row_gradients`` (one process on
+    the CPU), large embedding tables keep their gradients by rows."""
     decay, no_decay = [], []
     named = [*model.named_parameters(), *(crf.named_parameters(prefix="crf") if crf is not None else [])]
     for name, p in named:
         (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return AdamW(groups, lr=config.lr)
+    optimizer = AdamW(groups, lr=config.lr)
+    for m in model.modules() if row_gradients else ():
+        if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad and m.weight.numel() >= ROW_GRADIENTS_MIN:
+            optimizer.keep_row_gradients(m)
+    return optimizer
 
 
 def make_schedule(optimizer: AdamW, config: TrainConfig, total_steps: int) -> LinearSchedule:
@@ -702,7 +712,7 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     batch_size, max_tokens, batches_per_epoch = batch_plan(config, lengths)
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
     crf = ChainCRF(labels, config.scheme).to(device) if config.crf else None
-    optimizer = make_optimizer(model, config, crf)
+    optimizer = make_optimizer(model, config, crf, row_gradients=device.type == "cpu" and not group.active)
     schedule = make_schedule(optimizer, config, total_steps)
     mode = group.on_main(precision, config, device)  # measured on one process, the same for all
     state = start_state(config, group, folder, model, optimizer, schedule, device, crf)
@@ -900,9 +910,7 @@ def optimizer_step(run: Run) -> None:
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad)
             p.grad /= run.group.world
-    if run.config.clip:
-        torch.nn.utils.clip_grad_norm_(run.parameters(), run.config.clip)
-    run.optimizer.step()
+    run.optimizer.step(max_grad_norm=run.config.clip or None)  # clipped as clip_grad_norm_ does
     if run.mode == "bf16":
         run.model.refresh_low_precision()
     run.schedule.step()
