@@ -1,5 +1,8 @@
 """Logits equal transformers' for every supported family, through the packed and padded paths."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -267,3 +270,13 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(kind, tmp_path, cli):
     result = cli("info", str(model_dir))
     assert result.returncode == 1 and result.stdout == ""
     assert "the tokenizer has ids up to 30521 but the model's word embedding has 1000 rows" in result.stderr
+
+
+def test_counting_parameters_builds_nothing_and_imports_no_compiler(minilm):
+    """read_config's memory check counts the parameters on the meta device without running the
+    initialisers (which there import torch._dynamo and sympy: a second of start-up)."""
+    code = ("import sys; from tagtune.config import read_config; from tagtune.models import parameter_count; "
+            f"c = read_config({str(minilm)!r}); print(parameter_count(c), 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    model, _ = load_model(minilm)
+    assert out == [str(model.num_parameters()), "False"]

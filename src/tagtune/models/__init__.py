@@ -166,14 +166,23 @@ def check(config, source: str) -> None:
 
 def parameter_count(config) -> int | None:
     """The parameters of the TokenClassifier ``config`` describes, counted on a model built on
-    PyTorch's meta device (no memory is allocated); None where torch is not installed."""
+    PyTorch's meta device (no memory is allocated) with torch.nn.init's functions skipped: on
+    meta tensors they go through torch._refs, which imports torch._dynamo and sympy (a second
+    and some 70 MB). None where torch is not installed."""
     try:
         import torch
+        from torch.overrides import TorchFunctionMode
     except ImportError:
         return None
     from tagtune.models.packed import TokenClassifier
 
-    with torch.device("meta"):
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__module__", None) == "torch.nn.init":
+                return args[0] if args else kwargs.get("tensor")
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"), SkipInit():
         return TokenClassifier(config).num_parameters()
 
 
