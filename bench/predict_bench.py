@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="how many times the 2,394 tweets are tagged")
     parser.add_argument("--sides", help=f"comma-separated, of {', '.join(SIDES)} (default: all; with --smoke "
                         "pipeline,tagtune,tagtune-bf16); the ratio column is the second over the first")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every side this many times, the order reversed each round, and report "
+                             "each side's medians (the machine's speed drifts over minutes)")
     parser.add_argument("--smoke", action="store_true", help="100 tweets, to check the bench runs")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -167,20 +171,27 @@ def main() -> None:
     dev, examples = dev_examples(texts)
 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
-    results, spans = {}, {}
+    rounds: dict[str, list[dict]] = {side: [] for side in sides}
+    spans = {}
+    for n in range(max(1, args.rounds)):
+        for side in sides if n % 2 == 0 else sides[::-1]:
+            print(f"bench: {side}" + (f" (round {n + 1})" if args.rounds > 1 else "") + " ...", flush=True)
+            out, stats = work / f"{side}.jsonl", work / f"{side}.json"
+            usage = run(side_command(side, model, onnx, work / "texts.txt", out, stats), env)
+            measured = json.loads(stats.read_text())
+            spans[side] = [[(s["start"], s["end"], s["label"]) for s in json.loads(line)["spans"]]
+                           for line in out.read_text().splitlines()]
+            # the child's own high-water mark: a forked child's ru_maxrss starts at this process's size
+            usage["peak_rss_mb"] = measured["peak_rss_mb"]
+            rounds[side].append({**usage, "tag_seconds": measured["seconds"],
+                                 "tokens_per_second": tokens / measured["seconds"],
+                                 "useful_gflops_per_second": flops / measured["seconds"] / 1e9})
+    results = {}
     for side in sides:
-        print(f"bench: {side} ...", flush=True)
-        out, stats = work / f"{side}.jsonl", work / f"{side}.json"
-        usage = run(side_command(side, model, onnx, work / "texts.txt", out, stats), env)
-        measured = json.loads(stats.read_text())
-        spans[side] = [[(s["start"], s["end"], s["label"]) for s in json.loads(line)["spans"]]
-                       for line in out.read_text().splitlines()]
         f1 = span_scores([examples[i].spans for i in dev], [spans[side][i] for i in dev])["f1"] if dev else None
-        # the child's own high-water mark: a forked child's ru_maxrss starts at this process's size
-        usage["peak_rss_mb"] = measured["peak_rss_mb"]
-        results[side] = {**usage, "tag_seconds": measured["seconds"], "tokens_per_second": tokens / measured["seconds"],
-                         "useful_gflops_per_second": flops / measured["seconds"] / 1e9, "dev_f1": f1,
-                         "precision": measured.get("precision", "fp32")}
+        results[side] = {**{k: statistics.median(r[k] for r in rounds[side]) for k in rounds[side][0]}, "dev_f1": f1,
+                         "precision": json.loads((work / f"{side}.json").read_text()).get("precision", "fp32"),
+                         "rounds_tokens_per_second": [r["tokens_per_second"] for r in rounds[side]]}
     gemm = gemm_flops_per_second(shape, seconds=0.2 if args.smoke else 3.0)
     for r in results.values():
         r["efficiency_vs_fp32_gemm"] = r["useful_gflops_per_second"] * 1e9 / gemm
@@ -209,6 +220,9 @@ def main() -> None:
         agree = sum(a == b for a, b in zip(spans["pipeline"], spans[ours]))
         print(f"texts where the pipeline's spans equal {ours}'s: {agree}/{len(texts)} "
               "(the pipeline tags every subword and merges them its own way)")
+    if args.rounds > 1:
+        print(f"medians of {args.rounds} rounds; tokens/s by round: " + "; ".join(
+            f"{side} " + ", ".join(f"{x:.0f}" for x in results[side]["rounds_tokens_per_second"]) for side in sides))
     print(f"dev_f1: entity F1 (exact character spans) on the {len(dev)} tweets make demo held out as dev")
     print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
     name, flags = cpu_description()

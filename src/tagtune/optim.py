@@ -79,7 +79,7 @@ class AdamW:
     def _grad_scale(self, max_norm: float) -> torch.Tensor | None:
         """What to divide the gradients by for a total norm of at most ``max_norm``: at least 1
         (a 0-d tensor, so nothing waits on its value); None without gradients."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        grads = [self._nonzero_rows(p) for p in self.parameters() if p.grad is not None]
         if not grads:
             return None
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -95,6 +95,14 @@ class AdamW:
         weight.grad = torch.zeros_like(weight)
         touched = self.rows.setdefault(id(weight), [])
         weight.register_hook(lambda grad: touched.append(grad._indices()[0] if grad.is_sparse else None))
+
+    def _nonzero_rows(self, p: torch.Tensor) -> torch.Tensor:
+        """``p.grad``, or of a table kept by rows only the rows touched since the last step (the
+        rest are zero, so the norm is the same)."""
+        touched = self.rows.get(id(p))
+        if not touched or any(rows is None for rows in touched):
+            return p.grad
+        return p.grad.index_select(0, torch.cat(touched).unique())
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():

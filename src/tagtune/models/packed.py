@@ -87,7 +87,7 @@ def dropout_mask(x, p: float):
     n = x.numel()
     words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
     uniform = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-    return (uniform >= round(p * 65536) - 32768).to(x.dtype) * (1.0 / (1.0 - p))
+    return (uniform >= round(p * 65536) - 32768).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Dropout):
