@@ -36,6 +36,15 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+BATCH_TOKENS = 2048
+"""Real tokens per forward pass of the PyTorch backend, by default."""
+
+ONNX_BATCH_TOKENS = 512
+"""The same for the ONNX backend. Tagging 2,048 WNUT tweets on 2 Intel Xeon cores, alternating
+budgets in one process: int8 took 11.6 s with 512 against 14.1 s with 2,048 (its activations stay
+in cache), fp32 25.9 against 26.9 s."""
+
+
 class Tagger:
     """Predicts spans with a token classifier. ``Tagger.load(DIR)(texts)``.
 
@@ -53,7 +62,7 @@ class Tagger:
     """
 
     def __init__(self, model, tokenizer, settings: TaggerSettings, device=None, constrained: bool = True,
-                 batch_tokens: int = 2048, min_score: float = 0.0, transitions: Transitions | None = None,
+                 batch_tokens: int | None = None, min_score: float = 0.0, transitions: Transitions | None = None,
                  bf16: str = "off"):
         self.model = model
         self.tokenizer = tokenizer
@@ -80,7 +89,7 @@ class Tagger:
             self.precision, self.precision_note = "onnx", "ONNX Runtime, as exported"
         self.constrained = constrained
         self.min_score = check_min_score(min_score)
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = batch_tokens or (ONNX_BATCH_TOKENS if self.backend == "onnx" else BATCH_TOKENS)
         self.transitions = transitions
         config = model.config
         self.labels = config.labels
