@@ -6,7 +6,16 @@ import random
 import numpy as np
 import pytest
 
-from tagtune.decode import argmax_decode, decode, spans_from_tags, viterbi
+from tagtune.decode import (
+    Transitions,
+    argmax_decode,
+    decode,
+    decode_spans,
+    spans_and_uncertainty,
+    spans_from_tags,
+    uncertainty,
+    viterbi,
+)
 from tagtune.schemes import tag_names, tags_for_entities, transition_mask
 from tagtune.spans import Span
 
@@ -195,3 +204,22 @@ def test_decode():
     assert ids == [[2, 2, 0], [2]]
     with pytest.raises(ValueError):
         decode(logits, labels[:2])
+
+
+@pytest.mark.parametrize("case", ["plain", "unconstrained", "crf"])
+def test_spans_and_uncertainty_are_decode_spans_and_uncertainty(case):
+    """One decode and one lattice give what the two calls give apart."""
+    labels = tag_names(["A", "B"], "BIO")
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=3.0, size=(6, 9, len(labels))).astype(np.float32)
+    logits[[1, 4], :, labels.index("O")] += 20.0  # two texts without spans
+    lengths = [9, 4, 1, 7, 9, 2]
+    mask = np.arange(9)[None, :] < np.array(lengths)[:, None]
+    ranges = [[(2 * i, 2 * i + 1) for i in range(n)] for n in lengths]
+    n = len(labels)
+    crf = Transitions(rng.normal(size=n), rng.normal(size=(n, n)), rng.normal(size=n)) if case == "crf" else None
+    kwargs = dict(scheme="BIO", constrained=case != "unconstrained", mask=mask, transitions=crf)
+    spans, unsure = spans_and_uncertainty(logits, labels, ranges, **kwargs)
+    assert spans == decode_spans(logits, labels, ranges, **kwargs)
+    assert any(spans) and not all(spans)
+    np.testing.assert_allclose(unsure, uncertainty(logits, labels, **kwargs), rtol=1e-12, atol=0)

@@ -390,20 +390,28 @@ def decode_spans(logits, labels: list[str], ranges, scheme: str = "BIO", constra
     and each position is on its own (a CRF's ``transitions`` are then not used).
     """
     logits, mask, single = _batched(logits, labels, mask)
-    if single:
-        ranges = [ranges]
-    if len(ranges) != logits.shape[0]:
-        raise ValueError(f"{logits.shape[0]} sequences but {len(ranges)} lists of character ranges")
     constraints = _constraints(labels, scheme, constrained, transitions)
     ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)
+    out = _spans(logits, labels, [ranges] if single else ranges, scheme, mask, constraints, ids)
+    return out[0] if single else out
+
+
+def _spans(logits, labels, ranges, scheme, mask, constraints, ids, lattice: Lattice | None = None):
+    """decode_spans' spans of a batch decoded as ``ids``, scored under ``lattice`` (of all rows),
+    or under one made here for the rows that have spans."""
+    if len(ranges) != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} sequences but {len(ranges)} lists of character ranges")
     lengths = mask.sum(axis=1).tolist()
     tags = [[labels[i] for i in row[:n]] for row, n in zip(ids.tolist(), lengths)]
     entities = [entities_from_tags(row, scheme) for row in tags]
     rows = [b for b, found in enumerate(entities) if found]  # the lattice is needed for these only
     scores: list = [[] for _ in tags]
     if rows:
-        lattice = forward_backward(logits[rows], mask[rows], *constraints)
-        asked = [(k, i, j, kind) for k, b in enumerate(rows) for i, j, kind in entities[b]]
+        if lattice is None:
+            lattice = forward_backward(logits[rows], mask[rows], *constraints)
+            asked = [(k, i, j, kind) for k, b in enumerate(rows) for i, j, kind in entities[b]]
+        else:
+            asked = [(b, i, j, kind) for b in rows for i, j, kind in entities[b]]
         p = span_probabilities(lattice, labels, asked).tolist()
         at = 0
         for b in rows:
@@ -414,7 +422,7 @@ def decode_spans(logits, labels: list[str], ranges, scheme: str = "BIO", constra
         if len(r) != len(row):
             raise ValueError(f"{len(row)} tags but {len(r)} character ranges")
         out.append([Span(r[i][0], r[j - 1][1], kind, p) for (i, j, kind), p in zip(found, s)])
-    return out[0] if single else out
+    return out
 
 
 def uncertainty(logits, labels: list[str], scheme: str = "BIO", constrained: bool = True, mask=None,
@@ -426,11 +434,26 @@ def uncertainty(logits, labels: list[str], scheme: str = "BIO", constrained: boo
     logits, mask, single = _batched(logits, labels, mask)
     constraints = _constraints(labels, scheme, constrained, transitions)
     ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)  # (B, N)
-    marginals = forward_backward(logits, mask, *constraints).marginals()  # (B, N, L)
+    out = _uncertainty(forward_backward(logits, mask, *constraints), ids, mask)
+    return out[0] if single else out
+
+
+def _uncertainty(lattice: Lattice, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    marginals = lattice.marginals()  # (B, N, L)
     right = np.take_along_axis(marginals, ids[..., None], axis=-1)[..., 0]  # (B, N)
     wrong = np.where(mask, 1.0 - right, 0.0).sum(axis=1)  # expected wrong positions, (B,)
-    out = wrong / np.maximum(mask.sum(axis=1), 1)
-    return out[0] if single else out
+    return wrong / np.maximum(mask.sum(axis=1), 1)
+
+
+def spans_and_uncertainty(logits, labels: list[str], ranges, scheme: str = "BIO", constrained: bool = True,
+                          mask=None, transitions: Transitions | None = None) -> tuple[list[list[Span]], np.ndarray]:
+    """``(decode_spans(...), uncertainty(...))`` of a batch ``logits: (B, N, L)``, from one decode
+    and one lattice."""
+    logits, mask, _ = _batched(logits, labels, mask)
+    constraints = _constraints(labels, scheme, constrained, transitions)
+    ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)
+    lattice = forward_backward(logits, mask, *constraints)
+    return _spans(logits, labels, ranges, scheme, mask, constraints, ids, lattice), _uncertainty(lattice, ids, mask)
 
 
 def check_min_score(value, name: str = "min_score") -> float:

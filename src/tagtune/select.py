@@ -213,8 +213,9 @@ def score(tagger, texts: list[str], progress: bool = False,
         for lo in range(0, len(texts), batch_texts):
             chunk = texts[lo:lo + batch_texts]
             logits, units = tagger.unit_logits(chunk)
-            spans += tagger.spans(logits, units)
-            uncertainty += tagger.uncertainty(logits)
+            found, unsure = tagger.spans_and_uncertainty(logits, units)
+            spans += found
+            uncertainty += unsure
             bar.update(len(chunk))
     return spans, uncertainty
 

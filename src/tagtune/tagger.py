@@ -21,7 +21,14 @@ import numpy as np
 
 from tagtune.align import Units, merge_windows, units_of, windows_of, with_specials
 from tagtune.batching import batch_indices, pad
-from tagtune.decode import Transitions, as_array, check_min_score, decode_spans, uncertainty
+from tagtune.decode import (
+    Transitions,
+    as_array,
+    check_min_score,
+    decode_spans,
+    spans_and_uncertainty,
+    uncertainty,
+)
 from tagtune.errors import TagtuneError
 from tagtune.precision import check_bf16
 # The folder's settings and backend choice live in tagtune.folder; imported here for callers.
@@ -207,10 +214,23 @@ class Tagger:
         out: list[list[Span]] = []
         for lo, padded, mask in self._padded(unit_logits, chunk):
             ranges = [u.ranges for u in units[lo:lo + len(padded)]]
-            for spans in decode_spans(padded, self.labels, ranges, self.settings.scheme, self.constrained, mask,
-                                      self.transitions):
-                out.append([s for s in spans if s.score >= min_score] if min_score > 0 else spans)
+            out += _above(decode_spans(padded, self.labels, ranges, self.settings.scheme, self.constrained, mask,
+                                       self.transitions), min_score)
         return out
+
+    def spans_and_uncertainty(self, unit_logits: list, units: list[Units], chunk: int = 256,
+                              min_score: float | None = None) -> tuple[list[list[Span]], list[float]]:
+        """``(spans(...), uncertainty(...))`` from one decode of each chunk (``tagtune select``)."""
+        min_score = self.min_score if min_score is None else check_min_score(min_score)
+        spans: list[list[Span]] = []
+        unsure: list[float] = []
+        for lo, padded, mask in self._padded(unit_logits, chunk):
+            ranges = [u.ranges for u in units[lo:lo + len(padded)]]
+            found, wrong = spans_and_uncertainty(padded, self.labels, ranges, self.settings.scheme, self.constrained,
+                                                 mask, self.transitions)
+            spans += _above(found, min_score)
+            unsure += wrong.tolist()
+        return spans, unsure
 
     def uncertainty(self, unit_logits: list, chunk: int = 256) -> list[float]:
         """Per text of ``unit_logits`` (as :meth:`unit_logits` gives them): the expected share of its
@@ -235,6 +255,11 @@ class Tagger:
                 padded[k, :x.shape[0]] = x
                 mask[k, :x.shape[0]] = True
             yield lo, padded, mask
+
+
+def _above(spans: list[list[Span]], min_score: float) -> list[list[Span]]:
+    """Each text's spans scored at least ``min_score``."""
+    return [[s for s in found if s.score >= min_score] for found in spans] if min_score > 0 else spans
 
 
 @functools.lru_cache(maxsize=None)
