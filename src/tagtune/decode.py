@@ -389,11 +389,18 @@ def decode_spans(logits, labels: list[str], ranges, scheme: str = "BIO", constra
     added to it when given: the CRF's marginals), else the one where every tag path is allowed
     and each position is on its own (a CRF's ``transitions`` are then not used).
     """
-    logits, mask, single = _batched(logits, labels, mask)
-    constraints = _constraints(labels, scheme, constrained, transitions)
-    ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)
+    logits, mask, single, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions)
     out = _spans(logits, labels, [ranges] if single else ranges, scheme, mask, constraints, ids)
     return out[0] if single else out
+
+
+def _decoded(logits, labels, scheme, constrained, mask, transitions):
+    """``(logits, mask, single, constraints, ids)``: the batch as ``_batched`` gives it, the lattice's
+    constraints, and the tag ids ``decode`` takes (Viterbi under them, or each position's argmax)."""
+    logits, mask, single = _batched(logits, labels, mask)
+    constraints = _constraints(labels, scheme, constrained, transitions)
+    ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)  # (B, N)
+    return logits, mask, single, constraints, ids
 
 
 def _spans(logits, labels, ranges, scheme, mask, constraints, ids, lattice: Lattice | None = None):
@@ -431,9 +438,7 @@ def uncertainty(logits, labels: list[str], scheme: str = "BIO", constrained: boo
     positions whose decoded tag is wrong, the mean over its real positions of 1 - p(the tag
     ``decode`` takes there), p being the position's marginal under the lattice ``decode_spans``
     scores spans with; 0 for a row without positions. ``(B,)`` float64."""
-    logits, mask, single = _batched(logits, labels, mask)
-    constraints = _constraints(labels, scheme, constrained, transitions)
-    ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)  # (B, N)
+    logits, mask, single, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions)
     out = _uncertainty(forward_backward(logits, mask, *constraints), ids, mask)
     return out[0] if single else out
 
@@ -449,9 +454,7 @@ def spans_and_uncertainty(logits, labels: list[str], ranges, scheme: str = "BIO"
                           mask=None, transitions: Transitions | None = None) -> tuple[list[list[Span]], np.ndarray]:
     """``(decode_spans(...), uncertainty(...))`` of a batch ``logits: (B, N, L)``, from one decode
     and one lattice."""
-    logits, mask, _ = _batched(logits, labels, mask)
-    constraints = _constraints(labels, scheme, constrained, transitions)
-    ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)
+    logits, mask, _, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions)
     lattice = forward_backward(logits, mask, *constraints)
     return _spans(logits, labels, ranges, scheme, mask, constraints, ids, lattice), _uncertainty(lattice, ids, mask)
 

@@ -3,8 +3,9 @@
 A file is written to ``NAME.tmp``, flushed and fsynced, then renamed over NAME (atomic_save,
 atomic_write); a folder is built beside its destination and renamed into place
 (replace_folder). A failed write is a one-line TagtuneError naming the path and the cause
-(write_error), and so is a failed read of a user's file (read_error, open_input, read_bytes). This module needs only the standard library, so any module may write through it
-without importing torch.
+(write_error), and so is a failed read of a user's file (read_error, open_input, read_bytes).
+This module needs only the standard library, so any module may write through it without
+importing torch.
 """
 
 from __future__ import annotations

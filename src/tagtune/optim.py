@@ -96,23 +96,29 @@ class AdamW:
         touched = self.rows.setdefault(id(weight), [])
         weight.register_hook(lambda grad: touched.append(grad._indices()[0] if grad.is_sparse else None))
 
-    def _nonzero_rows(self, p: torch.Tensor) -> torch.Tensor:
-        """``p.grad``, or of a table kept by rows only the rows touched since the last step (the
-        rest are zero, so the norm is the same)."""
+    def _touched(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The rows of a table kept by rows that lookups touched since the last step (unique), or
+        None where any row may be nonzero: a dense gradient came too, or ``p`` is not such a table."""
         touched = self.rows.get(id(p))
-        if not touched or any(rows is None for rows in touched):
-            return p.grad
-        return p.grad.index_select(0, torch.cat(touched).unique())
+        if touched is None or any(rows is None for rows in touched):
+            return None
+        return torch.cat(touched).unique() if touched else torch.zeros(0, dtype=torch.long, device=p.device)
+
+    def _nonzero_rows(self, p: torch.Tensor) -> torch.Tensor:
+        """``p.grad``, or of a table kept by rows only its touched rows (the rest are zero, so the
+        norm is the same)."""
+        rows = self._touched(p)
+        return p.grad if rows is None else p.grad.index_select(0, rows)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
-            touched = self.rows.get(id(p))
-            if touched is not None:  # keep_row_gradients: zero the rows touched since the last step
-                if any(rows is None for rows in touched):  # a dense gradient came too
+            if id(p) in self.rows:  # keep_row_gradients: zero the rows touched since the last step
+                rows = self._touched(p)
+                if rows is None:  # a dense gradient came too
                     p.grad.zero_()
-                elif touched:
-                    p.grad.index_fill_(0, torch.cat(touched), 0.0)
-                touched.clear()
+                else:
+                    p.grad.index_fill_(0, rows, 0.0)
+                self.rows[id(p)].clear()
             elif set_to_none:
                 p.grad = None
             elif p.grad is not None:
