@@ -281,11 +281,15 @@ def _runs_attention(q, k, v, runs: list[tuple[int, int, int]], dropout_p: float)
     or gathered. Batches sorted by length (prediction's, and training's with bucketing) hold few
     runs."""
     total, heads, dim = q.shape
+    sizes = [count * length for _, count, length in runs]
+    # One split per tensor rather than a slice per run: the backward of a split is one cat,
+    # where each slice's would fill a zero gradient of the whole stream (runs x T per tensor).
+    parts = zip(q.split(sizes), k.split(sizes), v.split(sizes)) if len(runs) > 1 else [(q, k, v)]
     outs = []
-    for first, count, length in runs:
-        def batch(x):  # (T, H, D) -> (n, H, L, D), a view
-            return x[first:first + count * length].view(count, length, heads, dim).transpose(1, 2)
-        out = _sdpa(batch(q), batch(k), batch(v), None, dropout_p)  # (n, H, L, D)
+    for (_, count, length), (qr, kr, vr) in zip(runs, parts):
+        def batch(x):  # (n * L, H, D) -> (n, H, L, D), a view
+            return x.view(count, length, heads, dim).transpose(1, 2)
+        out = _sdpa(batch(qr), batch(kr), batch(vr), None, dropout_p)  # (n, H, L, D)
         outs.append(out.transpose(1, 2).reshape(count * length, heads, dim))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
