@@ -57,3 +57,17 @@ def wait_for_saved_epoch(process: subprocess.Popen, out, epochs: int = 1, timeou
     deadline = time.time() + timeout
     while process.poll() is None and time.time() < deadline and saved() < epochs:
         time.sleep(0.02)
+
+
+def stop_in_epoch(monkeypatch, epoch: int) -> None:
+    """Training stops with a KeyboardInterrupt as epoch index ``epoch`` (0 for the first) begins."""
+    import tagtune.training as training
+
+    epoch_of = training.train_epoch
+
+    def stopping(run, index):
+        if index == epoch:
+            raise KeyboardInterrupt
+        return epoch_of(run, index)
+
+    monkeypatch.setattr(training, "train_epoch", stopping)

@@ -180,3 +180,27 @@ def test_save_never_overwrites_without_permission(minilm, tmp_path):
     save_model(model, None, out, overwrite=True)
     assert (out / "model.safetensors").is_file() and not (out / "notes.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tagger"]  # no temporary folders left behind
+
+
+def test_write_safetensors_is_read_back_by_the_safetensors_library(tmp_path):
+    """tagtune's streaming safetensors writer against the library's reader: every dtype a
+    model or its state has, 0-d and empty tensors, a view into a larger tensor, the metadata."""
+    from safetensors import safe_open
+
+    from tagtune.checkpoint import write_safetensors
+
+    base = torch.randn(6, 5)
+    state = {"w": torch.randn(3, 4), "half": torch.randn(7).half(), "bf16": torch.randn(2, 3).bfloat16(),
+             "ids": torch.arange(5), "i32": torch.arange(4, dtype=torch.int32), "mask": torch.tensor([True, False]),
+             "step": torch.tensor(3.0), "none": torch.zeros(0, 4), "row": base[2], "bytes": torch.arange(3, dtype=torch.uint8)}
+    write_safetensors(tmp_path / "m.safetensors", state, {"format": "pt"})
+    back = load_file(tmp_path / "m.safetensors")
+    assert back.keys() == state.keys()
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape, name
+        assert torch.equal(back[name], tensor), name
+    with safe_open(tmp_path / "m.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    header = int.from_bytes((tmp_path / "m.safetensors").read_bytes()[:8], "little")
+    assert header % 8 == 0  # the data starts 8-byte aligned
+    assert not list(tmp_path.glob("*.tmp"))

@@ -114,20 +114,22 @@ def limit_file_size(limit: int):
     return apply
 
 
-@pytest.mark.parametrize("replacing, weights", [(True, 2.0), (False, 0.5)], ids=["replacing", "new"])
-def test_disk_full_while_saving_the_checkpoint(replacing, weights, finished_run, tiny_bert, wnut_files, tmp_path):
-    """No file may be larger than ``weights`` times the model's weights: with 2, the checkpoint
+@pytest.mark.parametrize("replacing, weights, failing", [(True, 1.5, "state.pt"), (False, 0.5, "model-epoch-0.safetensors")],
+                         ids=["replacing", "new"])
+def test_disk_full_while_saving_the_checkpoint(replacing, weights, failing, finished_run, tiny_bert, wnut_files,
+                                               tmp_path):
+    """No file may be larger than ``weights`` times the model's weights: with 1.5, the checkpoint
     before the first step (weights, no optimizer state yet) is written but the first epoch's
-    (weights and AdamW's two moments) is not; with 0.5 not even the first. Either way the run
-    cannot continue, and what it made is removed."""
+    state (AdamW's two moments) is not; with 0.5 not even the first one's weights. Either way the
+    run cannot continue, and what it made is removed."""
     out = shutil.copytree(finished_run, tmp_path / "run") if replacing else tmp_path / "runs" / "run"
     before = files(out) if replacing else None
     limit = int(weights * (tiny_bert / "model.safetensors").stat().st_size)
-    result = tagtune(*train_args(tiny_bert, wnut_files / "dev.conll", out, "--overwrite"),
+    result = tagtune(*train_args(tiny_bert, wnut_files / "dev.conll", out, "--overwrite", "--epochs", "2"),
                      preexec_fn=limit_file_size(limit))
     line = error_line(result)
     work = tmp_path / ".run.tagtune-new" if replacing else out
-    assert line.startswith(f"tagtune: error: {work / 'checkpoint' / 'state.pt'}: cannot be written (File too large)")
+    assert line.startswith(f"tagtune: error: {work / 'checkpoint' / failing}: cannot be written (File too large)")
     if replacing:
         assert line.endswith(f"; {out} is unchanged"), line
         assert files(out) == before

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import wait_for_saved_epoch
+from helpers import stop_in_epoch, wait_for_saved_epoch
 from helpers import tagtune as cli
 from tagtune import TagtuneError
 from tagtune.config import EncoderConfig
@@ -374,6 +374,110 @@ def test_bad_model_leaves_no_output_folder(wnut_files, tmp_path):
     out = tmp_path / "new"
     result = cli("train", "--model", tmp_path / "no-model", "--train", wnut_files / "train.conll", "--out", out)
     assert result.returncode == 1 and "no such folder" in result.stderr and not out.exists()
+
+
+def scripted_dev_f1(monkeypatch, scores):
+    """Dev evaluation with its F1 replaced by ``scores``, epoch after epoch: which epoch is best
+    is then known in advance."""
+    import tagtune.training as training
+
+    evaluate, left = training.evaluate_examples, list(scores)
+
+    def scripted(*args, **kwargs):
+        return {**evaluate(*args, **kwargs), "f1": left.pop(0)}
+
+    monkeypatch.setattr(training, "evaluate_examples", scripted)
+
+
+def weights_after_each_epoch(monkeypatch) -> list[dict]:
+    """The model's weights at the end of every epoch trained from now on."""
+    import tagtune.training as training
+
+    epoch_of, seen = training.train_epoch, []
+
+    def recording(run, epoch):
+        entry = epoch_of(run, epoch)
+        seen.append({k: v.clone() for k, v in run.model.state_dict().items()})
+        return entry
+
+    monkeypatch.setattr(training, "train_epoch", recording)
+    return seen
+
+
+def assert_model_holds(out, weights: dict) -> None:
+    saved = Tagger.load(out).model.state_dict()
+    assert saved.keys() == weights.keys()
+    for name in weights:
+        torch.testing.assert_close(saved[name], weights[name], atol=0, rtol=0, msg=name)
+
+
+def test_an_earlier_best_epoch_is_kept_across_checkpoints_and_a_resume(tiny_bert, wnut_files, tmp_path,
+                                                                         monkeypatch):
+    """--save best with the best dev F1 in epoch 2 of 4: each later checkpoint writes its own
+    epoch's weights beside the best epoch's, a run stopped in epoch 4 resumes, and the final
+    model is epoch 2's, as in the run that was never stopped."""
+    config = dict(model=str(tiny_bert), train=str(wnut_files / "train.conll"), dev=str(wnut_files / "dev.conll"),
+                  epochs=4, lr=1e-3, seed=7, save="best", progress=False)
+    scripted_dev_f1(monkeypatch, [0.5, 0.9, 0.3, 0.2])
+    whole = weights_after_each_epoch(monkeypatch)
+    assert train(TrainConfig(**config, out=str(tmp_path / "whole")))["epoch"] == 2
+    assert_model_holds(tmp_path / "whole", whole[1])
+
+    monkeypatch.undo()
+    scripted_dev_f1(monkeypatch, [0.5, 0.9, 0.3])
+    out = tmp_path / "stopped"
+    stop_in_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config, out=str(out)))
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
+        "model-epoch-2.safetensors", "model-epoch-3.safetensors", "state.pt"]
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["state"]["best_epoch"] == 2
+
+    monkeypatch.undo()
+    scripted_dev_f1(monkeypatch, [0.2])
+    assert train(TrainConfig(**config, out=str(out), resume=True))["epoch"] == 2
+    assert_model_holds(out, whole[1])
+    assert not (out / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("best", [3, 2], ids=["last-best", "earlier-best"])
+def test_a_failed_final_save_leaves_a_run_that_resumes_to_the_same_model(best, tiny_bert, wnut_files, tmp_path,
+                                                                          monkeypatch):
+    """The last epoch is not checkpointed before the final save, which follows at once. When
+    that save fails, the last epoch is checkpointed then, and --resume goes straight to the final
+    save; where the model no longer holds the last epoch's weights (the best epoch is an earlier
+    one), --resume trains the last epoch again from the previous checkpoint. Either way the
+    result is the uninterrupted run's."""
+    import tagtune.training as training
+
+    config = dict(model=str(tiny_bert), train=str(wnut_files / "train.conll"), dev=str(wnut_files / "dev.conll"),
+                  epochs=3, lr=1e-3, seed=7, save="best", progress=False)
+    scores = [0.5, 0.9, 0.95] if best == 3 else [0.5, 0.9, 0.3]
+    scripted_dev_f1(monkeypatch, scores)
+    whole = weights_after_each_epoch(monkeypatch)
+    train(TrainConfig(**config, out=str(tmp_path / "whole")))
+
+    monkeypatch.undo()
+    scripted_dev_f1(monkeypatch, scores)
+    writes = training.write_model_files
+
+    def full_disk(*args, **kwargs):
+        raise TagtuneError("model.safetensors: cannot be written (No space left on device)")
+
+    monkeypatch.setattr(training, "write_model_files", full_disk)
+    out = tmp_path / "failed"
+    with pytest.raises(TagtuneError, match=r"No space left on device\); continue with tagtune train --resume"):
+        train(TrainConfig(**config, out=str(out)))
+    saved = torch.load(out / "checkpoint" / "state.pt", weights_only=True)["state"]
+    assert saved["epoch"] == (3 if best == 3 else 2)
+
+    monkeypatch.undo()
+    scripted_dev_f1(monkeypatch, [] if best == 3 else scores[2:])  # a resumed epoch 3 is evaluated again
+    resumed = weights_after_each_epoch(monkeypatch)
+    monkeypatch.setattr(training, "write_model_files", writes)
+    assert train(TrainConfig(**config, out=str(out), resume=True))["epoch"] == best
+    assert len(resumed) == (0 if best == 3 else 1)
+    assert_model_holds(out, whole[best - 1])
 
 
 def test_a_run_failing_after_it_made_the_folder_removes_it(tiny_bert, wnut_files, tmp_path, monkeypatch):

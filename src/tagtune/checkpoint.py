@@ -260,12 +260,38 @@ def torch_save(obj, path: str | os.PathLike) -> None:
     atomic_save(path, write)
 
 
-def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """A state dict (on any device) as the bytes of a safetensors file."""
-    from safetensors.torch import save
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
 
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return save(cpu, metadata=metadata)
+
+def write_safetensors(path: str | os.PathLike, state: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict (on any device) as a safetensors file, as atomic_save writes: an
+    8-byte little-endian header length, the JSON header (each tensor's dtype, shape and byte
+    range; padded with spaces to a multiple of 8), then the tensors' bytes back to back. Each
+    tensor is written from its own memory, with no copy of the whole file built first (for
+    MiniLM's 90 MB, that copy had been a third of the write)."""
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in SAFETENSORS_DTYPES:
+            raise TagtuneError(f"{path}: cannot store {name} ({t.dtype}) in a safetensors file")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+
+    def write(f) -> None:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for t in tensors.values():
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+    atomic_save(path, write)
 
 
 def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
@@ -278,7 +304,7 @@ def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
         raise TagtuneError("the model has no labels; nothing to save as a token classifier")
     directory = Path(directory)
     weights = to_checkpoint_names(model.state_dict(), model.config)
-    atomic_write(directory / "model.safetensors", safetensors_bytes(weights, {"format": "pt"}))
+    write_safetensors(directory / "model.safetensors", weights, {"format": "pt"})
     if tokenizer is not None:
         try:
             tokenizer.save(directory)

@@ -18,12 +18,15 @@ written when the run starts, ``{"format": 1, "finished": false}``, and rewritten
 even with ``overwrite``.
 
 An unfinished run looks unfinished. Until the final save the folder holds no config.json or
-model.safetensors: ``checkpoint/state.pt`` holds the full state (weights, optimizer, schedule,
-every process's random state, the history), written before the first step and after every
-epoch, and with ``save="best"`` the best epoch's weights wait in
-``checkpoint/model-epoch-N.safetensors``. Loading the folder as a tagger says it is unfinished.
-The final save writes report.html, the model files (config.json last), fsyncs them, marks the
-run finished and deletes checkpoint/.
+model.safetensors. The checkpoint is ``checkpoint/state.pt`` (optimizer, schedule, every
+process's random state, the history) and the weights of its epoch in
+``checkpoint/model-epoch-N.safetensors``, written before the first step and after every epoch
+but the last, whose final save follows at once; with ``save="best"`` the best epoch's weights
+file stays beside it (one file when the checkpoint's epoch is the best, so the weights are
+written once per epoch). Loading the folder as a tagger says it is unfinished. The final save
+writes report.html, the model files (config.json last), fsyncs them, marks the run finished and
+deletes checkpoint/; if it fails, the last epoch is checkpointed as the others were, where it
+can be.
 
 Where a run is trained: a new ``out`` is trained in place. An existing ``out`` (with
 ``overwrite``, and only a tagtune run or an empty folder) is left as it is while the new run is
@@ -62,7 +65,7 @@ from safetensors.torch import load_file
 
 from tagtune.align import IGNORE, AlignStats, token_labels, windows_of, with_specials
 from tagtune.batching import batch_indices, fill_batch, pack
-from tagtune.checkpoint import load_model, safetensors_bytes, torch_save, write_model_files
+from tagtune.checkpoint import load_model, torch_save, write_model_files, write_safetensors
 from tagtune.crf import ChainCRF
 from tagtune.data import read_examples, split_dev
 from tagtune.distributed import Group, device_for, from_environment, leave
@@ -433,9 +436,9 @@ def check_destination(config: TrainConfig) -> None:
 def check_room(config: TrainConfig, model, keeps_best: bool) -> None:
     """Before anything is written: the folder to train in can be made where --out points, and
     its filesystem has room for what the run writes. The estimate, from the model's parameter
-    bytes P: the checkpoint (weights and AdamW's two moments, 3P) twice while it is replaced,
-    and with --save best two copies of the best weights (the new one written before the old is
-    deleted): 6P or 8P; the final model (P) is written after the last checkpoint replacement."""
+    bytes P: the checkpoint (its epoch's weights P and AdamW's two moments 2P) twice while it is
+    replaced, and with --save best the best epoch's weights beside them: 6P or 7P; the final
+    model (P) is written after the last checkpoint replacement."""
     out = Path(os.path.abspath(config.out))
     base = out.parent if out.exists() else first_missing(out).parent
     if not base.is_dir():
@@ -447,7 +450,7 @@ def check_room(config: TrainConfig, model, keeps_best: bool) -> None:
     except OSError as e:
         raise TagtuneError(f"{config.out}: cannot write in {base} ({e.strerror})") from None
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    needed = parameter_bytes * (8 if keeps_best else 6)
+    needed = parameter_bytes * (7 if keeps_best else 6)
     free = shutil.disk_usage(base).free
     if free < needed:
         raise TagtuneError(f"{base}: {size(free)} free, but the run needs about {size(needed)} for its checkpoints "
@@ -518,36 +521,36 @@ def resumed_config(config: TrainConfig, work: Path) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def kept_weights(work: Path, epoch: int) -> Path:
-    """Where the weights of the best epoch so far wait for the final save (``--save best``):
-    inside checkpoint/, where neither tagtune nor transformers takes them for a model."""
+def epoch_weights(work: Path, epoch: int) -> Path:
+    """Where an epoch's weights wait: the checkpoint's epoch's, and the best epoch's for the
+    final save (``--save best``); inside checkpoint/, where neither tagtune nor transformers
+    takes them for a model."""
     return work / "checkpoint" / f"model-epoch-{epoch}.safetensors"
 
 
 CRF_PREFIX = "crf."
-"""Kept weights hold a CRF's scores under this prefix, beside the model's (whose names never start so)."""
+"""Epoch weights hold a CRF's scores under this prefix, beside the model's (whose names never start so)."""
 
 
-def save_kept_weights(work: Path, model, epoch: int, crf: ChainCRF | None = None) -> None:
-    (work / "checkpoint").mkdir(exist_ok=True)
+def save_epoch_weights(work: Path, model, epoch: int, crf: ChainCRF | None = None) -> None:
     weights = dict(model.state_dict())
     if crf is not None:
         weights.update({CRF_PREFIX + k: v for k, v in crf.state_dict().items()})
-    atomic_write(kept_weights(work, epoch), safetensors_bytes(weights))
+    write_safetensors(epoch_weights(work, epoch), weights)
 
 
-def load_kept_weights(path: Path, model, crf: ChainCRF | None, device: torch.device) -> None:
-    """Load what save_kept_weights wrote into ``model`` (and ``crf``)."""
+def load_epoch_weights(path: Path, model, crf: ChainCRF | None, device: torch.device) -> None:
+    """Load what save_epoch_weights wrote into ``model`` (and ``crf``)."""
     weights = load_file(path, device=str(device))
     if crf is not None:
         crf.load_state_dict({k[len(CRF_PREFIX):]: weights.pop(k) for k in list(weights) if k.startswith(CRF_PREFIX)})
     model.load_state_dict(weights)
 
 
-def remove_other_kept_weights(work: Path, epoch: int) -> None:
-    """Delete the best-epoch weights the checkpoint no longer names."""
+def remove_other_epoch_weights(work: Path, keep: set[int]) -> None:
+    """Delete the epoch weights neither the checkpoint nor the best epoch names."""
     for path in (work / "checkpoint").glob("model-epoch-*.safetensors"):
-        if path != kept_weights(work, epoch):
+        if path not in {epoch_weights(work, epoch) for epoch in keep}:
             path.unlink(missing_ok=True)
 
 
@@ -591,7 +594,11 @@ def _train(config: TrainConfig, group: Group, folder: RunFolder) -> dict:
         run_epochs(run)
     finally:
         run.close_log()
-    return finish(run)
+    try:
+        return finish(run)
+    except BaseException:
+        save_last_epoch(run)
+        raise
 
 
 @dataclass(eq=False)
@@ -633,6 +640,8 @@ class Run:
     crf: ChainCRF | None = None
     """The CRF on the classifier (``--crf``), outside the model so that its weights stay a plain
     token classifier's."""
+    unsaved: bool = False
+    """The last epoch is trained but not checkpointed: the final save follows (see finish)."""
     tagger: Tagger | None = None
     ddp: torch.nn.Module | None = None
     """The model as the forward pass calls it: DistributedDataParallel under torchrun."""
@@ -785,9 +794,10 @@ def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, opt
         folder.checkpointed()
         return state
     saved = torch.load(folder.work / CHECKPOINT, map_location="cpu", weights_only=True)
-    model.load_state_dict(saved["model"])
-    if crf is not None:
-        crf.load_state_dict(saved["crf"])
+    weights = epoch_weights(folder.work, saved["state"]["epoch"])
+    if not weights.is_file():
+        raise TagtuneError(f"{weights}: missing, but the checkpoint needs it; the run cannot be resumed")
+    load_epoch_weights(weights, model, crf, device)
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
     rngs = saved.get("rngs") or [saved["rng"]]
@@ -939,14 +949,14 @@ def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
         state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
     else:
         state["bad_epochs"] += 1
-    if improved and run.keeps_best and run.group.main:
-        save_kept_weights(run.work, run.model, epoch + 1, run.crf)
     stop = run.choose and config.patience is not None and state["bad_epochs"] >= config.patience
     state.update(epoch=epoch + 1, stopped=stop)
-    save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group, run.crf)
+    if stop or epoch + 1 == config.epochs:
+        run.unsaved = True  # the final save follows: no checkpoint unless it fails (save_last_epoch)
+    else:
+        save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group, run.crf,
+                        run.keeps_best)
     run.folder.keep()
-    if run.keeps_best and run.group.main:
-        remove_other_kept_weights(run.work, state["best_epoch"])
     return line, stop
 
 
@@ -961,8 +971,9 @@ def finish(run: Run) -> dict:
     if run.group.main:
         from tagtune.report import write_report
 
-        if run.keeps_best:
-            load_kept_weights(kept_weights(work, kept), run.model, run.crf, run.device)
+        if kept != state["epoch"]:  # the model holds the last epoch's weights; the best is an earlier one
+            run.unsaved = False  # the last epoch's weights are gone: a failure resumes from the checkpoint
+            load_epoch_weights(epoch_weights(work, kept), run.model, run.crf, run.device)
         files = settings_files(run.settings)
         if run.crf is not None:
             files.update(crf_files(run.crf.transitions(), run.labels))
@@ -982,11 +993,23 @@ def finish(run: Run) -> dict:
             "dev_texts": len(run.dev_examples), **scores}
 
 
+def save_last_epoch(run: Run) -> None:
+    """After a failed final save of one process: checkpoint the last epoch where that can be
+    done, so that --resume goes straight to the final save; else (the disk full, say) the
+    previous checkpoint stays and --resume trains the last epoch again."""
+    if run.unsaved and not run.group.active:
+        with contextlib.suppress(Exception):
+            save_checkpoint(run.work, run.model, run.optimizer, run.schedule, run.state, run.device, run.group,
+                            run.crf, run.keeps_best)
+
+
 def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device,
-                    group: Group | None = None, crf: ChainCRF | None = None) -> None:
-    """Everything needed to continue exactly, written (by rank 0) to a temporary file then
-    renamed: a failed save leaves the previous checkpoint. The random states of all processes
-    are kept, and the CRF's scores (their optimizer state is in the optimizer's)."""
+                    group: Group | None = None, crf: ChainCRF | None = None, keeps_best: bool = False) -> None:
+    """Everything needed to continue exactly, written by rank 0: the epoch's weights (and the
+    CRF's scores, whose optimizer state is in the optimizer's), then state.pt, each to a
+    temporary file then renamed, so a failed save leaves the previous checkpoint. The random
+    states of all processes are kept. Then the epoch weights that neither this checkpoint nor
+    the best epoch (``keeps_best``) needs are deleted."""
     group = group or Group()
     rngs = group.gather(torch.get_rng_state())
     cuda_rngs = group.gather(torch.cuda.get_rng_state(device).cpu()) if device.type == "cuda" else None
@@ -997,17 +1020,16 @@ def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: 
         path.parent.mkdir(exist_ok=True)
     except OSError as e:
         raise write_error(path.parent, e) from None
+    save_epoch_weights(out, model, state["epoch"], crf)
     payload = {
-        "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "rngs": rngs,
         "cuda_rngs": cuda_rngs,
         "state": state,
     }
-    if crf is not None:
-        payload["crf"] = crf.state_dict()
     torch_save(payload, path)
+    remove_other_epoch_weights(out, {state["epoch"], state["best_epoch"]} if keeps_best else {state["epoch"]})
 
 
 def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | None = None, progress: bool = False,
