@@ -177,6 +177,10 @@ def test_int8_export_reports_f1_change(trained_tagger, tweets, tmp_path, capsys)
     tagger = Tagger.load(out)
     assert tagger.backend == "onnx"
     assert sum(len(s) for s in tagger(texts_of(tweets[1600:1750]))) > 0
+    import onnx  # the attention is ONNX Runtime's quantised operator: no transposes or softmax of its own
+
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("QAttention") == 6 and "Softmax" not in ops and "Transpose" not in ops
 
 
 def error_line(capsys):
@@ -236,13 +240,20 @@ def test_export_graph_matches_packed_model_for_each_family(kind, tmp_path):
         ours = PaddedTagger(model)(ids, mask)
     real = mask.bool()
     torch.testing.assert_close(ours[real], reference[real], atol=1e-5, rtol=0)
-    if kind in ("electra", "modernbert"):  # through the exporter and ONNX Runtime too
-        write_onnx(model, tmp_path / "model.onnx", 60)
-        session = OnnxModel(tmp_path / "model.onnx", config)
-        rows, cut = slice(1, 4), slice(0, 20)  # other batch and sequence sizes than the export's
-        out = session(ids[rows, cut].numpy(), mask[rows, cut].numpy())
-        keep = real[rows, cut]
-        np.testing.assert_allclose(out[keep.numpy()], reference[rows, cut][keep].numpy(), atol=1e-4, rtol=0)
+    if kind in ("electra", "modernbert", "distilbert"):  # through the exporter and ONNX Runtime too
+        import onnx
+
+        # int8's graph: BERT-like attention as ONNX Runtime's Attention operator (ModernBERT's stays plain)
+        for ort_attention in (False, True) if kind != "modernbert" else (False,):
+            write_onnx(model, tmp_path / "model.onnx", 60, ort_attention=ort_attention)
+            session = OnnxModel(tmp_path / "model.onnx", config)
+            rows, cut = slice(1, 4), slice(0, 20)  # other batch and sequence sizes than the export's
+            out = session(ids[rows, cut].numpy(), mask[rows, cut].numpy())
+            keep = real[rows, cut]
+            np.testing.assert_allclose(out[keep.numpy()], reference[rows, cut][keep].numpy(), atol=1e-4, rtol=0)
+            ops = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+            assert ops.count("Attention") == (config.num_hidden_layers if ort_attention else 0)
+        assert not any(hasattr(m, "qkv_weight") for m in model.modules())  # the fused weights were for the export
 
 
 def test_bf16_is_for_the_pytorch_backend(exported, trained_tagger, tmp_path, capsys):

@@ -7,7 +7,10 @@ labels)``, both axes dynamic. Before anything is written in OUT's place, ONNX Ru
 are checked against the PyTorch model's on padded batches of two shapes.
 
 ``int8`` quantises the weights of the matrix products to int8 (onnxruntime's dynamic
-quantisation; activations are quantised on the fly) and makes that model OUT/model.onnx;
+quantisation; activations are quantised on the fly) and makes that model OUT/model.onnx; its
+graph has the self-attention of BERT-like families as ONNX Runtime's Attention operator, which
+quantisation makes QAttention (write_onnx's ``ort_attention``); the fp32 graph keeps standard
+operators only;
 ``eval_file`` scores the PyTorch, fp32 ONNX and int8 ONNX taggers on an annotated file.
 """
 
@@ -70,8 +73,33 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def write_onnx(model, path: Path, max_length: int) -> None:
-    """Export ``model`` (a TokenClassifier) to ``path`` with dynamic batch and sequence axes."""
+@contextlib.contextmanager
+def fused_attention_weights(model):
+    """For the length of an export: every BERT-like self-attention (BERT, RoBERTa, XLM-R,
+    ELECTRA, DistilBERT) holds its query, key and value weights side by side as ``qkv_weight``
+    (C, 3C) and ``qkv_bias`` (3C,), so the exported graph has ONNX Runtime's Attention operator
+    there (models.packed.onnx_runtime_attention), which int8 quantisation makes QAttention."""
+    from tagtune.models.bert import SelfAttention
+
+    layers = [m for m in model.modules() if isinstance(m, SelfAttention)
+              and all(p.bias is not None for p in (m.query, m.key, m.value))]
+    try:
+        for m in layers:
+            weight = torch.cat([m.query.weight, m.key.weight, m.value.weight]).t().contiguous()
+            m.qkv_weight = nn.Parameter(weight, requires_grad=False)
+            m.qkv_bias = nn.Parameter(torch.cat([m.query.bias, m.key.bias, m.value.bias]), requires_grad=False)
+        yield
+    finally:
+        for m in layers:
+            for name in ("qkv_weight", "qkv_bias"):
+                if hasattr(m, name):
+                    delattr(m, name)
+
+
+def write_onnx(model, path: Path, max_length: int, ort_attention: bool = False) -> None:
+    """Export ``model`` (a TokenClassifier) to ``path`` with dynamic batch and sequence axes;
+    with ``ort_attention``, BERT-like self-attention as ONNX Runtime's Attention operator (see
+    fused_attention_weights; the graph then runs on ONNX Runtime only)."""
     wrapper = PaddedTagger(model).eval()
     example = (torch.full((2, 8), 100, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     batch = torch.export.Dim("batch")
@@ -82,7 +110,8 @@ def write_onnx(model, path: Path, max_length: int) -> None:
     # this module but is deprecated. The exporter's progress lines are kept off the terminal.
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), _quiet():
+        fused = fused_attention_weights(model) if ort_attention else contextlib.nullcontext()
+        with contextlib.redirect_stdout(chatter), _quiet(), fused:
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper, example, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
@@ -179,7 +208,7 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
     try:
         fp32 = tmp / ONNX_FILE
         say(f"exporting {source} to ONNX...")
-        write_onnx(model, fp32, settings.max_length)
+        write_onnx(model, fp32, settings.max_length, ort_attention=int8)  # int8 runs on ONNX Runtime only
         shutil.copyfile(source / CONFIG_FILE, tmp / CONFIG_FILE)
         tokenizer.save(tmp)
         write_settings(tmp, settings)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tagtune.config import EncoderConfig
-from tagtune.models.packed import Dropout, Linear, Packing, activation, packed_attention
+from tagtune.models.packed import Dropout, Linear, Packing, activation, onnx_runtime_attention, packed_attention
 
 
 class Embeddings(nn.Module):
@@ -51,6 +51,10 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention over the packed stream. During an int8 export, tagtune.export
+    gives it ``qkv_weight`` and ``qkv_bias`` (the three products side by side) and the graph
+    gets ONNX Runtime's Attention operator (:func:`onnx_runtime_attention`)."""
+
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.heads = config.num_attention_heads
@@ -63,6 +67,8 @@ class SelfAttention(nn.Module):
     def forward(self, x, packing: Packing):
         """x: (T, C) -> (T, C)."""
         total = x.shape[0]
+        if hasattr(self, "qkv_weight") and packing.padded and torch.onnx.is_in_onnx_export():
+            return onnx_runtime_attention(x, self.qkv_weight, self.qkv_bias, packing, self.heads)
         q = self.query(x).view(total, self.heads, self.head_dim)  # (T, H, D)
         k = self.key(x).view(total, self.heads, self.head_dim)
         v = self.value(x).view(total, self.heads, self.head_dim)
