@@ -48,10 +48,12 @@ def keep_freed_memory() -> None:
     """For the batch commands (train, predict): glibc's malloc keeps what a step frees for the
     next step instead of handing it back to the kernel and faulting it in again. By default
     blocks over a moving threshold (at most 32 MB) are mapped and unmapped on every allocation,
-    and free memory at the top of the heap is trimmed; a training step of MiniLM then took some
-    thousands of page faults. Here every block comes from the heap and nothing is trimmed: peak
-    memory is the same (the freed blocks are reused), the process's system time fell by a third
-    and an fp32 MiniLM epoch ran 1-2% faster. Elsewhere than glibc this does nothing."""
+    and free memory at the top of the heap is trimmed on free; a training step of MiniLM then
+    took some thousands of page faults. Here every block comes from the heap and nothing is
+    trimmed on free (Tagger still hands free pages back once per chunk of texts, see
+    tagger.release_freed_memory): peak memory is the same (the freed blocks are reused), the
+    process's system time fell by a third and an fp32 MiniLM epoch ran 1-2% faster. Elsewhere
+    than glibc this does nothing."""
     import ctypes
 
     try:
