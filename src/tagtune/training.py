@@ -549,8 +549,9 @@ def load_epoch_weights(path: Path, model, crf: ChainCRF | None, device: torch.de
 
 def remove_other_epoch_weights(work: Path, keep: set[int]) -> None:
     """Delete the epoch weights neither the checkpoint nor the best epoch names."""
+    needed = {epoch_weights(work, epoch) for epoch in keep}
     for path in (work / "checkpoint").glob("model-epoch-*.safetensors"):
-        if path not in {epoch_weights(work, epoch) for epoch in keep}:
+        if path not in needed:
             path.unlink(missing_ok=True)
 
 
