@@ -9,8 +9,10 @@ work a tagger must do, whatever it wastes on top.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -68,3 +70,24 @@ def cpu_description() -> tuple[str, list[str]]:
     names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
     flags = set(info.split())
     return (names[0] if names else "unknown"), [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+
+
+AVX2_KERNELS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+"""What limits MKL's, oneDNN's and PyTorch's own CPU kernels to AVX2 (read as the libraries start)."""
+
+KERNELS_HELP = ("native: the kernels this CPU's flags allow; avx2: MKL, oneDNN and PyTorch's own kernels limited to "
+                "AVX2 (no AVX-512, bf16 emulated), in this process and every side's, as on an AVX2-only CPU")
+
+
+def use_kernels(kernels: str) -> None:
+    """``--kernels avx2``: run this script again with :data:`AVX2_KERNELS` in its environment
+    (the libraries read them when they start, and every side's process inherits them)."""
+    if kernels == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_KERNELS.items()):
+        os.environ.update(AVX2_KERNELS)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+def kernels_description() -> str:
+    """The instruction set PyTorch's CPU kernels use here, and the limits set on the libraries."""
+    limits = [f"{k}={os.environ[k]}" for k in AVX2_KERNELS if k in os.environ]
+    return torch.backends.cpu.get_cpu_capability() + (f" ({', '.join(limits)})" if limits else "")

@@ -38,7 +38,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from flops import cpu_description, gemm_flops_per_second, model_shape, useful_flops  # noqa: E402
+from flops import (  # noqa: E402
+    KERNELS_HELP,
+    cpu_description,
+    gemm_flops_per_second,
+    kernels_description,
+    model_shape,
+    use_kernels,
+    useful_flops,
+)
 from train_bench import run  # noqa: E402
 
 PEER = """
@@ -143,7 +151,9 @@ def main() -> None:
                              "each side's medians (the machine's speed drifts over minutes)")
     parser.add_argument("--smoke", action="store_true", help="100 tweets, to check the bench runs")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--kernels", choices=["native", "avx2"], default="native", help=KERNELS_HELP)
     args = parser.parse_args()
+    use_kernels(args.kernels)
     sides = (args.sides or (",".join(SMOKE_SIDES) if args.smoke else ",".join(SIDES))).split(",")
     unknown = [side for side in sides if side not in SIDES]
     if unknown or len(sides) < 2:
@@ -226,11 +236,12 @@ def main() -> None:
     print(f"dev_f1: entity F1 (exact character spans) on the {len(dev)} tweets make demo held out as dev")
     print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
     name, flags = cpu_description()
-    print(f"machine: {os.cpu_count()} CPUs, {name}, flags {' '.join(flags) or '-'}")
+    print(f"machine: {os.cpu_count()} CPUs, {name}, flags {' '.join(flags) or '-'}, kernels {kernels_description()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "gemm_gflops_per_second": gemm / 1e9,
                                                "padded_path_agreement": [same, len(padded)], "dev_tweets": len(dev),
-                                               "cpu": name, "cpu_flags": flags}, indent=2))
+                                               "cpu": name, "cpu_flags": flags, "kernels": kernels_description()},
+                                              indent=2))
 
 
 def padded_path_spans(tagger, texts: list[str]) -> list[list[dict]]:

@@ -30,7 +30,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from flops import gemm_flops_per_second, model_shape, useful_flops  # noqa: E402
+from flops import (  # noqa: E402
+    KERNELS_HELP,
+    cpu_description,
+    gemm_flops_per_second,
+    kernels_description,
+    model_shape,
+    use_kernels,
+    useful_flops,
+)
 from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
 from tagtune.metrics import span_scores  # noqa: E402
 from tagtune.schemes import entities_from_tags, tag_names  # noqa: E402
@@ -157,11 +165,13 @@ def main() -> None:
                              "head's random initialisation, so one seed decides little)")
     parser.add_argument("--test-size", type=int, default=400)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--kernels", choices=["native", "avx2"], default="native", help=KERNELS_HELP)
     parser.add_argument("--only", choices=["tagtune", "trainer"], help="run one side only")
     parser.add_argument("--crf", action="store_true",
                         help="tagtune trains with --crf (a linear-chain CRF on the classifier); the Trainer side "
                              "is unchanged")
     args = parser.parse_args()
+    use_kernels(args.kernels)
 
     sentences = wnut_sentences()
     random.Random(0).shuffle(sentences)
@@ -248,10 +258,13 @@ def main() -> None:
             row += f"{results['tagtune'][key] / results['trainer'][key]:>18.3f}"
         print(row)
     print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
-    print(f"machine: {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    name, flags = cpu_description()
+    print(f"machine: {os.cpu_count()} CPUs, {name}, flags {' '.join(flags) or '-'}, kernels {kernels_description()}, "
+          f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "medians": results, "runs": runs,
-                                               "gemm_gflops_per_second": gemm / 1e9}, indent=2))
+                                               "gemm_gflops_per_second": gemm / 1e9, "cpu": name, "cpu_flags": flags,
+                                               "kernels": kernels_description()}, indent=2))
 
 
 if __name__ == "__main__":

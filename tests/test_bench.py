@@ -55,6 +55,16 @@ def test_predict_bench_smoke(tmp_path):
     assert 0 < results["tagtune-bf16"]["texts_equal_to_tagtune"] <= 100
 
 
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else True,
+                    reason="needs an x86 CPU with AVX2")
+def test_predict_bench_limits_the_kernels_to_avx2(tmp_path):
+    """--kernels avx2 runs the bench, and every side in it, as on an AVX2-only CPU, and says so."""
+    smoke("predict_bench.py", "--kernels", "avx2", "--sides", "pipeline,tagtune", "--json", tmp_path / "predict.json")
+    recorded = json.loads((tmp_path / "predict.json").read_text())
+    assert recorded["kernels"].startswith("AVX2 (") and "ONEDNN_MAX_CPU_ISA=AVX2" in recorded["kernels"]
+    assert recorded["results"]["tagtune"]["precision"] == "fp32"  # bf16 is emulated there: --bf16 auto keeps fp32
+
+
 def test_calibration_bench_smoke():
     out = smoke("calibration_bench.py")
     assert "mean tag probability" in out and "span probability" in out
