@@ -76,7 +76,8 @@ AVX2_KERNELS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
 """What limits MKL's, oneDNN's and PyTorch's own CPU kernels to AVX2 (read as the libraries start)."""
 
 KERNELS_HELP = ("native: the kernels this CPU's flags allow; avx2: MKL, oneDNN and PyTorch's own kernels limited to "
-                "AVX2 (no AVX-512, bf16 emulated), in this process and every side's, as on an AVX2-only CPU")
+                "AVX2 (no AVX-512, bf16 emulated), in this process and every side's, as on an AVX2-only CPU "
+                "(ONNX Runtime chooses its own kernels from the CPU's flags: not limited)")
 
 
 def use_kernels(kernels: str) -> None:

@@ -237,6 +237,8 @@ def main() -> None:
     print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
     name, flags = cpu_description()
     print(f"machine: {os.cpu_count()} CPUs, {name}, flags {' '.join(flags) or '-'}, kernels {kernels_description()}")
+    if args.kernels != "native" and any(side.startswith("onnx-") for side in sides):
+        print("onnx sides: ONNX Runtime chooses its kernels from the CPU's flags; --kernels does not limit them")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "gemm_gflops_per_second": gemm / 1e9,
                                                "padded_path_agreement": [same, len(padded)], "dev_tweets": len(dev),

@@ -11,6 +11,7 @@ backend checks its ``bf16`` without it.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -33,8 +34,26 @@ def check_bf16(value: str) -> str:
     return value
 
 
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+"""Values of ``ONEDNN_MAX_CPU_ISA`` that keep oneDNN, which runs PyTorch's bf16 matrix products on
+the CPU, from the bf16 instructions: it then emulates them, over 100x slower than fp32."""
+
+
 def cpu_bf16_features() -> list[str]:
-    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX (empty where bf16 is emulated)."""
+    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX that oneDNN may use (empty
+    where bf16 is emulated: the CPU has neither, or ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN below them)."""
+    limit = _onednn_limit()
+    if limit in ONEDNN_ISAS_WITHOUT_BF16:
+        return []
+    return [name for name in _cpu_bf16_instructions() if name != "AMX" or limit in ("ALL", "DEFAULT") or "AMX" in limit]
+
+
+def _onednn_limit() -> str:
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+
+
+def _cpu_bf16_instructions() -> list[str]:
+    """Which of AVX512-BF16 and AMX the CPU has, whether or not oneDNN may use them."""
     import torch
 
     checks = (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
@@ -51,7 +70,9 @@ def cpu_bf16_speedup(width: int = 512, rows: int = 1024) -> float:
     """fp32 time / bf16 time of a (rows x width) @ (width x 4 width) matrix product on this CPU,
     the shapes of a tagger's feed-forward layer: the best of six runs each, the two precisions
     taking turns so that other work on the machine slows both alike, after a warm-up of each
-    (some tens of milliseconds in all)."""
+    (some tens of milliseconds in all). It stops after the first measured turn where bf16 is
+    more than twice as slow as fp32 (it cannot pay), so a CPU that emulates bf16 costs two
+    products of each, not seven."""
     import torch
 
     generator = torch.Generator().manual_seed(0)  # the global random state is the caller's own
@@ -60,11 +81,13 @@ def cpu_bf16_speedup(width: int = 512, rows: int = 1024) -> float:
         operands[dtype] = (torch.randn(rows, width, dtype=dtype, generator=generator),
                            torch.randn(width, 4 * width, dtype=dtype, generator=generator))
     runs: dict = {dtype: [] for dtype in operands}
-    for _ in range(7):
+    for turn in range(7):
         for dtype, (a, b) in operands.items():
             start = time.perf_counter()
             torch.mm(a, b)
             runs[dtype].append(time.perf_counter() - start)
+        if turn and min(runs[torch.float32][1:]) < min(runs[torch.bfloat16][1:]) / 2:
+            break
     return min(runs[torch.float32][1:]) / min(runs[torch.bfloat16][1:])
 
 
@@ -120,7 +143,9 @@ def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") 
         return (f"fp32 (bf16 matrix products measured {_speedup():.1f}x fp32's speed on this CPU, "
                 f"under the {BF16_MIN_SPEEDUP}x that pays; --bf16 on forces bf16)")
     if device.type == "cpu":
-        return "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"
+        why = (f"ONEDNN_MAX_CPU_ISA={_onednn_limit()} keeps oneDNN from this CPU's bf16 instructions"
+               if _cpu_bf16_instructions() else "no native bf16 on this CPU")
+        return f"fp32 ({why}; --bf16 on forces emulated bf16)"
     if device.type == "cuda":
         return "fp32 (this GPU has no bf16)"
     return f"fp32 (bf16 is automatic on CUDA and CPU only; --bf16 on forces it on {device.type})"
