@@ -92,3 +92,16 @@ def kernels_description() -> str:
     """The instruction set PyTorch's CPU kernels use here, and the limits set on the libraries."""
     limits = [f"{k}={os.environ[k]}" for k in AVX2_KERNELS if k in os.environ]
     return torch.backends.cpu.get_cpu_capability() + (f" ({', '.join(limits)})" if limits else "")
+
+
+def machine() -> dict:
+    """What the benches print and record of the machine: CPUs, the CPU's name and flags, and the
+    kernels in use."""
+    name, flags = cpu_description()
+    return {"cpus": os.cpu_count(), "cpu": name, "cpu_flags": flags, "kernels": kernels_description()}
+
+
+def machine_line(found: dict) -> str:
+    """:func:`machine` in one line."""
+    return (f"machine: {found['cpus']} CPUs, {found['cpu']}, flags {' '.join(found['cpu_flags']) or '-'}, "
+            f"kernels {found['kernels']}")

@@ -38,15 +38,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from flops import (  # noqa: E402
-    KERNELS_HELP,
-    cpu_description,
-    gemm_flops_per_second,
-    kernels_description,
-    model_shape,
-    use_kernels,
-    useful_flops,
-)
+from flops import (KERNELS_HELP, gemm_flops_per_second, machine, machine_line, model_shape,  # noqa: E402
+                   use_kernels, useful_flops)
 from train_bench import run  # noqa: E402
 
 PEER = """
@@ -235,15 +228,14 @@ def main() -> None:
             f"{side} " + ", ".join(f"{x:.0f}" for x in results[side]["rounds_tokens_per_second"]) for side in sides))
     print(f"dev_f1: entity F1 (exact character spans) on the {len(dev)} tweets make demo held out as dev")
     print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
-    name, flags = cpu_description()
-    print(f"machine: {os.cpu_count()} CPUs, {name}, flags {' '.join(flags) or '-'}, kernels {kernels_description()}")
+    here = machine()
+    print(machine_line(here))
     if args.kernels != "native" and any(side.startswith("onnx-") for side in sides):
         print("onnx sides: ONNX Runtime chooses its kernels from the CPU's flags; --kernels does not limit them")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "gemm_gflops_per_second": gemm / 1e9,
                                                "padded_path_agreement": [same, len(padded)], "dev_tweets": len(dev),
-                                               "cpu": name, "cpu_flags": flags, "kernels": kernels_description()},
-                                              indent=2))
+                                               **here}, indent=2))
 
 
 def padded_path_spans(tagger, texts: list[str]) -> list[list[dict]]:

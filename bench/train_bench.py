@@ -30,15 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from flops import (  # noqa: E402
-    KERNELS_HELP,
-    cpu_description,
-    gemm_flops_per_second,
-    kernels_description,
-    model_shape,
-    use_kernels,
-    useful_flops,
-)
+from flops import (KERNELS_HELP, gemm_flops_per_second, machine, machine_line, model_shape,  # noqa: E402
+                   use_kernels, useful_flops)
 from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
 from tagtune.metrics import span_scores  # noqa: E402
 from tagtune.schemes import entities_from_tags, tag_names  # noqa: E402
@@ -258,13 +251,11 @@ def main() -> None:
             row += f"{results['tagtune'][key] / results['trainer'][key]:>18.3f}"
         print(row)
     print(f"fp32 GEMM at the model's shapes, measured here: {gemm / 1e9:.0f} GFLOP/s")
-    name, flags = cpu_description()
-    print(f"machine: {os.cpu_count()} CPUs, {name}, flags {' '.join(flags) or '-'}, kernels {kernels_description()}, "
-          f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    here = machine()
+    print(f"{machine_line(here)}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "medians": results, "runs": runs,
-                                               "gemm_gflops_per_second": gemm / 1e9, "cpu": name, "cpu_flags": flags,
-                                               "kernels": kernels_description()}, indent=2))
+                                               "gemm_gflops_per_second": gemm / 1e9, **here}, indent=2))
 
 
 if __name__ == "__main__":
