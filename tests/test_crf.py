@@ -323,3 +323,55 @@ def test_a_batch_without_labels_has_zero_loss_and_zero_gradients():
     assert nll.tolist() == [0.0, 0.0]
     nll.sum().backward()
     assert not logits.grad.any() and not crf.trans.grad.any()
+
+
+def broken_copy(crf_tagger, tmp_path, name, change):
+    """A copy of the CRF tagger whose ``name`` (crf.json or tagtune.json) went through ``change``."""
+    import shutil
+
+    out, _ = crf_tagger
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    data = json.loads((folder / name).read_text())
+    change(data)
+    (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+def huge_scores(data):  # finite, and each within float64: the sums overflow
+    data["start"] = [None if x is None else 1e308 for x in data["start"]]
+    data["transitions"] = [[None if x is None else (1e300 if (i + j) % 2 else -1e300) for j, x in enumerate(row)]
+                           for i, row in enumerate(data["transitions"])]
+
+
+def test_crf_scores_out_of_bounds_are_refused_by_predict_and_info(crf_tagger, tmp_path, cli):
+    from tagtune.folder import CRF_MAX_SCORE
+
+    folder = broken_copy(crf_tagger, tmp_path, "crf.json", huge_scores)
+    for command in (("predict", str(folder)), ("info", str(folder))):
+        result = cli(*command)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1 and f"{folder / 'crf.json'}: start[" in result.stderr, result.stderr
+        assert "is 1e+308, beyond the ±10000" in result.stderr
+    # a score at the bound is still read
+    edge = broken_copy(crf_tagger, tmp_path / "edge", "crf.json",
+                       lambda d: d.update(end=[None if x is None else -CRF_MAX_SCORE for x in d["end"]]))
+    assert cli("info", str(edge)).returncode == 0
+
+
+@pytest.mark.parametrize("name, change, fragment", [
+    ("tagtune.json", lambda d: d.update(scheme="BILOU"), "scheme 'BILOU' is not one of"),
+    ("tagtune.json", lambda d: d.update(max_length=2), "max_length 2 and stride"),
+    ("crf.json", lambda d: d.update(labels=["O"]), "its labels ['O'] are not the model's"),
+    ("crf.json", lambda d: d["transitions"].pop(), "transitions must be"),
+])
+def test_info_checks_tagtune_json_and_crf_json(crf_tagger, tmp_path, cli, name, change, fragment):
+    out, _ = crf_tagger
+    info = cli("info", str(out))
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["tagger"] == {"scheme": "BIO", "all_subwords": False, "max_length": 128,
+                                                 "stride": 32, "crf": True}
+    folder = broken_copy(crf_tagger, tmp_path, name, change)
+    result = cli("info", str(folder))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"tagtune: error: {folder / name}: ") and fragment in result.stderr, result.stderr

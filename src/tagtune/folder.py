@@ -38,6 +38,10 @@ SETTINGS_FILE = "tagtune.json"
 ONNX_FILE = "model.onnx"
 CRF_FILE = "crf.json"
 CRF_FORMAT = 1
+CRF_MAX_SCORE = 1e4
+"""The largest magnitude a score in crf.json may have. A trained CRF's scores are tens at most;
+past this, adding them to log-probabilities (a few tens) loses the emissions to rounding, and
+scores near float64's limit overflow to infinities, so every span would score 0 or 1."""
 # The weight files the PyTorch backend reads (tagtune.checkpoint reads them; named here so that
 # choosing a backend does not import torch).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -148,7 +152,14 @@ def read_crf(directory: Path, labels: list[str], scheme: str) -> Transitions:
                     x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in row)
                 for row in flat):
             raise TagtuneError(f"{path}: {name} must be {' x '.join(map(str, shape))} numbers or null")
-        return [[-math.inf if x is None else float(x) for x in row] for row in flat]
+        values = [[-math.inf if x is None else float(x) for x in row] for row in flat]
+        for i, row in enumerate(values):
+            for j, x in enumerate(row):
+                if x != -math.inf and not abs(x) <= CRF_MAX_SCORE:
+                    where = f"[{j}]" if len(shape) == 1 else f"[{i}][{j}]"
+                    raise TagtuneError(f"{path}: {name}{where} is {x:g}, beyond the ±{CRF_MAX_SCORE:g} "
+                                       "a CRF's score may be (a trained CRF's are tens at most)")
+        return values
 
     start, trans, end = scores("start", (n,))[0], scores("transitions", (n, n)), scores("end", (n,))[0]
     return Transitions(np.array(start), np.array(trans), np.array(end)).masked(*transition_mask(labels, scheme))
