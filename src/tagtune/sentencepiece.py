@@ -6,26 +6,48 @@ protobuf), ``tokenizer_config.json`` and sometimes ``special_tokens_map.json`` a
 them; :func:`deberta_v2_backend` builds the same one, without the sentencepiece or protobuf
 packages:
 
-* the model: Unigram over the pieces of ``spm.model`` in their order, with their scores, no byte
-  fallback; the unknown id is that of the piece named ``unk_token`` with score 0, else the
+* the model: Unigram over the pieces of ``spm.model`` in their order, with their scores, byte
+  fallback where the model was trained with it; the unknown id is that of the piece named ``unk_token`` with score 0, else the
   model's own ``unk_id``;
-* normalisers: lowercasing (``do_lower_case``), every run of two or more whitespace characters
-  and every tab, newline and carriage return made one space, NFC, trailing whitespace stripped
-  (the model's own normalisation rules, its precompiled character map, are not applied, as in
-  transformers);
+* normalisers: lowercasing (``do_lower_case``), then the model's own normaliser as its
+  ``normalizer_spec`` sets it (:func:`spec_normalizers`), so that the pieces are those the
+  sentencepiece library's ``encode`` gives: the precompiled character map (NFKC folds full-width
+  letters and digits, half-width kana, ligatures, circled digits, U+3000, compatibility CJK;
+  nmt_nfkc also makes tabs and newlines spaces and drops control characters), and with
+  ``remove_extra_whitespaces`` spaces stripped at the ends and runs of them made one;
 * pre-tokenizers: punctuation isolated (``split_by_punct``), then Metaspace (spaces become
-  ``▁``, words split before each ``▁``, and a ``▁`` put before every word, or before the first
-  only when ``add_prefix_space`` is false);
+  ``▁``, words split before each ``▁`` unless the model was trained across spaces
+  (``split_by_whitespace`` false), and, where the spec has
+  ``add_dummy_prefix``, a ``▁`` put before every word, or before the first only when
+  ``add_prefix_space`` is false);
 * added tokens, in transformers' order and with its flags: ``added_tokens_decoder`` of
   tokenizer_config.json (else ``added_tokens.json``, special where it names a special token),
   then the named special tokens (``[CLS]``, ``[SEP]``, ``[UNK]``, ``[PAD]``, ``[MASK]`` by
   default; special_tokens_map.json overrides tokenizer_config.json), then the model's control
-  and user-defined pieces (or tokenizer_config.json's ``additional_special_tokens``). A token
-  the vocabulary lacks takes the next free id: ``[MASK]`` is 128000 in deberta-v3;
+  pieces (or tokenizer_config.json's ``additional_special_tokens``). A token the vocabulary
+  lacks takes the next free id: ``[MASK]`` is 128000 in deberta-v3. User-defined pieces are
+  pieces of the model like the others, whose score makes them whole wherever they occur, as in
+  SentencePiece (and transformers from 5.25; before, they were added tokens, which take the
+  space before them off: ``x <url>`` lost its ``▁``);
 * the template ``[CLS] $A [SEP]``.
 
 Only Unigram models are read: DeBERTa's are, and a SentencePiece BPE model would be tokenised
-here differently from the way it was trained.
+here differently from the way it was trained. The denormaliser a model may hold
+(``denormalizer_spec``) only changes text decoded from ids; tagtune takes spans from the offsets
+into the original text, so it is not used.
+
+transformers builds other normalisers from the same file (up to 5.24: whitespace rules and NFC
+without the character map, so that ``Ｆｕｌｌ`` or ``１２３`` became [UNK]; from 5.25: the map
+with trailing spaces stripped); where it and the sentencepiece library disagree, the library,
+which the model was trained with, is followed. A tagger saved before keeps the pipeline it was
+trained with: its folder holds that pipeline as tokenizer.json, which is loaded before spm.model.
+
+``tokenizers``' Precompiled normaliser applies the map one grapheme at a time, where
+SentencePiece takes the longest match in the text: a sequence the map composes that spans a
+grapheme of six bytes or more (a half-width kana and its voiced mark ``ｶﾞ``, Hangul jamo) is
+left decomposed. NFC after it composes those again for the NFKC rules; a short grapheme whose
+first character the map changes keeps only that character's mapping (``Ａ`` and a combining
+diaeresis become ``A``), which no step here can undo.
 
 The conversion is cached (:func:`cache_dir`): the tokenizer.json of the pipeline is stored under
 the SHA-256 of ``spm.model`` and of the settings used, so a second load reads it back.
@@ -46,14 +68,23 @@ from tokenizers import Tokenizer as Backend
 
 from tagtune import safejson
 from tagtune.errors import TagtuneError
-from tagtune.files import atomic_write, read_bytes
+from tagtune.files import atomic_write, read_bytes, read_error
 
 # SentencePiece's piece types (sentencepiece_model.proto) and model types.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 MODEL_TYPES = {1: "Unigram", 2: "BPE", 3: "word", 4: "character"}
 
+# The normalisation rules whose character map is NFKC (with the NMT rules for spaces and control
+# characters, with case folding): their output is composed, as NFC leaves it.
+NFKC_RULES = frozenset({"nfkc", "nmt_nfkc", "nfkc_cf", "nmt_nfkc_cf"})
+
+# Bounds on a model file, checked before its pieces are read: the largest SentencePiece
+# vocabularies of text encoders hold about 260,000 pieces in a few MB.
+MAX_MODEL_BYTES = 64 << 20
+MAX_PIECES = 1 << 20
+
 # Bump when the pipeline built here changes, so that cached conversions are not reused.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 
 # transformers' named special tokens, in the order it adds them, with DebertaV2Tokenizer's defaults.
 DEBERTA_V2_SPECIALS = {
@@ -86,6 +117,8 @@ class TrainerSpec:
     model_type: int = 1
     vocab_size: int = 8000
     byte_fallback: bool = False
+    split_by_whitespace: bool = True
+    treat_whitespace_as_suffix: bool = False
     unk_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -120,6 +153,10 @@ class SpmModel:
 
 class ProtoError(ValueError):
     """The bytes are not a well-formed protobuf message of the expected shape."""
+
+
+class TooManyPieces(ProtoError):
+    """The model holds more pieces than the limit it was read with."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -199,10 +236,11 @@ def _piece(data: bytes) -> Piece:
 
 _TRAINER_INTS = {3: "model_type", 4: "vocab_size", 40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}
 _TRAINER_TEXTS = {45: "unk_piece", 46: "bos_piece", 47: "eos_piece", 48: "pad_piece"}
+_TRAINER_FLAGS = {22: "split_by_whitespace", 24: "treat_whitespace_as_suffix", 35: "byte_fallback"}
 
 
-def _trainer(data: bytes) -> TrainerSpec:
-    spec = TrainerSpec()
+def _trainer(data: bytes, spec: TrainerSpec) -> TrainerSpec:
+    """``spec`` with the fields of ``data`` set (a message given twice is merged, as protobuf does)."""
     for number, wire, value in _fields(data):
         if number in _TRAINER_INTS:
             _expect(number, wire, 0, "trainer_spec")
@@ -210,14 +248,14 @@ def _trainer(data: bytes) -> TrainerSpec:
         elif number in _TRAINER_TEXTS:
             _expect(number, wire, 2, "trainer_spec")
             setattr(spec, _TRAINER_TEXTS[number], _text(value))
-        elif number == 35:
+        elif number in _TRAINER_FLAGS:
             _expect(number, wire, 0, "trainer_spec")
-            spec.byte_fallback = bool(value)
+            setattr(spec, _TRAINER_FLAGS[number], bool(value))
     return spec
 
 
-def _normalizer(data: bytes) -> NormalizerSpec:
-    spec = NormalizerSpec()
+def _normalizer(data: bytes, spec: NormalizerSpec) -> NormalizerSpec:
+    """``spec`` with the fields of ``data`` set (a message given twice is merged, as protobuf does)."""
     for number, wire, value in _fields(data):
         if number == 1:
             _expect(number, wire, 2, "normalizer_spec")
@@ -232,42 +270,73 @@ def _normalizer(data: bytes) -> NormalizerSpec:
     return spec
 
 
-def parse_model(data: bytes) -> SpmModel:
+def parse_model(data: bytes, max_pieces: int = MAX_PIECES) -> SpmModel:
     """A SentencePiece ModelProto from its bytes. Raises ProtoError where the bytes are not one
     (cut short, another format); a model without pieces, trainer or normaliser settings is
-    taken for a file cut short, as SentencePiece writes all three."""
+    taken for a file cut short, as SentencePiece writes all three. The pieces are counted
+    before any is read: more than ``max_pieces`` raise TooManyPieces."""
     if not data:
         raise ProtoError("the file is empty")
     model = SpmModel()
     seen = set()
+    pieces = []
     for number, wire, value in _fields(data):
         if number in (1, 2, 3):
             _expect(number, wire, 2, "model")
             seen.add(number)
         if number == 1:
-            model.pieces.append(_piece(value))
+            pieces.append(value)
+            if len(pieces) > max_pieces:
+                raise TooManyPieces(f"more than {max_pieces:,} pieces")
         elif number == 2:
-            model.trainer = _trainer(value)
+            model.trainer = _trainer(value, model.trainer)
         elif number == 3:
-            model.normalizer = _normalizer(value)
+            model.normalizer = _normalizer(value, model.normalizer)
     if 1 not in seen:
         raise ProtoError("no pieces")
     missing = [name for number, name in ((2, "trainer"), (3, "normaliser")) if number not in seen]
     if missing:
         raise ProtoError(f"no {' or '.join(missing)} settings (the file is cut short?)")
+    model.pieces = [_piece(value) for value in pieces]
     return model
 
 
-def read_model(path: Path, data: bytes | None = None) -> SpmModel:
-    """The SentencePiece model in ``path`` (its bytes ``data`` where already read); a file that
-    is not one is a one-line TagtuneError naming it."""
+def _too_many(path: Path, vocab_size: int | None) -> TagtuneError:
+    if vocab_size is not None and vocab_size < MAX_PIECES:
+        return TagtuneError(f"{path}: more than {vocab_size:,} pieces, the vocab_size of config.json: "
+                            "the model has no embedding for the others")
+    return TagtuneError(f"{path}: more than {MAX_PIECES:,} pieces, more than tagtune reads from a "
+                        "SentencePiece model (is the file damaged?)")
+
+
+def read_model(path: Path, data: bytes | None = None, vocab_size: int | None = None) -> SpmModel:
+    """The SentencePiece model in ``path`` (its bytes ``data`` where already read), of at most
+    ``vocab_size`` pieces where the caller knows the model's vocabulary. A file that is not one,
+    is over :data:`MAX_MODEL_BYTES` or holds too many pieces is a one-line TagtuneError naming
+    it, raised before the pieces are read."""
     path = Path(path)
     if data is None:
-        data = read_bytes(path)
+        data = read_model_bytes(path)
+    limit = MAX_PIECES if vocab_size is None else min(vocab_size, MAX_PIECES)
     try:
-        return parse_model(data)
+        return parse_model(data, limit)
+    except TooManyPieces:
+        raise _too_many(path, vocab_size) from None
     except ProtoError as e:
         raise TagtuneError(f"{path}: not a readable SentencePiece model ({e})") from None
+
+
+def read_model_bytes(path: Path) -> bytes:
+    """The bytes of the model file ``path``, which must be at most :data:`MAX_MODEL_BYTES`
+    (checked before it is read)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError as e:
+        raise read_error(path, e) from None
+    if size > MAX_MODEL_BYTES:
+        raise TagtuneError(f"{path}: {size:,} bytes is too large for a SentencePiece model "
+                           f"(at most {MAX_MODEL_BYTES:,})")
+    return read_bytes(path)
 
 
 # --------------------------------------------------------------------------- settings
@@ -313,7 +382,7 @@ def _token_list(value, where: str, special: bool | None = None) -> list:
 def deberta_v2_settings(directory: Path, config: dict) -> dict:
     """What DebertaV2Tokenizer reads from a folder besides the model: case and punctuation
     options, the named special tokens, the added tokens with their ids, the extra special
-    tokens (None: the model's control and user-defined pieces). A JSON-able dict, which
+    tokens (None: the model's control pieces). A JSON-able dict, which
     :func:`build_deberta_v2` takes and the cache key covers. Tokens are strings or dicts of
     AddedToken's fields.
 
@@ -390,10 +459,10 @@ def _added_tokens(model: SpmModel, settings: dict) -> list[AddedToken]:
     """The tokens transformers adds to the backend, in its order: added tokens by id, named
     special tokens not among them, extra special tokens not among them."""
     extras = settings["extras"]
-    if extras is None:  # the model's control pieces are special, its user-defined pieces are not
+    if extras is None:  # the model's control pieces
         extras = [{"content": p.text, "single_word": False, "lstrip": False, "rstrip": False,
-                   "normalized": False, "special": p.type == CONTROL}
-                  for p in model.pieces if p.type in (CONTROL, USER_DEFINED)]
+                   "normalized": False, "special": True}
+                  for p in model.pieces if p.type == CONTROL]
     to_add = [token for _, token in settings["added"]]
     present = {token["content"] for token in to_add}
     for token in settings["specials"].values():
@@ -412,6 +481,58 @@ def _added_tokens(model: SpmModel, settings: dict) -> list[AddedToken]:
     return out
 
 
+def spec_normalizers(spec: NormalizerSpec) -> list:
+    """The `tokenizers` normalisers that do what SentencePiece's normaliser does with ``spec``
+    before spaces become ``▁`` and the dummy prefix is added (the Metaspace pre-tokenizer's
+    work, see :func:`spaces`).
+
+    The character map (none under the identity rule) is the Precompiled normaliser, followed by
+    NFC for the NFKC rules (see the module docstring). Precompiled runs on the text behind a
+    space, taken off again after it: where it removes the first character of a text (a control
+    character, a zero-width space), it shifts the offsets of all the others by one. Where spaces
+    are kept, a CR LF pair is mapped as two characters first, as SentencePiece maps it, since
+    Precompiled would map the pair, one grapheme, as its CR alone.
+
+    ``remove_extra_whitespaces`` strips spaces (U+0020, what the map leaves of tabs, newlines or
+    U+3000 under the NMT rules; other whitespace is kept, as SentencePiece keeps it) at the end
+    and makes each run of them one. At the start, where the spec adds a dummy prefix, the one
+    space left is that prefix (Metaspace adds none before a ``▁``): the same pieces for a whole
+    text, and after an added token a space in the text still marks a new word, as in
+    transformers; without a dummy prefix, leading spaces are stripped."""
+    steps = []
+    if spec.precompiled_charsmap:
+        charsmap = normalizers.Precompiled(spec.precompiled_charsmap)
+        if not spec.remove_extra_whitespaces:
+            pair, apart = (charsmap.normalize_str("\r\n"),
+                           charsmap.normalize_str("\r") + charsmap.normalize_str("\n"))
+            if pair != apart:
+                steps.append(normalizers.Replace("\r\n", apart))
+        steps += [normalizers.Prepend(" "), charsmap, normalizers.Replace(Regex(r"\A "), "")]
+        if spec.name in NFKC_RULES:
+            steps.append(normalizers.NFC())
+    if spec.remove_extra_whitespaces:
+        ends = r" +\z" if spec.add_dummy_prefix else r"\A +| +\z"
+        steps += [normalizers.Replace(Regex(ends), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    return steps
+
+
+def spaces(spec: NormalizerSpec, add_prefix_space: bool) -> tuple[str, list]:
+    """Where the dummy prefix (a ``▁``) goes: the Metaspace prepend scheme, and the normalisers
+    to end with.
+
+    The dummy prefix is Metaspace's: before each stretch of text between added tokens, or, with
+    ``add_prefix_space`` false, before the first only. Metaspace adds none where the text
+    already starts with a ``▁``, as a text starting with a space does where
+    ``remove_extra_whitespaces`` is false; SentencePiece adds one there all the same, so there the
+    prefix is a normaliser (before each stretch; with ``add_prefix_space`` false it stays
+    Metaspace's, one short for a text starting with a space)."""
+    if not spec.add_dummy_prefix:
+        return "never", []
+    if spec.remove_extra_whitespaces or not add_prefix_space:
+        return "always" if add_prefix_space else "first", []
+    return "never", [normalizers.Prepend("\u2581")]
+
+
 def build_deberta_v2(model: SpmModel, settings: dict, source: Path | str = "spm.model") -> Backend:
     """DebertaV2Tokenizer's pipeline for a SentencePiece model and the folder's settings (see the
     module docstring). ``source`` names the model file in errors."""
@@ -419,6 +540,13 @@ def build_deberta_v2(model: SpmModel, settings: dict, source: Path | str = "spm.
         raise TagtuneError(
             f"{source}: a SentencePiece {model.kind} model; tagtune converts DeBERTa-v2 SentencePiece "
             "models of the Unigram kind only (give the folder a tokenizer.json instead)"
+        )
+    if model.trainer.treat_whitespace_as_suffix or not model.normalizer.escape_whitespaces:
+        raise TagtuneError(
+            f"{source}: a SentencePiece model that "
+            + ("puts the space mark after words (treat_whitespace_as_suffix)" if model.normalizer.escape_whitespaces
+               else "leaves spaces unescaped (escape_whitespaces false), which SentencePiece trains no Unigram model with")
+            + "; tagtune converts those that mark spaces with \u2581 before words only"
         )
     vocab = [(piece.text, piece.score) for piece in model.pieces]
     specials = settings["specials"]
@@ -428,18 +556,19 @@ def build_deberta_v2(model: SpmModel, settings: dict, source: Path | str = "spm.
     if not 0 <= unk_id < len(vocab):
         raise TagtuneError(f"{source}: the unknown piece's id {unk_id} is outside the {len(vocab)} pieces")
     try:
-        backend = Backend(models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
+        backend = Backend(models.Unigram(vocab, unk_id=unk_id, byte_fallback=model.trainer.byte_fallback))
     except Exception as e:  # the tokenizers library raises bare Exceptions
         raise TagtuneError(f"{source}: the pieces do not make a Unigram model ({e})") from None
+    prepend_scheme, last = spaces(model.normalizer, settings["add_prefix_space"])
     steps = [normalizers.Lowercase()] if settings["do_lower_case"] else []
-    steps += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
-              normalizers.Strip(left=False, right=True)]
+    steps += spec_normalizers(model.normalizer) + last
     backend.normalizer = normalizers.Sequence(steps)
-    prepend_scheme = "always" if settings["add_prefix_space"] else "first"
+    split = model.trainer.split_by_whitespace
     splits = [pre_tokenizers.Punctuation(behavior="isolated")] if settings["split_by_punct"] else []
-    splits.append(pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=prepend_scheme))
+    splits.append(pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=prepend_scheme, split=split))
     backend.pre_tokenizer = pre_tokenizers.Sequence(splits)
-    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=prepend_scheme)
+    decoded_scheme = "always" if last else prepend_scheme  # a prefix from the normaliser is dropped too
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=decoded_scheme, split=split)
     backend.add_tokens(_added_tokens(model, settings))
     cls = _content(specials["cls_token"]) if specials["cls_token"] else "None"
     sep = _content(specials["sep_token"]) if specials["sep_token"] else "None"
@@ -482,17 +611,31 @@ def _cached(path: Path) -> Backend | None:
         return None
 
 
+def model_vocab_size(directory: Path) -> int | None:
+    """config.json's ``vocab_size`` in ``directory``: the most pieces the model has embeddings
+    for. None where the folder has no config.json or it gives no positive whole number."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return None
+    size = safejson.read_object(path).get("vocab_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 def deberta_v2_backend(directory: Path, model_path: Path, config: dict) -> Backend:
-    """The `tokenizers` pipeline DebertaV2Tokenizer builds from ``model_path`` and the folder's
-    settings, read from the cache where it was converted before. A cache that cannot be written
-    only means the conversion is not kept."""
+    """The `tokenizers` pipeline for ``model_path`` and the folder's settings (see the module
+    docstring), read from the cache where it was converted before. A cache that cannot be
+    written only means the conversion is not kept. The file's size, and its number of pieces
+    against config.json's ``vocab_size``, are checked before the pieces are read."""
     settings = deberta_v2_settings(directory, config)
-    data = read_bytes(model_path)
+    vocab_size = model_vocab_size(directory)
+    data = read_model_bytes(model_path)
     path = cache_dir() / f"{cache_key(data, settings)}.json"
     backend = _cached(path)
     if backend is not None:
+        if vocab_size is not None and backend.get_vocab_size(with_added_tokens=False) > vocab_size:
+            raise _too_many(model_path, vocab_size)
         return backend
-    backend = build_deberta_v2(read_model(model_path, data), settings, model_path)
+    backend = build_deberta_v2(read_model(model_path, data, vocab_size), settings, model_path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, backend.to_str())
