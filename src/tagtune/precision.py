@@ -112,16 +112,35 @@ def cpu_bf16_pays() -> bool:
     return cpu_has_bf16() and _speedup() >= BF16_MIN_SPEEDUP
 
 
+CPU_BF16_ENV = "TAGTUNE_CPU_BF16"
+"""The environment variable that sets what ``--bf16 auto`` means on a CPU: "on" bf16, "off" fp32,
+"measure" (the default) as cpu_bf16_pays measures. Read at each choice, so it reaches the processes
+a run starts (the CLI's, torchrun's) and makes a test suite's results the same on every CPU."""
+
+
+def cpu_bf16_forced() -> bool | None:
+    """What :data:`CPU_BF16_ENV` makes ``--bf16 auto`` on a CPU: True (on), False (off), None
+    (measure, or not set); a TagtuneError for any other value."""
+    value = os.environ.get(CPU_BF16_ENV, "").strip().lower() or "measure"
+    if value not in ("on", "off", "measure"):
+        raise TagtuneError(f"{CPU_BF16_ENV} must be on, off or measure, got {os.environ[CPU_BF16_ENV]!r}")
+    return None if value == "measure" else value == "on"
+
+
 def use_bf16(bf16: str, device: torch.device) -> bool:
     """Whether ``--bf16 bf16`` means bf16 on ``device``: "on" always, "off" never, "auto" on CUDA
-    GPUs with bf16 and on CPUs where it pays (cpu_bf16_pays), never on other devices."""
+    GPUs with bf16 and on CPUs where it pays (cpu_bf16_pays, or as :data:`CPU_BF16_ENV` says),
+    never on other devices."""
     import torch
 
     if check_bf16(bf16) != "auto":
         return bf16 == "on"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_bf16_pays()
+    if device.type != "cpu":
+        return False
+    forced = cpu_bf16_forced()
+    return cpu_bf16_pays() if forced is None else forced
 
 
 def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") -> str:
@@ -129,6 +148,9 @@ def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") 
     names the bf16 mode ("bf16 mixed precision" for training)."""
     import torch
 
+    if bf16 == "auto" and device.type == "cpu" and cpu_bf16_forced() is not None:
+        emulated = "; emulated, no native bf16 here" if chosen and not cpu_has_bf16() else ""
+        return f"{what if chosen else 'fp32'} (--bf16 auto, {CPU_BF16_ENV}={'on' if chosen else 'off'}{emulated})"
     if chosen:
         if bf16 == "on":
             native = cpu_has_bf16() if device.type == "cpu" else device.type != "cuda" or torch.cuda.is_bf16_supported()
