@@ -3,9 +3,12 @@ or with huge numbers, clients that hang up mid-body or while waiting, a full que
 Every answer other than 200 is JSON, the server log stays free of tracebacks, and texts whose
 client is gone never reach the model.
 
-Most tests serve a stub tagger (`predict` sleeps on "sleep:SECONDS" and logs every batch it runs),
-so the model is busy exactly when a test needs it; the CLI test serves a tiny real tagger."""
+Most tests serve a stub tagger (`predict` logs every batch it starts and finishes, and holds a batch
+with "hold:NAME" until the test opens the gate NAME), so the model is busy exactly as long as a
+test needs it, and no test depends on how fast this machine is; the CLI test serves a tiny real
+tagger."""
 
+import itertools
 import json
 import re
 import socket
@@ -25,10 +28,10 @@ from tagtune.serve import ApiError, Batcher, Limits, MAX_NUMBER_CHARS, Stopping,
 from test_serve import serving  # noqa: E402
 
 STUB = r'''
-import json, sys, time
+import json, os, sys, time
 from tagtune.serve import Limits, create_app, run_app
 
-ran_log, timeout, max_queue = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+ran_log, done_log, gates, timeout, max_queue = sys.argv[1:4] + [float(sys.argv[4]), int(sys.argv[5])]
 
 
 class NotASpan:
@@ -42,10 +45,14 @@ class Stub:
         with open(ran_log, "a") as f:
             f.write(json.dumps(texts) + "\n")
         for text in texts:
-            if text.startswith("sleep:"):
-                time.sleep(float(text[6:]))
+            if text.startswith("hold:"):  # until the test opens the gate (a file) of that name
+                deadline = time.monotonic() + 300
+                while not os.path.exists(os.path.join(gates, text[5:])) and time.monotonic() < deadline:
+                    time.sleep(0.01)
             if text == "fail":
                 raise RuntimeError("the model broke")
+        with open(done_log, "a") as f:
+            f.write(json.dumps(texts) + "\n")
         return [[NotASpan()] if text == "not-a-span" else [] for text in texts]
 
 
@@ -56,9 +63,12 @@ run_app(app, "127.0.0.1", 0, access_log=True, shown="stub")
 ACCESS_LINE = re.compile(r'^INFO: +127\.0\.0\.1:\d+ - "(GET|POST) \S+ HTTP/1\.1" \d{3}( [A-Za-z ]+)?$')
 
 
+GATES = itertools.count()
+
+
 class Server:
-    def __init__(self, url, log_path, ran_path):
-        self.url, self.log_path, self.ran_path = url, Path(log_path), Path(ran_path)
+    def __init__(self, url, log_path, folder):
+        self.url, self.log_path, self.folder = url, Path(log_path), Path(folder)
         self.port = int(url.rsplit(":", 1)[1])
         self.http = httpx.Client(base_url=url, timeout=60)
 
@@ -70,12 +80,16 @@ class Server:
 
     def ran(self):
         """Every text the model was given, in order."""
-        return [t for line in self.ran_path.read_text().splitlines() for t in json.loads(line)]
+        return [t for line in (self.folder / "ran.jsonl").read_text().splitlines() for t in json.loads(line)]
+
+    def finished(self):
+        """Every text of the batches the model has finished, in order."""
+        return [t for line in (self.folder / "done.jsonl").read_text().splitlines() for t in json.loads(line)]
 
     def queue(self):
         return self.http.get("/health").json()["queue"]
 
-    def wait_until(self, condition, what, seconds=10):
+    def wait_until(self, condition, what, seconds=120):
         deadline = time.monotonic() + seconds
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting until {what}"
@@ -90,27 +104,36 @@ class Server:
         thread.start()
         return thread
 
-    def keep_model_busy(self, seconds):
-        """A request that keeps the model busy for ``seconds``; returns once its batch is running."""
-        tag = f"sleep:{seconds}"
-        count = self.ran().count(tag)
+    def hold(self):
+        """A text the model holds on to until ``release(text)``."""
+        return f"hold:gate-{next(GATES)}"
+
+    def release(self, text):
+        (self.folder / "gates" / text[5:]).touch()
+
+    def keep_model_busy(self):
+        """A request that keeps the model busy until ``.release()`` (a method of the thread
+        returned); returns once its batch is running."""
+        tag = self.hold()
         thread = self.in_background([tag])
-        self.wait_until(lambda: self.ran().count(tag) > count, "the model runs the busy request")
+        thread.release = lambda: self.release(tag)
+        self.wait_until(lambda: tag in self.ran(), "the model runs the busy request")
         return thread
-
-
 
 
 @contextmanager
 def stub_server(folder, timeout=30.0, max_queue=6):
     """The stub tagger served by run_app in its own process, stderr to a log file we can read."""
-    log_path, ran_path = folder / "server.log", folder / "ran.jsonl"
-    ran_path.write_text("")
+    log_path = folder / "server.log"
+    for name in ("ran.jsonl", "done.jsonl"):
+        (folder / name).write_text("")
+    (folder / "gates").mkdir()
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-c", STUB, str(ran_path), str(timeout), str(max_queue)],
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-c", STUB, *(str(folder / name) for name in
+                                                                   ("ran.jsonl", "done.jsonl", "gates")),
+                                    str(timeout), str(max_queue)], stdout=log, stderr=subprocess.STDOUT)
     with serving(process, log_path, timeout=120) as url:
-        server = Server(url, log_path, ran_path)
+        server = Server(url, log_path, folder)
         try:
             yield server
         finally:
@@ -237,7 +260,7 @@ def test_client_gone_mid_body_leaves_no_traceback(server, how):
 @pytest.mark.parametrize("when, how", [("at-once", "close"), ("queued", "close"), ("queued", "reset")])
 def test_client_gone_while_waiting_is_dropped_before_the_model_runs_it(server, when, how):
     mark, before = server.mark(), server.queue()
-    busy = server.keep_model_busy(1.5)
+    busy = server.keep_model_busy()
     texts = [f"gone-{when}-{how}-1", f"gone-{when}-{how}-2"]
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(request_bytes(json.dumps({"texts": texts}).encode()))
@@ -248,11 +271,12 @@ def test_client_gone_while_waiting_is_dropped_before_the_model_runs_it(server, w
                       "the server notices the hang-up")
     after = server.queue()
     assert after["waiting_texts"] == 0
-    assert busy.is_alive(), "the model should still be busy: the texts left the queue before it was free"
+    assert busy.is_alive(), "the model is held busy: the texts left the queue before it was free"
     if when == "queued":
         assert after["dropped_requests"] == before["dropped_requests"] + 1
         assert after["dropped_texts"] == before["dropped_texts"] + 2
-    busy.join(timeout=30)
+    busy.release()
+    busy.join(timeout=120)
     assert busy.response.status_code == 200
     assert_still_serving(server)
     assert not set(texts) & set(server.ran()), "the model ran the texts of a client that was gone"
@@ -264,18 +288,19 @@ def test_client_gone_while_waiting_is_dropped_before_the_model_runs_it(server, w
 def test_full_queue_is_503_at_once_with_retry_after(server):
     before = server.queue()
     assert before["max_queue"] == 6
-    busy = server.keep_model_busy(1.0)
+    busy = server.keep_model_busy()
     four = server.in_background(["q1", "q2", "q3", "q4"])
     server.wait_until(lambda: server.queue()["waiting_texts"] == 4, "four texts wait")
-    start = time.monotonic()
     refused = server.post(["r1", "r2", "r3"])  # 4 + 3 > 6
-    assert time.monotonic() - start < 0.5
     assert_json_error(refused, 503, "the queue is full: 4 texts are waiting (the limit is 6)")
     assert int(refused.headers["retry-after"]) >= 1
+    # at once: the answer came while the model is still held and the four still wait
+    assert busy.is_alive() and four.is_alive() and server.queue()["waiting_texts"] == 4
     two = server.in_background(["q5", "q6"])  # 4 + 2 fits
     server.wait_until(lambda: server.queue()["waiting_texts"] == 6, "six texts wait")
+    busy.release()
     for thread in (busy, four, two):
-        thread.join(timeout=30)
+        thread.join(timeout=120)
         assert thread.response.status_code == 200, thread.response.text
     assert server.queue()["rejected"] == before["rejected"] + 1
     assert not {"r1", "r2", "r3"} & set(server.ran())
@@ -284,23 +309,25 @@ def test_full_queue_is_503_at_once_with_retry_after(server):
 
 
 def test_timeout_is_503_and_a_waiting_request_is_dropped(tmp_path):
-    with stub_server(tmp_path, timeout=0.5) as server:
+    with stub_server(tmp_path, timeout=1.0) as server:
         mark = server.mark()
-        start = time.monotonic()
-        running = server.in_background(["sleep:1.5"])
-        server.wait_until(lambda: "sleep:1.5" in server.ran(), "the model runs the slow request")
+        slow = server.hold()
+        running = server.in_background([slow])
+        server.wait_until(lambda: slow in server.ran(), "the model runs the slow request")
         waiting = server.in_background(["late-1", "late-2"])
         for thread in (running, waiting):
-            thread.join(timeout=30)
-            assert_json_error(thread.response, 503, "no answer within the timeout of 0.5 s")
+            thread.join(timeout=120)
+            assert_json_error(thread.response, 503, "no answer within the timeout of 1 s")
             assert int(thread.response.headers["retry-after"]) >= 1
-        assert time.monotonic() - start < 1.4, "the answers should come at the timeout, not after the model"
+        # the answers came at the timeout, not after the model: it still holds the slow batch
+        assert server.finished() == []
         queue = server.queue()
         assert queue["timed_out"] == 2 and queue["dropped_requests"] == 1 and queue["dropped_texts"] == 2
-        assert queue["timeout"] == 0.5
-        time.sleep(max(0.0, start + 1.7 - time.monotonic()))  # the slow batch is over
+        assert queue["timeout"] == 1.0
+        server.release(slow)
+        server.wait_until(lambda: server.finished() == [slow], "the slow batch is over")
         assert_still_serving(server)
-        assert server.ran() == ["sleep:1.5", "still", "serving"]
+        assert server.ran() == [slow, "still", "serving"]
         assert_clean_log(server.log(mark), posts_answered=3)
 
 

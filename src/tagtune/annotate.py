@@ -13,10 +13,33 @@ with the same id: the id's last line wins, here on a restart and in tagtune.data
 text is no training example. On a restart OUT is read back; answered texts are done, and texts skipped earlier come
 again after every unanswered one.
 
-Texts are handed out under a lock, one to each page (``client``) that asks: two tabs never hold
-the same text at once. A text held by a page is free again when that page asks for its next
-text, closes, or has held it ``HOLD_SECONDS``. Answers are written one at a time under the same
-lock.
+Texts are handed out under a lock, one to each page (``client``, a random id each page load makes)
+that asks: two tabs never hold the same text at once, and a page holds one text at most, since
+asking for the next lets the earlier one go. A text held by a page is free again when that page
+asks for its next text, goes away (it sends ``/api/let-go`` on ``pagehide``, a ``fetch`` with
+``keepalive``, which unlike ``sendBeacon`` carries the token header as every other request does),
+or has held it ``HOLD_SECONDS``. Answers are written one at a time under the same lock.
+
+Only the server's own page is answered (:class:`Guard`); anything else gets 403 with a JSON error
+before the request is read, so it writes nothing and holds nothing:
+
+- ``Host`` must name the address the server listens on, with its port: the address as bound, the
+  ``--host`` as given, and ``localhost`` for a loopback address. A web page whose own name its
+  owner points at this address (DNS rebinding) sends its own name and is refused.
+- ``Origin``, where the browser sends one, must be the page's own, ``http://`` and that ``Host``
+  (``null`` or another site is refused).
+- Every ``/api/`` request carries the server's token in ``X-Tagtune-Token``: a random
+  ``secrets.token_urlsafe`` made at each start and written into the page it serves, as Jupyter
+  does. Another site can neither read the page nor set that header on a request it makes.
+- A request with a body has ``Content-Type: application/json`` (which no other site can send
+  without the browser asking the server first, and it is never asked).
+
+Listening on every address (``--host 0.0.0.0`` or ``::``), the names the machine is known by
+cannot be listed, so any ``Host`` is let through; the token still guards every ``/api/`` request.
+Then the page is served to a ``Host`` that is an IP address or a loopback name (no other site
+can read those), and to any other name only with the token in the address: the printed URL ends
+with ``/?token=...``, to open as it is or with the machine's name in place of the address. The
+page is never cached, framed or sent as a referrer.
 
 Offsets are Unicode code points (Python ``str`` indices), as everywhere in tagtune; the page
 converts the UTF-16 offsets of its selections before sending them, and the server checks each
@@ -29,8 +52,10 @@ Needs the ``serve`` extra (uvicorn, starlette).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import secrets
 import shlex
 import sys
 import threading
@@ -54,6 +79,10 @@ RECENT = 200
 """Latest answers a page can go back through after it opens."""
 BASE_MODEL = "BASE_MODEL"
 """Stands for the model in the training command when the tagger's base model is not known."""
+TOKEN_HEADER = "X-Tagtune-Token"
+"""The header in which every API request carries the server's token."""
+TOKEN_SLOT = 'content="TAGTUNE-TOKEN"'
+"""Where annotate.html's ``<meta name="tagtune-token">`` gets the token."""
 
 
 @dataclass
@@ -146,6 +175,7 @@ def read_out(path: str | os.PathLike, texts: list[Text], labels: list[str]) -> t
     if start == b"[":
         raise TagtuneError(f"{path}:1: a JSON list; answers are appended as JSON Lines, one object a line "
                            "(give another --out)")
+    _check_last_line(path)
     where = {t.text: t.index for t in texts}
     latest: dict[int, list[Span] | None] = {}
     order: dict[int, None] = {}  # an ordered set: a text moves to the end when answered again
@@ -159,6 +189,25 @@ def read_out(path: str | os.PathLike, texts: list[Text], labels: list[str]) -> t
         order.pop(index, None)
         order[index] = None
     return latest, list(order), len(others)
+
+
+def _check_last_line(path: Path) -> None:
+    """A last line of OUT that is not JSON, as a write the machine did not finish leaves it (the
+    power went, the disk filled), is a one-line ``file:line:`` error that says how to go on."""
+    from tagtune.files import read_bytes
+
+    data = read_bytes(path).rstrip(b" \t\r\n")
+    start = data.rfind(b"\n") + 1
+    last = data[start:].decode("utf-8", errors="replace").removeprefix("\ufeff")
+    number = data.count(b"\n", 0, start) + 1
+    try:
+        safejson.loads(last)
+    except json.JSONDecodeError as e:
+        raise TagtuneError(
+            f"{path}:{number}: invalid JSON: {e.msg} (column {e.colno}), in the last line, as a write that did "
+            "not finish leaves it: remove that line to go on; every earlier answer is kept") from None
+    except safejson.JsonLimitError:  # JSON, and refused as every other line would be
+        pass
 
 
 # --------------------------------------------------------------------------- ranking
@@ -480,17 +529,90 @@ def _client(data: dict) -> str:
     return client
 
 
-def create_app(annotator: Annotator):
-    """The Starlette app: the page at ``/`` and its JSON API under ``/api/``."""
+class Guard:
+    """Which requests the server answers: those of its own page (see the module's notes).
+
+    ``address`` is the listening socket's (``sock.getsockname()``), ``host`` the ``--host`` as
+    given; ``token`` is the one the page carries."""
+
+    def __init__(self, address: tuple, host: str | None = None, token: str | None = None):
+        from tagtune.serve import loopback
+
+        bound, self.port = address[0], address[1]
+        self.token = token or secrets.token_urlsafe(32)
+        self.everywhere = ipaddress.ip_address(bound).is_unspecified
+        self.names = {bound.lower(), (host or bound).strip("[]").lower()}
+        if loopback(bound):
+            self.names.add("localhost")
+
+    @property
+    def page_path(self) -> str:
+        """What follows the address in the URL that opens the page."""
+        return f"/?token={self.token}" if self.everywhere else ""
+
+    def refusal(self, scope, headers) -> str | None:
+        """Why a request is refused, or None (:class:`tagtune.serve.Refusing` asks)."""
+        from urllib.parse import parse_qs
+
+        from tagtune.serve import host_of, loopback, url_host
+
+        value = headers.get("host")
+        found = host_of(value)
+        if found is None:
+            return f"the request has no usable Host header (got {safejson.shown(value)})"
+        name, port = found
+        if not self.everywhere and (name not in self.names or (80 if port is None else port) != self.port):
+            own = " or ".join(f"http://{url_host(n)}:{self.port}" for n in sorted(self.names))
+            return (f"Host {excerpt(value)} is not this server, which answers its page at {own} only: open the "
+                    "address tagtune annotate printed")
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() != f"http://{value}".lower():
+            return (f"Origin {excerpt(origin)} is not this server's page (http://{value}): only its own page may "
+                    "send requests")
+        if scope["path"].startswith("/api/"):
+            sent = headers.get(TOKEN_HEADER, "").encode("latin-1")
+            if not secrets.compare_digest(sent, self.token.encode("ascii")):
+                return (f"the request does not carry this server's token ({TOKEN_HEADER}, which its page has): "
+                        "reload the page (a server started again has a new token)")
+            if scope["method"] not in ("GET", "HEAD"):
+                kind = headers.get("content-type")
+                if kind is None or kind.split(";")[0].strip().lower() != "application/json":
+                    return f"Content-Type must be application/json, got {'none' if kind is None else excerpt(kind)}"
+        elif self.everywhere and not loopback(name) and not _address(name):
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if not any(secrets.compare_digest(t.encode("latin-1"), self.token.encode("ascii"))
+                       for t in query.get("token", [])):
+                return (f"Host {excerpt(value)} is a name: the page is served to it only at the address "
+                        "tagtune annotate printed, with its ?token=")
+        return None
+
+
+def _address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def create_app(annotator: Annotator, guard: Guard):
+    """The Starlette app: the page at ``/`` and its JSON API under ``/api/``, answering only what
+    ``guard`` lets through (403 otherwise)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from tagtune.serve import ApiError, error_handlers, page_html, read_body
+    from tagtune.serve import ApiError, Refusing, error_handlers, page_html, read_body
 
-    page = page_html("annotate.html")
+    template = page_html("annotate.html")
+    if template.count(TOKEN_SLOT) != 1:
+        raise RuntimeError(f"annotate.html has {template.count(TOKEN_SLOT)} places for the token, not one")
+    page = template.replace(TOKEN_SLOT, f'content="{guard.token}"')
+    page_headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+                    "Content-Security-Policy": "frame-ancestors 'none'"}
 
     def error(status: int, message: str):
         return JSONResponse({"error": message}, status_code=status)
@@ -508,7 +630,7 @@ def create_app(annotator: Annotator):
             return error(500, f"the answer was not saved: {e}")
 
     async def index(request: Request):
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=page_headers)
 
     async def info(request: Request):
         return JSONResponse(await run_in_threadpool(annotator.info))
@@ -543,6 +665,7 @@ def create_app(annotator: Annotator):
             Route("/api/let-go", let_go, methods=["POST"]),
         ],
         exception_handlers=error_handlers(),
+        middleware=[Middleware(Refusing, refusal=guard.refusal)],
     )
 
 
@@ -583,7 +706,7 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
     ``labels`` is ``"KEY,ORG"``; without it, the labels of the tagger ``model``. With ``model``
     (a trained tagger folder), its spans are suggested and the texts come most uncertain first.
     Prints where the answers stand and the address once listening."""
-    from tagtune.serve import entity_labels, require_server_packages, run_app
+    from tagtune.serve import bind, entity_labels, require_server_packages, run_app
 
     require_server_packages()
     if labels is None and model is None:
@@ -623,6 +746,9 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
         names = {"texts": str(texts), "out": str(out), "model": str(model) if model is not None else None,
                  "fill_in": BASE_MODEL if BASE_MODEL in shlex.split(command) else None}
         annotator = Annotator(items, label_list, file, latest, answered, order, suggestions, command, names)
-        run_app(create_app(annotator), host, port, access_log, shown=f"{texts} for annotation into {out}")
+        sock = bind(host, port)
+        guard = Guard(sock.getsockname(), host)
+        run_app(create_app(annotator, guard), access_log=access_log, shown=f"{texts} for annotation into {out}",
+                sock=sock, path=guard.page_path)
     finally:
         file.close()

@@ -197,8 +197,9 @@ def cmd_serve(args) -> int:
 def cmd_annotate(args) -> int:
     from tagtune.annotate import annotate
 
-    annotate(args.texts, args.out, labels=args.labels, model=args.model, host=args.host, port=args.port,
-             device=args.device, access_log=args.access_log, progress=not args.quiet)
+    with _sigterm_as_interrupt():  # OUT is closed (removed if still empty) as on Ctrl-C
+        annotate(args.texts, args.out, labels=args.labels, model=args.model, host=args.host, port=args.port,
+                 device=args.device, access_log=args.access_log, progress=not args.quiet)
     return 0
 
 

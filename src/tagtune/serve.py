@@ -9,12 +9,18 @@ texts unless their batch had started. Offsets in responses are Python ``str`` in
 code points) into each text as sent. A span's ``score`` is its probability (tagtune.decode); spans
 scoring below the request's ``min_score``, or the server's when the request has none, are left out.
 
+The API needs no token and changes no state on the server. Listening on a loopback address (the
+default), the server answers only requests whose ``Host`` is a loopback name or address
+(localhost, 127.0.0.1, [::1]): a web page whose owner points its own name at 127.0.0.1 (DNS
+rebinding) would otherwise read the answers as its own; it gets 403.
+
 Needs the ``serve`` extra (uvicorn, starlette).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -27,6 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tagtune.decode import check_min_score
 from tagtune.errors import TagtuneError
@@ -581,6 +588,70 @@ def error_handlers() -> dict:
     return {HTTPException: http_error, Exception: internal_error}
 
 
+def host_of(value: str | None) -> tuple[str, int | None] | None:
+    """The name and port of a ``Host`` header: ``"LocalHost:8080"`` -> ``("localhost", 8080)``,
+    ``"[::1]"`` -> ``("::1", None)``; None when there is none or it is not ``host[:port]``."""
+    if not value or any(c in value for c in "@/\\?# \t"):
+        return None
+    try:
+        parts = urlsplit("//" + value)
+        port = parts.port
+    except ValueError:  # a port that is not a number, or out of range
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname, port
+
+
+def loopback(name: str) -> bool:
+    """Whether the host ``name`` (as :func:`host_of` gives it) is this machine seen from itself:
+    localhost, a name under .localhost (browsers resolve those to loopback themselves), or a
+    loopback address (127.0.0.0/8, ::1)."""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+class Refusing:
+    """ASGI middleware: an HTTP request for which ``refusal(scope, headers)`` returns a reason gets
+    403 ``{"error": reason}`` before the app sees it, its body unread."""
+
+    def __init__(self, app, refusal):
+        self.app = app
+        self.refusal = refusal
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            from starlette.datastructures import Headers
+            from starlette.responses import JSONResponse
+
+            reason = self.refusal(scope, Headers(scope=scope))
+            if reason is not None:
+                await JSONResponse({"error": reason}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def loopback_hosts(scope, headers) -> str | None:
+    """Why a request to a server listening on a loopback address is refused: its ``Host`` names
+    another machine (a page whose name was rebound to 127.0.0.1). None if it is not; a request
+    without ``Host`` (HTTP/1.0) is not from a browser and passes."""
+    value = headers.get("host")
+    if value is None:
+        return None
+    found = host_of(value)
+    if found is not None and loopback(found[0]):
+        return None
+    return (f"Host {excerpt(value)} is not this machine: the server listens on a loopback address and answers "
+            "requests for localhost, 127.0.0.1 or [::1] only (a web page that points its own name at this "
+            "address is refused)")
+
+
 async def client_gone(receive) -> None:
     """Returns once the client has closed its connection (ASGI ``http.disconnect``); call it only after the
     body has been read. Any other message means the server does not report disconnects: never returns."""
@@ -591,13 +662,16 @@ async def client_gone(receive) -> None:
 
 def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch_texts: int = 256,
                batch_wait: float = 0.005, timeout: float | None = 30.0, max_queue: int = 1024,
-               min_score: float = 0.0):
+               min_score: float = 0.0, listening: str | None = None):
     """The Starlette app serving ``tagger`` (anything with ``predict(texts)`` and ``labels``).
 
     A request gets 503 when its answer is not ready ``timeout`` seconds (None: no limit) after its
     texts were queued, or at once when ``max_queue`` texts already wait. Of the spans the tagger
-    returns, those scoring below the request's ``min_score`` (default: ``min_score``) are left out."""
+    returns, those scoring below the request's ``min_score`` (default: ``min_score``) are left out.
+    ``listening``: the address the server listens on; when it is a loopback one, a request whose
+    ``Host`` is not a loopback name or address gets 403 (:func:`loopback_hosts`)."""
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
@@ -676,6 +750,7 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers=error_handlers(),
+        middleware=[Middleware(Refusing, refusal=loopback_hosts)] if listening and loopback(listening) else [],
         lifespan=lifespan,
     )
     app.state.batcher = batcher
@@ -730,9 +805,10 @@ def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits |
     min_score = check_min_score(min_score, "min-score")
     check_bf16(bf16)
     tagger = Tagger.load(model_dir, device=device, bf16=bf16)
+    sock = bind(host, port)
     app = create_app(tagger, Path(model_dir).resolve().name, limits, batch_texts, batch_wait, timeout, max_queue,
-                     min_score)
-    run_app(app, host, port, access_log, shown=model_dir)
+                     min_score, listening=sock.getsockname()[0])
+    run_app(app, access_log=access_log, shown=model_dir, sock=sock)
 
 
 def require_server_packages() -> None:
@@ -746,16 +822,24 @@ def require_server_packages() -> None:
         raise TagtuneError("serving needs uvicorn and starlette: pip install 'tagtune[serve]'") from None
 
 
-def run_app(app, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False, shown="the app") -> None:
-    """Serve ``app`` (from create_app) until interrupted; prints ``serving SHOWN on URL`` once listening."""
+def url_host(address: str) -> str:
+    """An address as a URL or ``Host`` header writes it: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
+
+
+def run_app(app, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False, shown="the app",
+            sock: socket.socket | None = None, path: str = "") -> None:
+    """Serve ``app`` (from create_app) until interrupted, on ``sock`` (from :func:`bind`) or else
+    on ``host:port``; prints ``serving SHOWN on URL`` (``path`` after the address) once listening."""
     import sys
 
     import uvicorn
 
-    sock = bind(host, port)
+    if sock is None:
+        sock = bind(host, port)
     shown_host, shown_port = sock.getsockname()[:2]
-    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
-    print(f"tagtune: serving {shown} on http://{shown_host}:{shown_port}", file=sys.stderr, flush=True)
+    print(f"tagtune: serving {shown} on http://{url_host(shown_host)}:{shown_port}{path}", file=sys.stderr,
+          flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on")
     if access_log:  # uvicorn gives its access logger the server's level, which would hide every line
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
