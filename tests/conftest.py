@@ -1,5 +1,6 @@
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,51 @@ from tagtune.examples import minilm_dir, wnut_sentences, write_conll
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+
+CONSTRAINTS = Path(__file__).resolve().parent.parent / "scripts" / "constraints.txt"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--require-browser", action="store_true",
+                     help="fail, not skip, the browser tests where no Chromium can run them (also where CI is set)")
+    parser.addoption("--unpinned", action="store_true",
+                     help=f"the suite runs on the newest releases (make test-latest): the environments the "
+                          f"tests install are not held to {CONSTRAINTS.name}")
+
+
+def pytest_configure(config):
+    import helpers
+
+    helpers.BROWSER_REQUIRED = helpers.BROWSER_REQUIRED or config.getoption("--require-browser")
+
+
+def pytest_report_header(config):
+    """What ``--bf16 auto`` means on this CPU in this run, the kernels' limits and whether the
+    browser tests must run: the suite's modes (make test-bf16-on, test-bf16-off, test-avx2,
+    test-latest) show here."""
+    import helpers
+    from tagtune.errors import TagtuneError
+    from tagtune.precision import describe, use_bf16
+
+    cpu = torch.device("cpu")
+    try:
+        auto = describe("auto", cpu, use_bf16("auto", cpu))
+    except TagtuneError as e:
+        auto = str(e)
+    limits = [f"{k}={os.environ[k]}" for k in ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+              if k in os.environ]
+    return [f"tagtune: --bf16 auto on this CPU: {auto}",
+            f"tagtune: torch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+            + (f" ({', '.join(limits)})" if limits else ""),
+            f"tagtune: browser tests {'required' if helpers.BROWSER_REQUIRED else 'skipped without Chromium'}, "
+            + ("newest releases (--unpinned)" if config.getoption("--unpinned") else f"pinned by {CONSTRAINTS.name}")]
+
+
+@pytest.fixture(scope="session")
+def pip_constraints(pytestconfig) -> list[str]:
+    """pip's arguments that hold an environment a test installs to scripts/constraints.txt, the
+    versions the suite runs on; none with --unpinned."""
+    return [] if pytestconfig.getoption("--unpinned") else ["-c", str(CONSTRAINTS)]
 
 
 @pytest.fixture(scope="session")

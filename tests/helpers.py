@@ -1,7 +1,10 @@
-"""Running the command line from tests: in a new process, or in this one."""
+"""Running the command line from tests: in a new process, or in this one; finding a browser."""
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -71,3 +74,47 @@ def stop_in_epoch(monkeypatch, epoch: int) -> None:
         return epoch_of(run, index)
 
     monkeypatch.setattr(training, "train_epoch", stopping)
+
+
+BROWSER_REQUIRED = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+"""Whether a browser test that cannot run fails instead of skipping: under CI (the environment
+variable CI set), or with pytest's --require-browser (conftest sets it)."""
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+"""Chromium's command-line switches for the browser tests."""
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@functools.lru_cache(maxsize=None)
+def find_chromium() -> tuple[str | None, str]:
+    """A Chromium for Playwright to drive, and why there is none where there is none: the first
+    of :data:`CHROMIUM_NAMES` on PATH, else the browser ``playwright install chromium`` put in
+    its cache."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None, "playwright is not installed (pip install playwright)"
+    for name in CHROMIUM_NAMES:
+        if path := shutil.which(name):
+            return path, ""
+    with sync_playwright() as p:
+        own = p.chromium.executable_path
+    if own and os.access(own, os.X_OK):
+        return own, ""
+    return None, (f"no Chromium: none of {', '.join(CHROMIUM_NAMES)} on PATH, nor Playwright's own "
+                  "(apt-get install chromium, or python -m playwright install chromium)")
+
+
+def chromium() -> str:
+    """The path of :func:`find_chromium`'s Chromium; where there is none, the test is skipped, or
+    fails where :data:`BROWSER_REQUIRED`, so that a CI run never passes without its browser tests."""
+    import pytest
+
+    path, why = find_chromium()
+    if path is None and BROWSER_REQUIRED:
+        pytest.fail(f"the browser tests cannot run: {why}", pytrace=False)
+    if path is None:
+        pytest.skip(why)
+    return path

@@ -2,8 +2,9 @@
 installs with its extras into fresh virtual environments: ONNX Runtime only, without torch, runs
 `tagtune predict` on an exported tagger; every extra beside an installed torch keeps that torch.
 
-Each environment is made with pip from the package index (PyPI here), so this module takes a
-minute or two.
+Each environment is made with pip from the package index (PyPI here), at the versions of
+scripts/constraints.txt as the suite's own (none with --unpinned: make test-latest), so this module
+takes a minute or two.
 """
 
 import json
@@ -22,9 +23,12 @@ TEXTS = ["Barack Obama visited Lisbon with Justin Bieber", "I love New York and 
          "nothing to see here", "Watching Game of Thrones in London tonight"]
 
 
-def run(args, **kw):
+def run(args, extra_env: dict | None = None, **kw):
+    """``args`` in a new process, outside this virtual environment; ``extra_env`` adds to its
+    environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, **kw)
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env={**env, **(extra_env or {})},
+                          **kw)
 
 
 def check(args, **kw):
@@ -38,14 +42,37 @@ def fresh_venv(path: Path) -> Path:
     return path / "bin"
 
 
-def pip_install(bin_dir: Path, *requirements) -> None:
-    check([bin_dir / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements])
+def pip_install(bin_dir: Path, constraints: list[str], *requirements) -> None:
+    """pip-install ``requirements`` into the environment of ``bin_dir``, held by ``constraints``
+    (pip's -c arguments, the pip_constraints fixture)."""
+    check([bin_dir / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *constraints,
+           *requirements])
+
+
+def assert_pinned(bin_dir: Path, constraints: list[str]) -> None:
+    """Every package in the environment of ``bin_dir`` but tagtune is at its version in the
+    constraints file (where there is one)."""
+    if not constraints:
+        return
+    def key(name):
+        return name.lower().replace("_", "-")
+
+    pins = dict(line.strip().split("==") for line in Path(constraints[1]).read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = {key(name): version for name, version in pins.items()}
+    frozen = check([bin_dir / "python", "-m", "pip", "freeze"]).stdout.splitlines()
+    installed = [line.split("==") for line in frozen if not line.startswith("tagtune")]
+    assert len(installed) > 5, frozen
+    for name, version in installed:  # a local build (torch's +cpu) is the version it builds
+        assert pins.get(key(name)) == version.split("+")[0], f"{name} {version}: the constraints say {pins.get(key(name))}"
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory):
+def dist(tmp_path_factory, pip_constraints):
     out = tmp_path_factory.mktemp("dist")
-    check([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out)
+    # the isolated build environment gets its setuptools under the same constraints
+    check([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out,
+          extra_env={"PIP_CONSTRAINT": pip_constraints[1]} if pip_constraints else None)
     wheels = list(out.glob("tagtune-*.whl"))
     sdists = list(out.glob("tagtune-*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in out.iterdir())
@@ -66,10 +93,11 @@ def test_wheel_holds_the_package_and_its_page(dist):
     assert {r.split("extra ==")[1].strip(" '\"") for r in torch_extra} >= {"torch", "export"}
 
 
-def test_onnx_only_install_predicts_without_torch(dist, exported, tmp_path):
+def test_onnx_only_install_predicts_without_torch(dist, exported, tmp_path, pip_constraints):
     folder, _ = exported
     bin_dir = fresh_venv(tmp_path / "venv")
-    pip_install(bin_dir, f"{dist}[onnx]")
+    pip_install(bin_dir, pip_constraints, f"{dist}[onnx]")
+    assert_pinned(bin_dir, pip_constraints)
     absent = run([bin_dir / "python", "-c", "import torch"])
     assert absent.returncode != 0 and "No module named 'torch'" in absent.stderr
 
@@ -95,12 +123,13 @@ def test_onnx_only_install_predicts_without_torch(dist, exported, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_every_extra_installs_beside_the_users_torch(dist, minilm, tmp_path):
+def test_every_extra_installs_beside_the_users_torch(dist, minilm, tmp_path, pip_constraints):
     import torch
 
     bin_dir = fresh_venv(tmp_path / "venv")
-    pip_install(bin_dir, f"torch=={torch.__version__}")  # the user's own build, installed first
-    pip_install(bin_dir, f"{dist}[torch,ja,serve,onnx,export]")
+    pip_install(bin_dir, pip_constraints, f"torch=={torch.__version__}")  # the user's own build, installed first
+    pip_install(bin_dir, pip_constraints, f"{dist}[torch,ja,serve,onnx,export]")
+    assert_pinned(bin_dir, pip_constraints)
     kept = check([bin_dir / "python", "-c", "import torch; print(torch.__version__)"]).stdout.strip()
     assert kept == torch.__version__
     check([bin_dir / "python", "-c", "import tagtune.export, tagtune.serve, tagtune.training, fugashi, unidic_lite"])

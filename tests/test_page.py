@@ -2,40 +2,39 @@
 server's spans highlighted, English and Japanese, emoji before the entities, user text never parsed
 as HTML. Screenshots are written to test-artifacts/."""
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
+from helpers import BROWSER_ARGS, chromium  # noqa: E402
 from test_serve import running_server  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 JAPANESE = ["🎉🎉 Barack Obama と London で会った", "😀😀 Barack Obama と会いました",
             "🎉🎉 Obama 大統領が London を訪問した", "iPhone を買った 🎉 Barack Obama も使う"]
 
 
 @pytest.fixture(scope="module")
-def server(trained_tagger, tmp_path_factory):
+def browser_path():
+    return chromium()  # skips, or fails under CI, where there is none
+
+
+@pytest.fixture(scope="module")
+def server(browser_path, trained_tagger, tmp_path_factory):
     with running_server(trained_tagger, log_path=tmp_path_factory.mktemp("page") / "server.log") as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def page(server, browser_path):
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1000, "height": 640})
         page.goto(server + "/")
         page.wait_for_selector("#legend .chip")

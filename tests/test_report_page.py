@@ -4,27 +4,24 @@ across lines. Screenshots are written to test-artifacts/report.png and report-no
 
 import json
 import re
-import os
 from pathlib import Path
 
 import pytest
 
+from helpers import BROWSER_ARGS, chromium
 from tagtune.report import loss_points, render
 from tagtune.training import TrainConfig, train
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    executable = chromium()  # skips, or fails under CI, where there is none
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
         yield browser
         browser.close()
 

@@ -5,6 +5,7 @@ import itertools
 import json
 import random
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -144,8 +145,10 @@ def test_progress_bar_on_long_pools(tagger, capsys):
 
 def test_normalised_form_and_shingles():
     assert normalised("  RT:  Python ＩＳ fun!!  ") == "rt python is fun"
-    assert shingles("abc") == shingles("abc") and len(shingles("abc")) == 1
-    assert len(shingles("abcdefg")) == 3
+    assert shingles("abc") == {zlib.crc32(b"abc")}  # shorter than a shingle: one piece
+    assert shingles("abcdefg") == {zlib.crc32(piece.encode()) for piece in ("abcde", "bcdef", "cdefg")}
+    assert shingles("abcdefg") != shingles("gfedcba") and shingles("あいうえおか") == {
+        zlib.crc32("あいうえお".encode()), zlib.crc32("いうえおか".encode())}
     assert jaccard(shingles("abcdefg"), shingles("abcdefh")) == pytest.approx(2 / 4)
 
 
@@ -313,13 +316,18 @@ def test_select_in_a_new_process(keyword_tagger, pool, tmp_path):
     """The command as installed: a label-studio file, the pool size on stderr, no traceback."""
     from helpers import tagtune
 
+    from tagtune.tagger import Tagger
+
     out = tmp_path / "sub" / "tasks.json"
-    result = tagtune("select", keyword_tagger, pool, "-n", 3, "-o", out, "--format", "label-studio", "--device", "cpu")
+    result = tagtune("select", keyword_tagger, pool, "-n", 3, "-o", out, "--format", "label-studio", "--device", "cpu",
+                     "--bf16", "off")
     assert result.returncode == 0, result.stderr
+    chosen = choose(Tagger.load(keyword_tagger, device="cpu", bf16="off"), POOL, 3)  # the same, in this process
     assert result.stderr.splitlines() == [
         f"tagtune: {pool}: {len(POOL)} texts",
         f"tagtune: wrote 3 texts to {out} (label-studio), uncertainty "
-        + result.stderr.split("uncertainty ")[1].strip()]
+        f"{chosen[0].uncertainty:.3f} down to {chosen[-1].uncertainty:.3f}"]
+    assert chosen[0].uncertainty > chosen[-1].uncertainty
     tasks = json.loads(out.read_text(encoding="utf-8"))
     assert [t["predictions"][0]["model_version"] for t in tasks] == ["kw-tagger"] * 3
     scores = [t["predictions"][0]["score"] for t in tasks]

@@ -539,6 +539,8 @@ def test_precision_note_gives_the_reason(monkeypatch):
         config = TrainConfig(model="m", train="t", out="o", bf16=bf16)
         return precision_note(config, device, precision(config, device))
 
+    monkeypatch.delenv("TAGTUNE_CPU_BF16", raising=False)  # auto as measured, on CPUs of every kind
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert note("auto", cpu) == "fp32 (no native bf16 on this CPU; --bf16 on forces emulated bf16)"
