@@ -2,9 +2,9 @@
 
 ``torchrun --nproc-per-node N -m tagtune train ...`` (or ``predict``) starts N copies of tagtune
 with RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address in their environment; tagtune
-joins them into one process group (NCCL between GPUs, gloo on CPUs). Without torchrun
-(WORLD_SIZE unset or 1) every helper here is a no-op and torch is not even imported, so the
-ONNX backend's prediction path can use the same code without torch.
+joins them into one process group (NCCL between GPUs, gloo on CPUs: :func:`backend`). Without
+torchrun (WORLD_SIZE unset or 1) every helper here is a no-op and torch is not even imported, so
+the ONNX backend's prediction path can use the same code without torch.
 """
 
 from __future__ import annotations
@@ -90,11 +90,15 @@ def from_environment() -> Group:
     if not torch.distributed.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-            backend = "nccl"
-        else:
-            backend = "gloo"
-        torch.distributed.init_process_group(backend)
+        torch.distributed.init_process_group(backend(torch.cuda.is_available()))
     return Group(rank, world, local_rank)
+
+
+def backend(cuda: bool) -> str:
+    """The process group's backend: gloo for CPU tensors, and where there is ``cuda``, NCCL for
+    CUDA tensors beside it (``--device cpu`` on a GPU machine reduces CPU tensors, which NCCL
+    cannot)."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
 
 
 def device_for(group: Group, requested: str | None):

@@ -127,16 +127,38 @@ def cpu_bf16_forced() -> bool | None:
     return None if value == "measure" else value == "on"
 
 
+CUDA_BF16_CAPABILITY = (8, 0)
+"""GPUs multiply bf16 natively from Ampere (compute capability 8.0) on; older ones (T4, V100)
+emulate it, which torch.cuda.is_bf16_supported() counts as support."""
+
+
+def _kind(device: torch.device) -> str:
+    """The kernels ``device`` runs, as the models see it (tagtune.models.packed.kernels)."""
+    from tagtune.models.packed import kernels
+
+    return kernels(device)
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of CUDA ``device`` (the one in use, not the current one)."""
+    from tagtune.models.packed import CUDA
+
+    return CUDA.capability(device)
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """True where CUDA ``device`` multiplies bf16 natively (compute capability 8.0 or more)."""
+    return cuda_capability(device) >= CUDA_BF16_CAPABILITY
+
+
 def use_bf16(bf16: str, device: torch.device) -> bool:
     """Whether ``--bf16 bf16`` means bf16 on ``device``: "on" always, "off" never, "auto" on CUDA
     GPUs with bf16 and on CPUs where it pays (cpu_bf16_pays, or as :data:`CPU_BF16_ENV` says),
     never on other devices."""
-    import torch
-
     if check_bf16(bf16) != "auto":
         return bf16 == "on"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if _kind(device) == "cuda":
+        return cuda_has_bf16(device)
     if device.type != "cpu":
         return False
     forced = cpu_bf16_forced()
@@ -146,21 +168,28 @@ def use_bf16(bf16: str, device: torch.device) -> bool:
 def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") -> str:
     """Why ``--bf16 bf16`` on ``device`` gives bf16 (``chosen``) or fp32, in words; ``what``
     names the bf16 mode ("bf16 mixed precision" for training)."""
-    import torch
-
     if bf16 == "auto" and device.type == "cpu" and cpu_bf16_forced() is not None:
         emulated = "; emulated, no native bf16 here" if chosen and not cpu_has_bf16() else ""
         return f"{what if chosen else 'fp32'} (--bf16 auto, {CPU_BF16_ENV}={'on' if chosen else 'off'}{emulated})"
     if chosen:
         if bf16 == "on":
-            native = cpu_has_bf16() if device.type == "cpu" else device.type != "cuda" or torch.cuda.is_bf16_supported()
+            native = cuda_has_bf16(device) if _kind(device) == "cuda" else device.type != "cpu" or cpu_has_bf16()
             return f"{what} (--bf16 on" + ("" if native else "; emulated, no native bf16 here") + ")"
+        if _kind(device) == "cuda":
+            major, minor = cuda_capability(device)
+            return (f"{what} (GPU of compute capability {major}.{minor} multiplies bf16 natively; "
+                    "--bf16 off for fp32)")
         if device.type == "cpu":
             return (f"{what} (CPU has {' and '.join(cpu_bf16_features())}, bf16 matrix products measured "
                     f"{_speedup():.1f}x fp32's speed; --bf16 off for fp32)")
-        return f"{what} (GPU supports bf16; --bf16 off for fp32)"
+        return f"{what} (--bf16 auto; --bf16 off for fp32)"
     if bf16 == "off":
         return "fp32 (--bf16 off)"
+    if _kind(device) == "cuda":
+        major, minor = cuda_capability(device)
+        return (f"fp32 (this GPU, of compute capability {major}.{minor}, has no native bf16: it needs "
+                f"{CUDA_BF16_CAPABILITY[0]}.{CUDA_BF16_CAPABILITY[1]} (Ampere) or newer; "
+                "--bf16 on forces emulated bf16)")
     if device.type == "cpu" and cpu_has_bf16():
         return (f"fp32 (bf16 matrix products measured {_speedup():.1f}x fp32's speed on this CPU, "
                 f"under the {BF16_MIN_SPEEDUP}x that pays; --bf16 on forces bf16)")
@@ -168,6 +197,4 @@ def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") 
         why = (f"ONEDNN_MAX_CPU_ISA={_onednn_limit()} keeps oneDNN from this CPU's bf16 instructions"
                if _cpu_bf16_instructions() else "no native bf16 on this CPU")
         return f"fp32 ({why}; --bf16 on forces emulated bf16)"
-    if device.type == "cuda":
-        return "fp32 (this GPU has no bf16)"
     return f"fp32 (bf16 is automatic on CUDA and CPU only; --bf16 on forces it on {device.type})"

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from tagtune.config import EncoderConfig
-from tagtune.models.packed import Dropout, Linear, Packing, activation, onnx_runtime_attention, packed_attention
+from tagtune.models.packed import (Dropout, LayerNorm, Linear, Packing, activation, onnx_runtime_attention,
+                                   packed_attention)
 
 
 class Embeddings(nn.Module):
@@ -35,7 +36,7 @@ class Embeddings(nn.Module):
             self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width)
         else:
             self.token_type_embeddings = None
-        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.LayerNorm = LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
         self.position_offset = config.position_offset
 
@@ -82,7 +83,7 @@ class ResidualOutput(nn.Module):
     def __init__(self, config: EncoderConfig, in_features: int, dropout: float):
         super().__init__()
         self.dense = Linear(in_features, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(dropout)
 
     def forward(self, x, residual):

@@ -50,7 +50,7 @@ from torch import nn
 from tagtune.config import EncoderConfig
 from tagtune.errors import TagtuneError
 from tagtune.models.bert import Intermediate, ResidualOutput
-from tagtune.models.packed import Dropout, Linear, Packing, packed_attention
+from tagtune.models.packed import Dropout, LayerNorm, Linear, Packing, kernels, packed_attention
 from tagtune.safejson import excerpt
 
 TERMS = ("c2p", "p2c")
@@ -208,7 +208,7 @@ class Embeddings(nn.Module):
         else:
             self.token_type_embeddings = None
         self.embed_proj = nn.Linear(width, config.hidden_size, bias=False) if width != config.hidden_size else None
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, packing: Packing, token_type_ids=None):
@@ -327,7 +327,7 @@ class Encoder(nn.Module):
         self.layer = nn.ModuleList(Layer(config, s) for _ in range(config.num_hidden_layers))
         self.rel_embeddings = nn.Embedding(2 * s.span, config.hidden_size) if s.relative_attention else None
         # transformers makes this norm from norm_rel_ebd alone, with relative attention or without
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if s.norm_rel_embeddings else None
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if s.norm_rel_embeddings else None
 
     def forward(self, x, packing: Packing):
         """x: (T, C) -> (T, C)."""
@@ -337,8 +337,10 @@ class Encoder(nn.Module):
             if self.LayerNorm is not None:
                 rel = self.LayerNorm(rel)
             index = relative_index(packing.max_seqlen, self.settings, x.device)  # (L, L)
-            if not packing.padded:  # only the rows of the distances present: short texts use few of the 2S
-                low, high = int(index.min()), int(index.max())  # (the export graph keeps them all)
+            # Only the rows of the distances present: short texts use few of the 2S. The export
+            # graph keeps them all, and so does CUDA, where reading the range would wait for the GPU.
+            if not packing.padded and kernels(x.device) == "cpu":
+                low, high = int(index.min()), int(index.max())
                 rel, index = rel[low:high + 1], index - low
         for layer in self.layer:
             x = layer(x, packing, rel, index)

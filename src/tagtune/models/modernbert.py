@@ -36,7 +36,7 @@ from torch import nn
 
 from tagtune.config import ACTIVATIONS, EncoderConfig
 from tagtune.errors import TagtuneError
-from tagtune.models.packed import Dropout, Linear, Packing, activation, packed_attention
+from tagtune.models.packed import Dropout, LayerNorm, Linear, Packing, activation, packed_attention
 from tagtune.safejson import excerpt
 
 CHECKPOINT_LAYERS: tuple[str, dict[str, str]] = ("layers.", {})
@@ -156,8 +156,8 @@ def check(config: EncoderConfig, source: str) -> None:
     settings(config, source)
 
 
-def _norm(config: EncoderConfig, s: Settings) -> nn.LayerNorm:
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=s.norm_bias)
+def _norm(config: EncoderConfig, s: Settings) -> LayerNorm:
+    return LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=s.norm_bias)
 
 
 class Embeddings(nn.Module):

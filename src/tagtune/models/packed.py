@@ -7,6 +7,10 @@ varlen kernels and ModernBERT take them). Embeddings, linear layers, norms and t
 ever see real tokens; only attention needs to know where sequences start and end
 (:class:`Packing`, :func:`packed_attention`).
 
+Where CUDA's kernels differ from the CPU's (FlashAttention's conditions, LayerNorm's dtypes, the
+host copies a forward pass may make), the code asks :data:`CUDA`, one object, so that tests can
+run those branches on CPU tensors under CUDA's rules (tests/cuda_rules.py).
+
 :class:`TokenClassifier` is HF's ``*ForTokenClassification`` head (dropout + linear named
 ``classifier``) over the encoder of its config's family (tagtune.models.ARCHITECTURES): the
 family module builds ``embeddings``, ``embeddings_project`` and ``encoder``, whose names are
@@ -15,6 +19,9 @@ the top-level names of the state dict.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +31,44 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tagtune.config import EncoderConfig
 from tagtune.models import family
+
+
+class CudaRules:
+    """What the models ask about CUDA: which kernels a device runs, its compute capability, and
+    FlashAttention's variable-length op. Every CUDA branch of tagtune.models (and
+    tagtune.precision's CUDA choice) decides through :data:`CUDA`, an instance of this class;
+    tests put one in its place that answers "cuda" for CPU tensors."""
+
+    def kind(self, device: torch.device) -> str:
+        """The kernels ``device`` runs: its type ("cpu", "cuda", ...)."""
+        return device.type
+
+    def capability(self, device: torch.device) -> tuple[int, int]:
+        """The compute capability of CUDA ``device`` (the current device when it has no index)."""
+        return _cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
+
+    def varlen_attn(self):
+        """torch.nn.attention.varlen.varlen_attn, FlashAttention's variable-length kernel; None
+        where this PyTorch, an older one, lacks it."""
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            return None
+        return varlen_attn
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+CUDA = CudaRules()
+"""The CUDA decisions of the models (:class:`CudaRules`)."""
+
+
+def kernels(device: torch.device) -> str:
+    """The kernels ``device`` runs, as :data:`CUDA` says: "cpu", "cuda", ..."""
+    return CUDA.kind(device)
 
 
 def activation(name: str):
@@ -94,9 +139,23 @@ class Dropout(nn.Dropout):
     """nn.Dropout, with the cheaper mask of :func:`dropout_mask` on CPU."""
 
     def forward(self, x):
-        if not (self.training and 0 < self.p < 1 and x.device.type == "cpu"):
+        if not (self.training and 0 < self.p < 1 and kernels(x.device) == "cpu"):
             return F.dropout(x, self.p, self.training)
         return x * dropout_mask(x, self.p)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm whose fp32 weights also normalise bf16 activations (use_low_precision).
+
+    The CPU kernel takes a bf16 input with fp32 weights (and computes in fp32); CUDA's refuses
+    them ("expected scalar type BFloat16 but found Float"), so elsewhere the input is normalised
+    in fp32 and the result cast back to its dtype, as autocast runs layer_norm."""
+
+    def forward(self, x):
+        if x.dtype == self.weight.dtype or kernels(x.device) == "cpu":
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), bias, self.eps).to(x.dtype)
 
 
 @dataclass
@@ -131,14 +190,23 @@ class Packing:
         return self.cu_seqlens.numel() - 1
 
     @classmethod
-    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> Packing:
+    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None = None,
+                        total: int | None = None) -> Packing:
+        """The packing of ``cu_seqlens``; ``max_seqlen`` and ``total`` (T), where the caller
+        knows them, spare copies from the device: on CUDA, with both given, nothing here waits
+        for the GPU (and the lengths are not checked: the batcher made them from host lists)."""
         cu_seqlens = cu_seqlens.to(torch.int64)
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]  # (B,)
-        if lengths.numel() == 0 or bool((lengths <= 0).any()):
-            raise ValueError(f"every packed sequence needs at least one token, got lengths {lengths.tolist()}")
+        on_cpu = kernels(cu_seqlens.device) == "cpu"
+        host = lengths.tolist() if on_cpu or max_seqlen is None else None
+        if host is not None and (not host or min(host) <= 0):
+            raise ValueError(f"every packed sequence needs at least one token, got lengths {host}")
+        if host is not None and total is not None and total != sum(host):
+            raise ValueError(f"the packed sequences hold {sum(host)} tokens, not {total}")
         if max_seqlen is None:
-            max_seqlen = int(lengths.max())
-        total = int(cu_seqlens[-1])
+            max_seqlen = max(host)
+        if total is None:
+            total = sum(host) if host is not None else int(cu_seqlens[-1])
         starts = torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=total)  # (T,)
         positions = torch.arange(total, device=cu_seqlens.device) - starts  # (T,)
         seq_index = torch.repeat_interleave(
@@ -146,7 +214,7 @@ class Packing:
         )  # (T,)
         slots = seq_index * max_seqlen + positions  # (T,)
         key_mask = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lengths[:, None]  # (B, L)
-        runs = equal_length_runs(lengths.tolist()) if cu_seqlens.device.type == "cpu" else None
+        runs = equal_length_runs(host) if on_cpu else None
         return cls(cu_seqlens.to(torch.int32), max_seqlen, positions, slots, key_mask[:, None, None, :], runs=runs)
 
     @classmethod
@@ -207,30 +275,75 @@ def _sdpa(q, k, v, mask=None, dropout_p: float = 0.0):
     fused CPU kernel runs bf16 backward passes 2-3x slower than the plain matrix products (and
     bf16 inference and fp32 faster, so those keep it). With attention dropout on CPU, the same
     math with :func:`dropout_mask` on the probabilities."""
-    if dropout_p > 0 and q.device.type == "cpu":
+    cpu = kernels(q.device) == "cpu"
+    if dropout_p > 0 and cpu:
         scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (..., L, L)
         if mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         return (probs * dropout_mask(probs, dropout_p)) @ v
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+    if q.dtype == torch.bfloat16 and cpu and torch.is_grad_enabled() and q.requires_grad:
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
-def _varlen(q, k, v, packing: Packing, dropout_p: float, window: int | None):
-    """FlashAttention's variable-length kernel (torch.nn.attention.varlen) on CUDA in bf16 or
-    fp16 without attention dropout, where this PyTorch has it; None elsewhere."""
-    if not q.is_cuda or dropout_p > 0 or packing.padded or q.dtype not in (torch.bfloat16, torch.float16):
-        return None
+FLASH_CAPABILITY = (8, 0)
+"""FlashAttention runs on Ampere (compute capability 8.0) and newer GPUs."""
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
+FLASH_MAX_HEAD_DIM = 256
+"""FlashAttention's head sizes: multiples of 8 up to this."""
+
+_said: set[str] = set()
+"""The reasons for not running FlashAttention already given in this process."""
+
+
+def takes_window(varlen_attn) -> bool:
+    """Whether ``varlen_attn`` has the ``window_size`` argument (local attention): PyTorch's
+    first varlen_attn, which the supported range includes, has not."""
     try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
+        return "window_size" in inspect.signature(varlen_attn).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+
+
+def flash_refusal(q, window: int | None, varlen_attn) -> str | None:
+    """Why FlashAttention's varlen kernel ``varlen_attn`` cannot take ``q: (T, H, D)`` on its
+    CUDA device (with local attention of ``window``), in words; None where it can."""
+    major, minor = CUDA.capability(q.device)
+    dim = q.shape[-1]
+    if (major, minor) < FLASH_CAPABILITY:
+        return (f"FlashAttention needs a GPU of compute capability {FLASH_CAPABILITY[0]}.{FLASH_CAPABILITY[1]} "
+                f"(Ampere) or newer, and this one is {major}.{minor}")
+    if dim % 8 or dim > FLASH_MAX_HEAD_DIM:
+        return f"FlashAttention takes head sizes that are multiples of 8 up to {FLASH_MAX_HEAD_DIM}, not {dim}"
+    if q.dtype not in FLASH_DTYPES:
+        return f"FlashAttention takes bf16 or fp16, and attention runs in {str(q.dtype).removeprefix('torch.')}"
+    if varlen_attn is None:
+        return f"this PyTorch ({torch.__version__}) has no torch.nn.attention.varlen"
+    if window is not None and not takes_window(varlen_attn):
+        return f"this PyTorch's ({torch.__version__}) varlen_attn has no window_size for local attention"
+    return None
+
+
+def _varlen(q, k, v, packing: Packing, dropout_p: float, window: int | None):
+    """FlashAttention's variable-length kernel (torch.nn.attention.varlen) on CUDA without
+    attention dropout, where it can take the call (:func:`flash_refusal`); None elsewhere. The
+    first time it cannot on CUDA for a reason, a warning says why."""
+    if kernels(q.device) != "cuda" or dropout_p > 0 or packing.padded:
+        return None
+    varlen_attn = CUDA.varlen_attn()
+    refusal = flash_refusal(q, window, varlen_attn)
+    if refusal is not None:
+        if refusal not in _said:
+            _said.add(refusal)
+            warnings.warn(f"attention runs on scaled_dot_product_attention over padded sequences, not "
+                          f"FlashAttention's varlen kernel: {refusal}", stacklevel=2)
         return None
     cu = packing.cu_seqlens
-    size = (-1, -1) if window is None else (window, window)
-    return varlen_attn(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen, window_size=size)
+    if window is None:
+        return varlen_attn(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen)
+    return varlen_attn(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen, window_size=(window, window))
 
 
 def _padded_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None):
@@ -418,7 +531,8 @@ class TokenClassifier(nn.Module):
 
     def hidden_states(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
         """input_ids: (T,), cu_seqlens: (B + 1,) -> last hidden states (T, C)."""
-        return self.encode(input_ids, Packing.from_cu_seqlens(cu_seqlens, max_seqlen), token_type_ids)
+        packing = Packing.from_cu_seqlens(cu_seqlens, max_seqlen, input_ids.shape[0])
+        return self.encode(input_ids, packing, token_type_ids)
 
     def forward(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None):
         """input_ids: (T,), cu_seqlens: (B + 1,) -> logits (T, num_labels)."""
