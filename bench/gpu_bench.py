@@ -7,7 +7,8 @@ in bf16 on WNUT-2016 tweets; real tokens/s, MFU and peak GPU memory of each side
     bash bench/gpu_bench.sh --limit 60 --repeat 1 --epochs 2 \
         --hidden 64 --layers 2 --heads 2 --intermediate 128  # a tiny model on 60 tweets: checks it runs
 
-Without a CUDA device it says so in one line and exits 0.
+Without a CUDA device it says so in one line (why: a CPU build of torch, or no GPU seen) and
+exits 1. bench/gpu_bench.sh sets up a fresh GPU machine first and passes --quick.
 
 The model: bert-base's shape (hidden 768, 12 layers, 12 heads, intermediate 3072), randomly
 initialised (seed 0) as a BertForMaskedLM checkpoint with MiniLM's WordPiece vocabulary and
@@ -57,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-NO_CUDA = "gpu_bench: no CUDA device here (torch.cuda.is_available() is False); nothing to measure"
+NO_CUDA = "gpu_bench: error: no CUDA device here, nothing measured"
 
 DENSE_BF16_TFLOPS = (
     (("H200",), 989.0),  # also GH200
@@ -229,49 +230,25 @@ def run_trainer(args, work: Path, model: Path, labels: list[str], flops_per_epoc
             "attention": f"attn_implementation={stats['attn_implementation']}, padded batches"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=7, help="epochs on each side; the first is a warm-up")
-    parser.add_argument("--repeat", type=int, default=8, help="passes over the training tweets in an epoch")
-    parser.add_argument("--limit", type=int, help="use only this many tweets (dev and test included)")
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="the Trainer's sequences per batch; tagtune's token budget is as many mean-length tweets")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--intermediate", type=int, default=3072)
-    parser.add_argument("--attention-dropout", type=float, default=0.0,
-                        help="above 0, tagtune's training attention cannot use the varlen kernel")
-    parser.add_argument("--only", choices=["tagtune", "trainer"], help="run one side only")
-    parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (model, data, runs)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def no_cuda(torch) -> str:
+    """The line saying why ``torch`` has no CUDA device here."""
+    why = ("is a CPU build" if torch.version.cuda is None else
+           f"is built for CUDA {torch.version.cuda} but sees no GPU (driver, CUDA_VISIBLE_DEVICES?)")
+    return f"{NO_CUDA}: torch {torch.__version__} at {sys.executable} {why}"
 
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit(f"gpu_bench: torch is not installed for {sys.executable}") from None
-    if args.child:
-        tagtune_child(args.child)
-        return
-    if not torch.cuda.is_available():
-        print(NO_CUDA)
-        return
 
-    os.environ.update(QUIET)  # before transformers is imported
+QUICK = {"repeat": 1, "epochs": 2}
+"""--quick's first measurement: one pass over the tweets an epoch, the second epoch measured
+(about a minute a side on an H100, estimated), so that a short window yields a figure."""
+
+
+def measure(args, device: str, peak) -> dict:
+    """Each side's results for ``args``: the data and model made in a work folder, both sides
+    trained there, the table printed."""
     from flops import model_shape, useful_flops
     from tagtune.examples import minilm_dir, wnut_sentences, write_conll
     from tagtune.schemes import tag_names
     from tagtune.tokenizer import load_tokenizer
-
-    device = torch.cuda.get_device_name(0)
-    peak = dense_bf16_peak(device)
-    print(f"gpu_bench: {device}, dense bf16 peak " + (f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown")
-          + f"; torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
 
     sentences = wnut_sentences()
     random.Random(0).shuffle(sentences)
@@ -315,14 +292,67 @@ def main() -> None:
     for side, result in results.items():
         print(f"{SIDES[side]}: {result['precision']}; {result['attention']}; "
               f"{result['epochs_measured']} epoch{'s' * (result['epochs_measured'] > 1)} measured")
-    print("\n".join(report_lines(results, device, peak)))
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "device": device, "dense_bf16_peak_tflops": peak and peak / 1e12, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "args": vars(args), "train_tweets": len(train),
-            "real_tokens_per_pass": sum(lengths), "tagtune_max_tokens": budget,
-            "useful_flops_per_epoch": flops_per_epoch, "results": results}, indent=2))
-        print(f"gpu_bench: results written to {args.json}")
+    print("\n".join(report_lines(results, device, peak)), flush=True)
+    return {"args": vars(args), "train_tweets": len(train), "real_tokens_per_pass": sum(lengths),
+            "tagtune_max_tokens": budget, "useful_flops_per_epoch": flops_per_epoch, "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=7, help="epochs on each side; the first is a warm-up")
+    parser.add_argument("--repeat", type=int, default=8, help="passes over the training tweets in an epoch")
+    parser.add_argument("--limit", type=int, help="use only this many tweets (dev and test included)")
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="the Trainer's sequences per batch; tagtune's token budget is as many mean-length tweets")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--intermediate", type=int, default=3072)
+    parser.add_argument("--attention-dropout", type=float, default=0.0,
+                        help="above 0, tagtune's training attention cannot use the varlen kernel")
+    parser.add_argument("--only", choices=["tagtune", "trainer"], help="run one side only")
+    parser.add_argument("--quick", action="store_true",
+                        help="first measure with --repeat 1 --epochs 2 (printed; written as 'quick'), then as asked")
+    parser.add_argument("--check", action="store_true", help="only say which GPU and torch are here (exit 1: none)")
+    parser.add_argument("--json", help="also write the results here (after each measurement)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (model, data, runs)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(f"gpu_bench: error: torch is not installed for {sys.executable}") from None
+    if args.child:
+        tagtune_child(args.child)
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit(no_cuda(torch))
+
+    os.environ.update(QUIET)  # before transformers is imported
+    device = torch.cuda.get_device_name(0)
+    peak = dense_bf16_peak(device)
+    print(f"gpu_bench: {device} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(0)))}), "
+          f"dense bf16 peak " + (f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown")
+          + f"; torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
+    if args.check:
+        return
+    record = {"device": device, "dense_bf16_peak_tflops": peak and peak / 1e12, "torch": torch.__version__,
+              "cuda": torch.version.cuda}
+    runs = [("quick", argparse.Namespace(**{**vars(args), **QUICK})), ("asked", args)] if args.quick else [
+        ("asked", args)]
+    for name, run_args in runs:
+        if args.quick:
+            print(f"\ngpu_bench: {'quick measurement (--repeat 1 --epochs 2)' if name == 'quick' else 'as asked'}",
+                  flush=True)
+        measured = measure(run_args, device, peak)
+        record.update({"quick": measured} if name == "quick" else measured)
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=2))
+            print(f"gpu_bench: results written to {args.json}", flush=True)
 
 
 if __name__ == "__main__":

