@@ -554,10 +554,17 @@ def test_precision_note_gives_the_reason(monkeypatch):
     assert note("auto", cpu) == ("fp32 (bf16 matrix products measured 0.6x fp32's speed on this CPU, under the "
                                  "1.2x that pays; --bf16 on forces bf16)")
     assert note("on", cpu) == "bf16 mixed precision (--bf16 on)"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert note("auto", cuda) == "bf16 mixed precision (GPU supports bf16; --bf16 off for fp32)"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert note("auto", cuda) == "fp32 (this GPU has no bf16)"
+    from tagtune.models import packed
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # as on a T4: not what decides
+    monkeypatch.setattr(packed.CUDA, "capability", lambda device: (8, 6))
+    assert note("auto", cuda) == ("bf16 mixed precision (GPU of compute capability 8.6 multiplies bf16 natively; "
+                                  "--bf16 off for fp32)")
+    monkeypatch.setattr(packed.CUDA, "capability", lambda device: (7, 5))
+    assert note("auto", cuda) == ("fp32 (this GPU, of compute capability 7.5, has no native bf16: it needs 8.0 "
+                                  "(Ampere) or newer; --bf16 on forces emulated bf16)")
+    monkeypatch.setenv("TAGTUNE_CPU_BF16", "on")  # the CPU's setting leaves a GPU's choice alone
+    assert note("auto", cuda).startswith("fp32 (this GPU, of compute capability 7.5")
 
 
 class FakeClock:

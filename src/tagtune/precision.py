@@ -168,7 +168,7 @@ def use_bf16(bf16: str, device: torch.device) -> bool:
 def describe(bf16: str, device: torch.device, chosen: bool, what: str = "bf16") -> str:
     """Why ``--bf16 bf16`` on ``device`` gives bf16 (``chosen``) or fp32, in words; ``what``
     names the bf16 mode ("bf16 mixed precision" for training)."""
-    if bf16 == "auto" and device.type == "cpu" and cpu_bf16_forced() is not None:
+    if bf16 == "auto" and _kind(device) == "cpu" and cpu_bf16_forced() is not None:
         emulated = "; emulated, no native bf16 here" if chosen and not cpu_has_bf16() else ""
         return f"{what if chosen else 'fp32'} (--bf16 auto, {CPU_BF16_ENV}={'on' if chosen else 'off'}{emulated})"
     if chosen:
