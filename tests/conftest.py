@@ -1,4 +1,5 @@
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -8,6 +9,11 @@ import torch
 from tagtune.examples import minilm_dir, wnut_sentences, write_conll
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A shell without job control starts its background commands with SIGINT ignored, and an ignored
+# signal stays ignored in every process started from them: tagtune's processes would then never
+# see the Ctrl-C the tests send. Handled here, SIGINT reaches them with its default action.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
 
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "scripts" / "constraints.txt"
