@@ -486,7 +486,7 @@ def test_label_in_the_browser_then_train(tmp_path, tweet, suggesting_tagger, cli
 
         # restarted on the same port, now with the tagger: its spans are suggestions to accept or fix
         with annotating(tmp_path / "2.log", texts, "--labels", "person,place", "--out", out, "--model",
-                        suggesting_tagger, "--port", port) as (url, process):
+                        suggesting_tagger, "--port", port, "--bf16", "off") as (url, process):
             page.reload()
             page.wait_for_selector("#text:not(:empty)")
             assert page.text_content("#counts").startswith("2 / 5 done · 1 skipped · 2 to go")
@@ -542,7 +542,7 @@ def test_label_in_the_browser_then_train(tmp_path, tweet, suggesting_tagger, cli
     # the suggestions were accepted as they were: the tagger's own spans for that text
     from tagtune.tagger import Tagger
 
-    (found,) = Tagger.load(suggesting_tagger).predict(["Merkel flew to Rome today"])
+    (found,) = Tagger.load(suggesting_tagger, bf16="off").predict(["Merkel flew to Rome today"])  # as the server ran
     merkel = [(s.start, s.end, s.label) for s in found]
     assert merkel
     examples = {e.text: [(s.start, s.end, s.label) for s in e.spans] for e in read_examples(out)}

@@ -700,11 +700,13 @@ def suggest(tagger, texts: list[str], labels: list[str],
 
 
 def annotate(texts: str, out: str, labels: str | None = None, model: str | None = None, host: str = "127.0.0.1",
-             port: int = 8080, device: str | None = None, access_log: bool = False, progress: bool = True) -> None:
+             port: int = 8080, device: str | None = None, access_log: bool = False, progress: bool = True,
+             bf16: str = "auto") -> None:
     """Serve the page that labels the texts of the file ``texts`` into ``out``, until interrupted.
 
     ``labels`` is ``"KEY,ORG"``; without it, the labels of the tagger ``model``. With ``model``
-    (a trained tagger folder), its spans are suggested and the texts come most uncertain first.
+    (a trained tagger folder), its spans are suggested and the texts come most uncertain first;
+    it runs in the precision ``bf16`` chooses (auto, on, off; tagtune.precision).
     Prints where the answers stand and the address once listening."""
     from tagtune.serve import bind, entity_labels, require_server_packages, run_app
 
@@ -717,7 +719,7 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
     if model is not None:
         from tagtune.tagger import Tagger
 
-        tagger = Tagger.load(model, device=device)
+        tagger = Tagger.load(model, device=device, bf16=bf16)
         found = entity_labels(list(tagger.labels))
         unused = [label for label in found if label_list is not None and label not in label_list]
         if label_list is None:

@@ -199,7 +199,7 @@ def cmd_annotate(args) -> int:
 
     with _sigterm_as_interrupt():  # OUT is closed (removed if still empty) as on Ctrl-C
         annotate(args.texts, args.out, labels=args.labels, model=args.model, host=args.host, port=args.port,
-                 device=args.device, access_log=args.access_log, progress=not args.quiet)
+                 device=args.device, access_log=args.access_log, progress=not args.quiet, bf16=args.bf16)
     return 0
 
 
@@ -429,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=parameter_default(annotate, "port"), metavar="N",
                    help="port; 0 picks a free one")
     p.add_argument("--device", help="device of --model: cpu, cuda, ... (default: CUDA when available)")
+    add_bf16_option(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--quiet", action="store_true", help="no progress bar while --model tags the texts")
     p.set_defaults(func=cmd_annotate)
