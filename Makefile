@@ -36,4 +36,4 @@ test-latest:
 	.venv-latest/bin/python $(PYTEST) --unpinned
 
 demo: setup
-	$(PY) -m tagtune.demo
+	$(PY) -m tagtune.apps.demo

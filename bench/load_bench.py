@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import httpx  # noqa: E402
 
-from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
+from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
 
 
 def quick_tagger(folder: Path, tweets) -> Path:

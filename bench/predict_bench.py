@@ -60,7 +60,7 @@ json.dump({"seconds": seconds, "peak_rss_mb": peak}, open(sys.argv[4], "w"))
 
 OURS = """
 import json, sys, time
-from tagtune.tagger import Tagger
+from tagtune.inference.tagger import Tagger
 texts = [line.rstrip("\\n") for line in open(sys.argv[2], encoding="utf-8")]
 tagger = Tagger.load(sys.argv[1], device="cpu", bf16=sys.argv[5])
 start = time.perf_counter()
@@ -79,10 +79,10 @@ json.dump({"seconds": seconds, "precision": tagger.precision, "peak_rss_mb": pea
 def random_head_tagger(folder: Path) -> Path:
     import torch
 
-    from tagtune.checkpoint import load_model, save_model
-    from tagtune.examples import minilm_dir, wnut_sentences
-    from tagtune.schemes import tag_names
-    from tagtune.tokenizer import load_tokenizer
+    from tagtune.models.checkpoint import load_model, save_model
+    from tagtune.apps.examples import minilm_dir, wnut_sentences
+    from tagtune.data.schemes import tag_names
+    from tagtune.text.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
     labels = tag_names(sorted({t[2:] for _, tags in wnut_sentences() for t in tags if t != "O"}), "BIO")
@@ -108,7 +108,7 @@ def side_command(side: str, model: Path, onnx: dict[str, Path], texts: Path, out
 
 def export_sides(model: Path, sides: list[str], work: Path) -> dict[str, Path]:
     """ONNX folders for the onnx sides, as ``tagtune export --onnx DIR [--int8]`` writes them."""
-    from tagtune.export import export_onnx
+    from tagtune.inference.export import export_onnx
 
     folders = {}
     for side in sides:
@@ -122,9 +122,9 @@ def export_sides(model: Path, sides: list[str], work: Path) -> dict[str, Path]:
 def dev_examples(texts: list[str]) -> tuple[list[int], list]:
     """Indices of the tweets ``make demo`` held out as dev data (those among ``texts``), and the
     WNUT examples they index."""
-    from tagtune.data import read_examples, split_dev
-    from tagtune.examples import wnut_path
-    from tagtune.training import TrainConfig
+    from tagtune.data.formats import read_examples, split_dev
+    from tagtune.apps.examples import wnut_path
+    from tagtune import TrainConfig
 
     examples = read_examples(str(wnut_path()))
     config = TrainConfig(model="", train="", out="")  # the demo's seed is TrainConfig's default
@@ -152,9 +152,9 @@ def main() -> None:
     if unknown or len(sides) < 2:
         parser.error(f"--sides: at least two of {', '.join(SIDES)}; unknown: {', '.join(unknown) or '-'}")
 
-    from tagtune.examples import wnut_sentences
-    from tagtune.metrics import span_scores
-    from tagtune.tagger import Tagger
+    from tagtune.apps.examples import wnut_sentences
+    from tagtune.data.metrics import span_scores
+    from tagtune.inference.tagger import Tagger
 
     work = Path(tempfile.mkdtemp(prefix="tagtune-predict-bench-"))
     model = Path(args.model)
@@ -242,7 +242,7 @@ def padded_path_spans(tagger, texts: list[str]) -> list[list[dict]]:
     """Spans from tagtune's padded entry point: the same windows, run as right-padded batches."""
     import torch
 
-    from tagtune.align import units_of, with_specials
+    from tagtune.data.align import units_of, with_specials
 
     out = []
     with torch.inference_mode():

@@ -40,9 +40,9 @@ sys.path.insert(0, str(HERE))
 from flops import cpu_description  # noqa: E402
 from predict_bench import random_head_tagger  # noqa: E402
 from train_bench import epoch_entries, run  # noqa: E402
-from tagtune.align import windows_of  # noqa: E402
-from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
-from tagtune.tokenizer import load_tokenizer  # noqa: E402
+from tagtune.data.align import windows_of  # noqa: E402
+from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
+from tagtune.text.tokenizer import load_tokenizer  # noqa: E402
 
 STRIDE = 32  # tagtune train's default overlap between windows, used by both runs
 

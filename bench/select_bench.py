@@ -8,7 +8,7 @@ its first 400 tweets are held out as the test set; the other tweets are the pool
 stand in for an annotator. For each seed, ``--start`` tweets drawn at random from the pool are
 labelled and a tagger is fine-tuned from the MiniLM on them (round 0, shared by both strategies).
 Each round then adds ``--step`` tweets to each strategy's labelled set: ``select`` adds the ones
-:func:`tagtune.select.choose` ranks first with the strategy's latest tagger (the most uncertain,
+:func:`tagtune.apps.select.choose` ranks first with the strategy's latest tagger (the most uncertain,
 near-duplicates left out), ``random`` draws them at random (seeded); a fresh tagger is trained on
 all that strategy's labelled tweets. The bench prints each tagger's test entity F1 (exact
 character spans) per round, strategy and seed, and the medians over seeds.
@@ -29,9 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
-from tagtune.metrics import span_scores  # noqa: E402
-from tagtune.schemes import entities_from_tags  # noqa: E402
+from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
+from tagtune.data.metrics import span_scores  # noqa: E402
+from tagtune.data.schemes import entities_from_tags  # noqa: E402
 
 STRATEGIES = ("random", "select")
 
@@ -49,7 +49,7 @@ def text_and_spans(tokens: list[str], tags: list[str]) -> tuple[str, list[tuple[
 def fit(labelled: list, out: Path, args, seed: int):
     """A tagger fine-tuned from the MiniLM on ``labelled`` (tokens, tags) tweets, in ``out``, loaded."""
     import tagtune
-    from tagtune.tagger import Tagger
+    from tagtune.inference.tagger import Tagger
 
     out.mkdir(parents=True)
     write_conll(out / "train.conll", labelled)
@@ -69,7 +69,7 @@ def next_batch(strategy: str, tagger, pool: list, unlabelled: list[int], step: i
     """Pool positions of the ``step`` tweets ``strategy`` labels next (``tagger``: its latest)."""
     if strategy == "random":
         return rng.sample(unlabelled, min(step, len(unlabelled)))
-    from tagtune.select import choose
+    from tagtune.apps.select import choose
 
     texts = [" ".join(pool[i][0]) for i in unlabelled]
     return [unlabelled[c.index] for c in choose(tagger, texts, step, max_similarity=args.max_similarity)]

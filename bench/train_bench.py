@@ -32,9 +32,9 @@ sys.path.insert(0, str(HERE))
 
 from flops import (KERNELS_HELP, gemm_flops_per_second, machine, machine_line, model_shape,  # noqa: E402
                    use_kernels, useful_flops)
-from tagtune.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
-from tagtune.metrics import span_scores  # noqa: E402
-from tagtune.schemes import entities_from_tags, tag_names  # noqa: E402
+from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
+from tagtune.data.metrics import span_scores  # noqa: E402
+from tagtune.data.schemes import entities_from_tags, tag_names  # noqa: E402
 
 
 def run(cmd: list[str], env=None, quiet: bool = False) -> dict:
@@ -186,7 +186,7 @@ def main() -> None:
         print(f"bench: a random {args.family} of the MiniLM's shape in {args.model}", flush=True)
     common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
               "--warmup", "0.1", "--weight-decay", "0.01"]
-    from tagtune.tokenizer import load_tokenizer
+    from tagtune.text.tokenizer import load_tokenizer
 
     lengths = [min(len(e) + 2, args.max_length) for e in load_tokenizer(args.model).encode_batch([" ".join(t) for t, _ in train])]
     budget = round(args.batch_size * sum(lengths) / len(lengths))

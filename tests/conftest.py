@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tagtune.examples import minilm_dir, wnut_sentences, write_conll
+from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # A shell without job control starts its background commands with SIGINT ignored, and an ignored
@@ -38,8 +38,8 @@ def pytest_report_header(config):
     browser tests must run: the suite's modes (make test-bf16-on, test-bf16-off, test-avx2,
     test-latest) show here."""
     import helpers
-    from tagtune.errors import TagtuneError
-    from tagtune.precision import describe, use_bf16
+    from tagtune import TagtuneError
+    from tagtune.models.precision import describe, use_bf16
 
     cpu = torch.device("cpu")
     try:
@@ -109,7 +109,7 @@ def tiny_hf_model(kind: str, num_labels: int = 5, task: str = "token"):
 
 @pytest.fixture
 def cli(capsys):
-    """``cli(*args)``: tagtune.cli.main in this process; a Result (returncode, stdout, stderr)."""
+    """``cli(*args)``: tagtune.apps.cli.main in this process; a Result (returncode, stdout, stderr)."""
     from helpers import run_main
 
     return lambda *args: run_main(capsys, *args)
@@ -204,7 +204,7 @@ def exported(trained_tagger, tmp_path_factory):
     """The trained tagger exported to an fp32 ONNX folder, and the export's report."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from tagtune.export import export_onnx
+    from tagtune.inference.export import export_onnx
 
     out = tmp_path_factory.mktemp("export") / "onnx"
     return out, export_onnx(trained_tagger, out)

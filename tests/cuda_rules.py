@@ -3,7 +3,7 @@
 ``with cuda_rules(capability=(8, 0)) as gpu:`` makes, until it ends:
 
 - every CPU tensor a CUDA one to the models: tagtune.models.packed.CUDA (the one place the
-  models and tagtune.precision ask) answers "cuda" for the CPU, the given compute capability,
+  models and tagtune.models.precision ask) answers "cuda" for the CPU, the given compute capability,
   and a reference of FlashAttention's varlen op; torch.cuda.get_device_capability and
   torch.cuda.is_bf16_supported answer as they would on such a GPU (the latter True on a GPU
   older than Ampere too, where it emulates bf16, as PyTorch's does by default);

@@ -28,8 +28,8 @@ class Result:
 
 
 def run_main(capsys, *args) -> Result:
-    """``tagtune.cli.main(ARGS)`` in this process, its output read with pytest's capsys."""
-    from tagtune.cli import main
+    """``tagtune.apps.cli.main(ARGS)`` in this process, its output read with pytest's capsys."""
+    from tagtune.apps.cli import main
 
     capsys.readouterr()  # drop what came before
     try:
@@ -64,7 +64,7 @@ def wait_for_saved_epoch(process: subprocess.Popen, out, epochs: int = 1, timeou
 
 def stop_in_epoch(monkeypatch, epoch: int) -> None:
     """Training stops with a KeyboardInterrupt as epoch index ``epoch`` (0 for the first) begins."""
-    import tagtune.training as training
+    from tagtune.training import loop as training
 
     epoch_of = training.train_epoch
 

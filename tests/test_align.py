@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from tagtune.align import IGNORE, merge_windows, token_labels, unit_entities, units_of, window_bounds
-from tagtune.batching import batch_indices, pack, pad
-from tagtune.decode import spans_from_tags
-from tagtune.schemes import SCHEMES, tag_names
-from tagtune.spans import Span
-from tagtune.tokenizer import load_tokenizer
+from tagtune.data.align import IGNORE, merge_windows, token_labels, unit_entities, units_of, window_bounds
+from tagtune.data.batching import batch_indices, pack, pad
+from tagtune.data.decode import spans_from_tags
+from tagtune.data.schemes import SCHEMES, tag_names
+from tagtune import Span
+from tagtune.text.tokenizer import load_tokenizer
 
 TEXT = "Barack Obama met Angela Merkel at the Brandenburg Gate in Berlin on Tuesday."
 SPANS = [Span(0, 12, "PER"), Span(17, 30, "PER"), Span(38, 54, "LOC"), Span(58, 64, "LOC")]

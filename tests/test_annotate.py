@@ -19,9 +19,9 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from tagtune.annotate import HOLD_SECONDS, MAX_KEYS, Annotator, Text, rank, suggest  # noqa: E402
-from tagtune.data import read_examples  # noqa: E402
-from tagtune.spans import Span  # noqa: E402
+from tagtune.apps.annotate import HOLD_SECONDS, MAX_KEYS, Annotator, Text, rank, suggest  # noqa: E402
+from tagtune.data.formats import read_examples  # noqa: E402
+from tagtune import Span  # noqa: E402
 from test_serve import serving  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -310,7 +310,7 @@ def test_a_held_text_is_free_again_when_let_go_or_held_too_long():
 
 
 def test_texts_come_most_uncertain_first(suggesting_tagger):
-    from tagtune.tagger import Tagger
+    from tagtune import Tagger
 
     from test_select import brute_force_uncertainty
 
@@ -540,7 +540,7 @@ def test_label_in_the_browser_then_train(tmp_path, tweet, suggesting_tagger, cli
         browser.close()
 
     # the suggestions were accepted as they were: the tagger's own spans for that text
-    from tagtune.tagger import Tagger
+    from tagtune import Tagger
 
     (found,) = Tagger.load(suggesting_tagger, bf16="off").predict(["Merkel flew to Rome today"])  # as the server ran
     merkel = [(s.start, s.end, s.label) for s in found]

@@ -18,8 +18,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from tagtune.annotate import TOKEN_HEADER, AnswerFile, Annotator, Guard, create_app, read_out, read_texts  # noqa: E402
-from tagtune.serve import bind  # noqa: E402
+from tagtune.apps.annotate import TOKEN_HEADER, AnswerFile, Annotator, Guard, create_app, read_out, read_texts  # noqa: E402
+from tagtune.apps.serve import bind  # noqa: E402
 from test_annotate import annotating, lines, one_line_error, page_client  # noqa: E402
 from test_serve import serving  # noqa: E402
 

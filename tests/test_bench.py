@@ -32,7 +32,7 @@ def test_random_family_checkpoints(family, architecture, tiny_bert, tmp_path):
     sys.path.insert(0, str(BENCH))
     from train_bench import random_model
 
-    from tagtune.checkpoint import load_model
+    from tagtune.models.checkpoint import load_model
 
     folder = random_model(family, tmp_path / family, tiny_bert)
     config = json.loads((folder / "config.json").read_text())

@@ -10,9 +10,9 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from tagtune import TagtuneError
-from tagtune.checkpoint import load_model, read_weights, save_model
-from tagtune.hub import resolve
-from tagtune.tokenizer import load_tokenizer
+from tagtune.models.checkpoint import load_model, read_weights, save_model
+from tagtune.store.hub import resolve
+from tagtune.text.tokenizer import load_tokenizer
 
 from conftest import tiny_hf_model
 
@@ -187,7 +187,7 @@ def test_write_safetensors_is_read_back_by_the_safetensors_library(tmp_path):
     model or its state has, 0-d and empty tensors, a view into a larger tensor, the metadata."""
     from safetensors import safe_open
 
-    from tagtune.checkpoint import write_safetensors
+    from tagtune.models.checkpoint import write_safetensors
 
     base = torch.randn(6, 5)
     state = {"w": torch.randn(3, 4), "half": torch.randn(7).half(), "bf16": torch.randn(2, 3).bfloat16(),

@@ -89,7 +89,7 @@ def test_version_is_the_project_version(monkeypatch):
     import importlib.metadata
 
     import tagtune
-    from tagtune.cli import version
+    from tagtune.apps.cli import version
 
     result = run("--version")
     assert result.returncode == 0 and result.stderr == ""
@@ -104,7 +104,7 @@ def test_version_is_the_project_version(monkeypatch):
 
 
 def test_help_says_what_tagtune_is_with_examples():
-    from tagtune import cli
+    from tagtune.apps import cli
 
     result = run("--help")
     assert result.returncode == 0
@@ -142,9 +142,9 @@ def test_option_defaults_come_from_the_library(cli):
     import dataclasses
     import inspect
 
-    from tagtune.cli import build_parser
-    from tagtune.serve import Limits, serve
-    from tagtune.training import TrainConfig
+    from tagtune.apps.cli import build_parser
+    from tagtune.apps.serve import Limits, serve
+    from tagtune import TrainConfig
 
     result = cli("train", "--help")
     assert result.returncode == 0
@@ -178,8 +178,8 @@ def test_main_restores_showwarning(monkeypatch, capsys):
     it found it, whether the command succeeds, fails or raises."""
     import warnings
 
-    from tagtune import cli
-    from tagtune.errors import TagtuneError
+    from tagtune.apps import cli
+    from tagtune import TagtuneError
 
     def warn_then(outcome):
         def command(args):
@@ -220,7 +220,7 @@ import ctypes, resource, sys
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 if sys.argv[1] == "keep":
-    from tagtune.cli import keep_freed_memory
+    from tagtune.apps.cli import keep_freed_memory
     keep_freed_memory()
 size, faults = 48 << 20, []
 for _ in range(3):  # a 48 MB block written, freed and taken again, as a training step's activations are

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from tagtune.decode import decode, decode_spans, forward_backward, span_probabilities
-from tagtune.schemes import chunk_relations, chunks, entities_from_tags, parse_tag, tag_names, transition_mask
+from tagtune.data.decode import decode, decode_spans, forward_backward, span_probabilities
+from tagtune.data.schemes import chunk_relations, chunks, entities_from_tags, parse_tag, tag_names, transition_mask
 
 LABEL_SETS = [
     ("BIO", ["A"]), ("BIO", ["A", "B"]),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tagtune.align import IGNORE
-from tagtune.crf import ChainCRF, chain_nll, chains
-from tagtune.decode import Transitions, decode_spans, forward_backward, span_probabilities, viterbi
-from tagtune.schemes import entities_from_tags, tag_names, transition_mask
+from tagtune.data.align import IGNORE
+from tagtune.models.crf import ChainCRF, chain_nll, chains
+from tagtune.data.decode import Transitions, decode_spans, forward_backward, span_probabilities, viterbi
+from tagtune.data.schemes import entities_from_tags, tag_names, transition_mask
 
 LABEL_SETS = [("BIO", ["A"]), ("BIOES", ["A"]), ("IO", ["A", "B"]), ("BIO", ["A", "B"])]
 
@@ -203,7 +203,7 @@ def synthetic_sentences(n: int, seed: int):
 
 @pytest.fixture(scope="module")
 def names_files(tmp_path_factory):
-    from tagtune.examples import write_conll
+    from tagtune.apps.examples import write_conll
 
     folder = tmp_path_factory.mktemp("names")
     write_conll(folder / "train.conll", synthetic_sentences(200, 0))
@@ -212,7 +212,7 @@ def names_files(tmp_path_factory):
 
 
 def crf_config(tiny_bert, files, out, **change):
-    from tagtune.training import TrainConfig
+    from tagtune import TrainConfig
 
     return TrainConfig(**{**dict(model=str(tiny_bert), train=str(files / "train.conll"), dev=str(files / "dev.conll"),
                                  out=str(out), epochs=2, lr=3e-3, batch_size=16, seed=3, crf=True, progress=False,
@@ -220,14 +220,14 @@ def crf_config(tiny_bert, files, out, **change):
 
 
 def dev_texts(files):
-    from tagtune.data import read_examples
+    from tagtune.data.formats import read_examples
 
     return [ex.text for ex in read_examples(str(files / "dev.conll"))]
 
 
 @pytest.fixture(scope="module")
 def crf_tagger(tiny_bert, names_files, tmp_path_factory):
-    from tagtune.training import train
+    from tagtune import train
 
     out = tmp_path_factory.mktemp("crf") / "tagger"
     return out, train(crf_config(tiny_bert, names_files, out))
@@ -237,8 +237,8 @@ def test_trained_crf_folder_loads_in_transformers_and_predicts(crf_tagger, names
     from safetensors import safe_open
     from transformers import AutoModelForTokenClassification
 
-    from tagtune.folder import read_crf
-    from tagtune.tagger import Tagger
+    from tagtune.store.layout import read_crf
+    from tagtune import Tagger
 
     out, result = crf_tagger
     assert json.loads((out / "tagtune.json").read_text())["crf"] is True
@@ -269,8 +269,8 @@ def test_trained_crf_folder_loads_in_transformers_and_predicts(crf_tagger, names
 def test_crf_tagger_exports_to_onnx_with_equal_spans(crf_tagger, names_files, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from tagtune.export import export_onnx
-    from tagtune.tagger import Tagger
+    from tagtune.inference.export import export_onnx
+    from tagtune import Tagger
 
     out, _ = crf_tagger
     onnx_dir = tmp_path / "onnx"
@@ -289,7 +289,7 @@ def test_crf_run_resumes_to_the_same_weights_and_scores(crf_tagger, tiny_bert, n
                                                         monkeypatch):
     """A run stopped after its first epoch and resumed ends as the uninterrupted one: the CRF's
     scores and their optimizer state are in the checkpoint."""
-    import tagtune.training as training
+    from tagtune.training import loop as training
     from safetensors.torch import load_file
 
     from helpers import stop_in_epoch
@@ -345,7 +345,7 @@ def huge_scores(data):  # finite, and each within float64: the sums overflow
 
 
 def test_crf_scores_out_of_bounds_are_refused_by_predict_and_info(crf_tagger, tmp_path, cli):
-    from tagtune.folder import CRF_MAX_SCORE
+    from tagtune.store.layout import CRF_MAX_SCORE
 
     folder = broken_copy(crf_tagger, tmp_path, "crf.json", huge_scores)
     for command in (("predict", str(folder)), ("info", str(folder))):

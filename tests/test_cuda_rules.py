@@ -12,10 +12,11 @@ import torch.nn.functional as F
 import transformers
 
 from tagtune import distributed
-from tagtune.checkpoint import load_model
+from tagtune.models.checkpoint import load_model
 from tagtune.models import packed
-from tagtune.precision import describe, use_bf16
-from tagtune.training import TrainConfig, precision
+from tagtune.models.precision import describe, use_bf16
+from tagtune import TrainConfig
+from tagtune.training.loop import precision
 
 from conftest import tiny_hf_model
 from cuda_rules import SM, FlashError, cuda_rules, reference_varlen_attn
@@ -279,7 +280,7 @@ def test_bf16_auto_needs_an_ampere_gpu(sm, monkeypatch):
 @pytest.mark.parametrize("sm", SM)
 def test_a_tagger_on_a_gpu_predicts_with_bf16_auto(tiny_tagger, tweets, sm, monkeypatch):
     """predict, evaluate, serve and select load a tagger with --bf16 auto: bf16 from Ampere on."""
-    from tagtune.tagger import Tagger
+    from tagtune import Tagger
 
     monkeypatch.delenv("TAGTUNE_CPU_BF16", raising=False)
     texts = [" ".join(tokens) for tokens, _ in tweets[400:440]]

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from tagtune import TagtuneError
-from tagtune.data import (
+from tagtune.data.formats import (
     FORMATS,
     KeywordWarning,
     keyword_spans,
@@ -14,8 +14,8 @@ from tagtune.data import (
     split_dev,
     write_jsonl,
 )
-from tagtune.examples import wnut_path
-from tagtune.spans import Example, Span
+from tagtune.apps.examples import wnut_path
+from tagtune import Example, Span
 
 
 def write(tmp_path, name, content, encoding="utf-8"):

@@ -11,8 +11,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
 
-from tagtune.checkpoint import load_model, save_model
-from tagtune.config import EncoderConfig, read_config
+from tagtune.models.checkpoint import load_model, save_model
+from tagtune.models.config import EncoderConfig, read_config
 from tagtune.models.deberta import relative_buckets
 
 from test_model_parity import assert_config_refused, assert_gradients_match, assert_logits_match, pack, padded_batch
@@ -125,8 +125,8 @@ def test_the_export_forward_equals_the_padded_forward(tmp_path):
 def test_the_onnx_graph_matches(tmp_path):
     """Through the exporter and ONNX Runtime, at other batch and sequence sizes than the export's."""
     pytest.importorskip("onnxruntime")
-    from tagtune.export import write_onnx
-    from tagtune.onnx_backend import OnnxModel
+    from tagtune.inference.export import write_onnx
+    from tagtune.inference.onnx_backend import OnnxModel
 
     tiny_deberta(share_att_key=False).save_pretrained(tmp_path / "model")
     model, _ = load_model(tmp_path / "model")

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from tagtune.decode import (
+from tagtune.data.decode import (
     Transitions,
     argmax_decode,
     decode,
@@ -16,8 +16,8 @@ from tagtune.decode import (
     uncertainty,
     viterbi,
 )
-from tagtune.schemes import tag_names, tags_for_entities, transition_mask
-from tagtune.spans import Span
+from tagtune.data.schemes import tag_names, tags_for_entities, transition_mask
+from tagtune import Span
 
 
 def valid(tags, scheme):

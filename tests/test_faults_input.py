@@ -20,10 +20,10 @@ import pytest
 
 from conftest import tiny_hf_model
 from helpers import tagtune as run_tagtune
-from tagtune.config import EncoderConfig, check_memory, read_config
-from tagtune.data import read_examples
-from tagtune.errors import TagtuneError
-from tagtune.predict import read_records
+from tagtune.models.config import EncoderConfig, check_memory, read_config
+from tagtune.data.formats import read_examples
+from tagtune import TagtuneError
+from tagtune.apps.predict import read_records
 
 MEMORY_LIMIT = 4 << 30
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -218,7 +218,7 @@ def test_training_needs_four_times_the_weights(tiny_bert, tmp_path):
     ('{"max_length": 1e999}', ":1: the number 1e999 is out of range"),
 ])
 def test_broken_tagtune_json(tmp_path, content, fragment):
-    from tagtune.tagger import TaggerSettings
+    from tagtune.store.layout import TaggerSettings
 
     (tmp_path / "tagtune.json").write_text(content, encoding="utf-8")
     message = raises(TaggerSettings.read, tmp_path, LABELS)
@@ -227,7 +227,7 @@ def test_broken_tagtune_json(tmp_path, content, fragment):
 
 def test_windows_longer_than_the_position_embedding(tiny_bert, base_config, tmp_path):
     """A window the model has no positions for would index past its position embedding."""
-    from tagtune.tagger import TaggerSettings
+    from tagtune.store.layout import TaggerSettings
 
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"text": "Tokyo is big", "spans": [[0, 5, "LOC"]]}) + "\n", encoding="utf-8")
@@ -327,8 +327,8 @@ def test_predict_jsonl_bounds(value, fragment):
 def tagger_dir(tiny_bert, tmp_path_factory):
     import torch
 
-    from tagtune.checkpoint import load_model, save_model
-    from tagtune.tokenizer import load_tokenizer
+    from tagtune.models.checkpoint import load_model, save_model
+    from tagtune.text.tokenizer import load_tokenizer
 
     torch.manual_seed(3)
     model, _ = load_model(tiny_bert, labels=LABELS)

@@ -24,12 +24,12 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from tagtune.serve import ApiError, Batcher, Limits, MAX_NUMBER_CHARS, Stopping, parse_request  # noqa: E402
+from tagtune.apps.serve import ApiError, Batcher, Limits, MAX_NUMBER_CHARS, Stopping, parse_request  # noqa: E402
 from test_serve import serving  # noqa: E402
 
 STUB = r'''
 import json, os, sys, time
-from tagtune.serve import Limits, create_app, run_app
+from tagtune.apps.serve import Limits, create_app, run_app
 
 ran_log, done_log, gates, timeout, max_queue = sys.argv[1:4] + [float(sys.argv[4]), int(sys.argv[5])]
 

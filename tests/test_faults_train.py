@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from helpers import tagtune
 from tagtune import TagtuneError
-from tagtune.tagger import Tagger
-from tagtune.training import TrainConfig, train
+from tagtune import Tagger
+from tagtune import TrainConfig, train
 
 
 def train_args(model, data, out, *extra):
@@ -139,8 +139,8 @@ def test_disk_full_while_saving_the_checkpoint(replacing, weights, failing, fini
 
 FINAL_SAVE_ON_A_FULL_DISK = """
 import resource, signal, sys
-from tagtune import training
-from tagtune.cli import main
+from tagtune.training import loop as training
+from tagtune.apps.cli import main
 
 finish = training.RunFolder.finish
 

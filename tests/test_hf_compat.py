@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tagtune.tagger import Tagger
+from tagtune import Tagger
 
 transformers = pytest.importorskip("transformers")
 
@@ -80,7 +80,7 @@ def test_pipeline_and_tagtune_give_the_same_spans(trained_tagger, tweets):
     tagger = Tagger.load(trained_tagger, device="cpu", constrained=False, bf16="off")
     texts = texts_of(tweets[1000:1200])
     encodings = tagger.tokenizer.encode_batch(texts)
-    from tagtune.align import units_of
+    from tagtune.data.align import units_of
 
     same = [i for i, (text, enc) in enumerate(zip(texts, encodings))
             if len(enc) <= tagger.settings.max_length - 2

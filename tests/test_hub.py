@@ -202,7 +202,7 @@ def test_predict_with_a_tagger_from_the_hub(hub, tmp_path):
 
 
 def test_an_onnx_tagger_resolves_without_torch(hub, tmp_path):
-    code = "import sys; sys.modules['torch'] = None; from tagtune.hub import resolve; print(resolve(sys.argv[1]))"
+    code = "import sys; sys.modules['torch'] = None; from tagtune.store.hub import resolve; print(resolve(sys.argv[1]))"
     result = python(hub, tmp_path, code, "org/onnx-tagger")
     assert result.returncode == 0, result.stderr
     folder = Path(result.stdout.strip())

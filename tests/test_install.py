@@ -81,8 +81,8 @@ def dist(tmp_path_factory, pip_constraints):
 
 def test_wheel_holds_the_package_and_its_page(dist):
     names = zipfile.ZipFile(dist).namelist()
-    assert "tagtune/static/index.html" in names
-    assert "tagtune/cli.py" in names
+    assert "tagtune/apps/static/index.html" in names
+    assert "tagtune/apps/cli.py" in names
     assert not [n for n in names if n.startswith("tests/")]
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     requires = [line for line in zipfile.ZipFile(dist).read(metadata).decode().splitlines()
@@ -132,6 +132,6 @@ def test_every_extra_installs_beside_the_users_torch(dist, minilm, tmp_path, pip
     assert_pinned(bin_dir, pip_constraints)
     kept = check([bin_dir / "python", "-c", "import torch; print(torch.__version__)"]).stdout.strip()
     assert kept == torch.__version__
-    check([bin_dir / "python", "-c", "import tagtune.export, tagtune.serve, tagtune.training, fugashi, unidic_lite"])
+    check([bin_dir / "python", "-c", "import tagtune.inference.export, tagtune.apps.serve, tagtune.training.loop, fugashi, unidic_lite"])
     info = json.loads(check([bin_dir / "tagtune", "info", minilm]).stdout)
     assert info["architecture"] == "bert" and info["layers"] == 6

@@ -23,8 +23,8 @@ from tokenizers import Tokenizer as Backend  # noqa: E402
 from tokenizers import models, pre_tokenizers, trainers  # noqa: E402
 from transformers import BertJapaneseTokenizer  # noqa: E402
 
-from tagtune.errors import TagtuneError  # noqa: E402
-from tagtune.tokenizer import load_tokenizer  # noqa: E402
+from tagtune import TagtuneError  # noqa: E402
+from tagtune.text.tokenizer import load_tokenizer  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -405,10 +405,10 @@ def test_missing_ipadic_says_what_to_install(tmp_path, monkeypatch):
 def test_char_spans_to_labels_and_back_in_japanese(wordpiece_dir, scheme):
     """Spans over MeCab words (half-width kana, full-width letters, emoji around them) survive
     char spans -> subword labels -> char spans unchanged."""
-    from tagtune.align import token_labels, units_of
-    from tagtune.decode import spans_from_tags
-    from tagtune.schemes import tag_names
-    from tagtune.spans import Span
+    from tagtune.data.align import token_labels, units_of
+    from tagtune.data.decode import spans_from_tags
+    from tagtune.data.schemes import tag_names
+    from tagtune import Span
 
     tokenizer = load_tokenizer(wordpiece_dir)
     labels = tag_names(["KEY", "ORG"], scheme)

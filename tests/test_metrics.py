@@ -10,9 +10,9 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB1, IOB2, IOBES, Tokens
 
 from tagtune import TagtuneError
-from tagtune.metrics import entity_scores, span_scores
-from tagtune.schemes import SCHEMES, entities_from_tags, tag_names, tags_for_entities, transition_mask
-from tagtune.spans import Span
+from tagtune.data.metrics import entity_scores, span_scores
+from tagtune.data.schemes import SCHEMES, entities_from_tags, tag_names, tags_for_entities, transition_mask
+from tagtune import Span
 
 SEQEVAL_SCHEME = {"BIO": IOB2, "BIOES": IOBES, "IO": IOB1}
 TYPES = ["LOC", "MISC", "PER"]

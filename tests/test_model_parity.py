@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from tagtune.checkpoint import load_model
+from tagtune.models.checkpoint import load_model
 from tagtune.model import Packing, packed_attention
 from tagtune.models.packed import MAX_RUNS, _padded_attention, _runs_attention, equal_length_runs
-from tagtune.tokenizer import load_tokenizer
+from tagtune.text.tokenizer import load_tokenizer
 
 from conftest import tiny_hf_model, tiny_with_minilm_tokenizer
 
@@ -50,8 +50,8 @@ def assert_config_refused(ref, folder, change: dict, message: str):
     in one line naming the file, containing ``message``."""
     import json
 
-    from tagtune.config import read_config
-    from tagtune.errors import TagtuneError
+    from tagtune.models.config import read_config
+    from tagtune import TagtuneError
 
     ref.save_pretrained(folder)
     path = folder / "config.json"
@@ -65,7 +65,7 @@ def assert_config_refused(ref, folder, change: dict, message: str):
 def assert_gradients_match(ref, folder, lengths):
     """tagtune's model of ``folder`` gives ``ref``'s loss and gradients (by checkpoint name) on
     random texts of these lengths."""
-    from tagtune.checkpoint import to_checkpoint_names
+    from tagtune.models.checkpoint import to_checkpoint_names
 
     model, _ = load_model(folder)
     ids, mask = padded_batch(lengths)
@@ -276,7 +276,7 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(kind, tmp_path, cli):
 def test_counting_parameters_builds_nothing_and_imports_no_compiler(minilm):
     """read_config's memory check counts the parameters on the meta device without running the
     initialisers (which there import torch._dynamo and sympy: a second of start-up)."""
-    code = ("import sys; from tagtune.config import read_config; from tagtune.models import parameter_count; "
+    code = ("import sys; from tagtune.models.config import read_config; from tagtune.models.packed import parameter_count; "
             f"c = read_config({str(minilm)!r}); print(parameter_count(c), 'torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     model, _ = load_model(minilm)

@@ -8,7 +8,7 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from tagtune.checkpoint import load_model, save_model
+from tagtune.models.checkpoint import load_model, save_model
 from tagtune.model import Packing, packed_attention
 
 from conftest import tiny_hf_model

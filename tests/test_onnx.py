@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tagtune.cli import main
-from tagtune.examples import write_conll
-from tagtune.export import TOLERANCE
-from tagtune.onnx_backend import OnnxModel
-from tagtune.tagger import Tagger
+from tagtune.apps.cli import main
+from tagtune.apps.examples import write_conll
+from tagtune.inference.export import TOLERANCE
+from tagtune.inference.onnx_backend import OnnxModel
+from tagtune import Tagger
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -105,8 +105,8 @@ NO_TORCH = textwrap.dedent("""
 
     sys.meta_path.insert(0, NoTorch())
     folder, texts_file, output = sys.argv[1:4]
-    from tagtune.cli import main
-    from tagtune.tagger import Tagger
+    from tagtune.apps.cli import main
+    from tagtune import Tagger
 
     texts = json.load(open(texts_file))
     tagger = Tagger.load(folder)
@@ -223,8 +223,8 @@ def test_export_graph_matches_packed_model_for_each_family(kind, tmp_path):
     head), and ONNX Runtime runs it."""
     from conftest import tiny_hf_model
 
-    from tagtune.config import EncoderConfig
-    from tagtune.export import PaddedTagger, write_onnx
+    from tagtune.models.config import EncoderConfig
+    from tagtune.inference.export import PaddedTagger, write_onnx
     from tagtune.model import TokenClassifier
 
     hf = tiny_hf_model(kind)
@@ -258,7 +258,7 @@ def test_export_graph_matches_packed_model_for_each_family(kind, tmp_path):
 
 def test_bf16_is_for_the_pytorch_backend(exported, trained_tagger, tmp_path, capsys):
     """An ONNX folder runs as exported: auto leaves it so, on is refused with one line."""
-    from tagtune.errors import TagtuneError
+    from tagtune import TagtuneError
 
     out, _ = exported
     assert Tagger.load(out).precision == "onnx"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tagtune.optim import AdamW, LinearSchedule
+from tagtune.training.optim import AdamW, LinearSchedule
 
 
 def problem(seed: int):

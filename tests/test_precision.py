@@ -8,14 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagtune.align import IGNORE
-from tagtune.batching import pack
-from tagtune.checkpoint import load_model
+from tagtune.data.align import IGNORE
+from tagtune.data.batching import pack
+from tagtune.models.checkpoint import load_model
 from tagtune.model import Linear
-from tagtune.precision import BF16_MIN_SPEEDUP, ONEDNN_ISAS_WITHOUT_BF16, cpu_bf16_speedup, cpu_has_bf16
-from tagtune.tokenizer import load_tokenizer
-from tagtune.batching import fill_batch
-from tagtune.training import TrainConfig, precision
+from tagtune.models.precision import BF16_MIN_SPEEDUP, ONEDNN_ISAS_WITHOUT_BF16, cpu_bf16_speedup, cpu_has_bf16
+from tagtune.text.tokenizer import load_tokenizer
+from tagtune.data.batching import fill_batch
+from tagtune import TrainConfig
+from tagtune.training.loop import precision
 
 TEXTS = ["@user I'm in New York City this weekend for the Yankees game",
          "Watching Star Wars again tonight",
@@ -130,7 +131,7 @@ def native_bf16() -> bool:
 def test_the_environment_decides_auto_on_a_cpu(monkeypatch, value, chosen):
     """TAGTUNE_CPU_BF16=on|off makes --bf16 auto bf16 or fp32 on a CPU without measuring, and
     the note says why; --bf16 on and off are as before."""
-    from tagtune import precision as chooser
+    from tagtune.models import precision as chooser
 
     monkeypatch.setenv("TAGTUNE_CPU_BF16", value)
     monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: pytest.fail("measured"))
@@ -144,7 +145,7 @@ def test_the_environment_decides_auto_on_a_cpu(monkeypatch, value, chosen):
 
 
 def test_the_environment_may_ask_for_the_measurement(monkeypatch):
-    from tagtune import precision as chooser
+    from tagtune.models import precision as chooser
 
     monkeypatch.setattr(chooser, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(chooser, "_agreed_speedup", None)
@@ -158,8 +159,8 @@ def test_the_environment_may_ask_for_the_measurement(monkeypatch):
 
 def test_a_wrong_environment_value_is_one_line(monkeypatch, trained_tagger, tmp_path):
     from helpers import tagtune
-    from tagtune.errors import TagtuneError
-    from tagtune.precision import use_bf16
+    from tagtune import TagtuneError
+    from tagtune.models.precision import use_bf16
 
     monkeypatch.setenv("TAGTUNE_CPU_BF16", "yes")
     with pytest.raises(TagtuneError, match="TAGTUNE_CPU_BF16 must be on, off or measure, got 'yes'"):
@@ -188,7 +189,7 @@ def test_the_environment_reaches_a_training_process(monkeypatch, tiny_bert, wnut
 
 
 def test_bf16_speed_is_measured(monkeypatch):
-    from tagtune import precision as chooser
+    from tagtune.models import precision as chooser
 
     assert 0.001 < cpu_bf16_speedup() < 100  # a ratio of two real timings (emulated bf16: about 0.007; AMX on a busy machine: 30)
     assert cpu_bf16_speedup() == cpu_bf16_speedup()  # measured once per process
@@ -205,7 +206,7 @@ def test_bf16_speed_is_measured(monkeypatch):
 def test_a_onednn_limit_below_bf16_means_emulated_bf16(monkeypatch):
     """ONEDNN_MAX_CPU_ISA below the bf16 instructions makes oneDNN emulate bf16 (over 100x slower
     than fp32 measured): then the CPU counts as without native bf16, and auto is fp32 unmeasured."""
-    from tagtune import precision as chooser
+    from tagtune.models import precision as chooser
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
@@ -300,10 +301,10 @@ def test_attention_dropout_keeps_the_expected_output():
 def test_bf16_prediction_agrees_with_fp32(trained_tagger, tweets, tmp_path):
     """A real tagger in bf16 against itself in fp32 on 300 held-out tweets: the same spans on at
     least 99% of the texts, entity F1 within 0.005, span scores within 0.02."""
-    from tagtune.data import read_examples
-    from tagtune.examples import write_conll
-    from tagtune.tagger import Tagger
-    from tagtune.training import evaluate_examples
+    from tagtune.data.formats import read_examples
+    from tagtune.apps.examples import write_conll
+    from tagtune import Tagger
+    from tagtune.inference.evaluate import evaluate_examples
 
     write_conll(tmp_path / "test.conll", tweets[1000:1300])
     examples = read_examples(str(tmp_path / "test.conll"))
@@ -327,9 +328,9 @@ def test_bf16_prediction_agrees_with_fp32(trained_tagger, tweets, tmp_path):
 
 
 def test_bf16_auto_follows_the_hardware(trained_tagger, monkeypatch):
-    from tagtune import precision as chooser
-    from tagtune.errors import TagtuneError
-    from tagtune.tagger import Tagger
+    from tagtune.models import precision as chooser
+    from tagtune import TagtuneError
+    from tagtune import Tagger
 
     tagger = Tagger.load(trained_tagger, device="cpu")  # auto, as this CPU measures
     if not native_bf16():  # then auto is fp32 without measuring
@@ -362,7 +363,7 @@ def test_bf16_auto_follows_the_hardware(trained_tagger, monkeypatch):
 def test_processes_can_agree_on_one_measurement(monkeypatch):
     """Under torchrun one process measures and the others take its figure (agree_cpu_bf16_speedup),
     so a busy machine cannot make them choose differently."""
-    from tagtune import precision as chooser
+    from tagtune.models import precision as chooser
 
     monkeypatch.setattr(chooser, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(chooser, "cpu_bf16_speedup", lambda: 0.6)  # this process's own measurement

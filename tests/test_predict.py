@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tagtune.data import read_examples
-from tagtune.examples import wnut_sentences, write_conll
+from tagtune.data.formats import read_examples
+from tagtune.apps.examples import wnut_sentences, write_conll
 
 LABELS = ["O", "B-X", "I-X", "B-Y", "I-Y"]
 
@@ -34,8 +34,8 @@ def tagger_dir(tiny_bert, tmp_path_factory):
     which is all that reading and writing need)."""
     import torch
 
-    from tagtune.checkpoint import load_model, save_model
-    from tagtune.tokenizer import load_tokenizer
+    from tagtune.models.checkpoint import load_model, save_model
+    from tagtune.text.tokenizer import load_tokenizer
 
     torch.manual_seed(3)
     model, _ = load_model(tiny_bert, labels=LABELS)
@@ -44,7 +44,7 @@ def tagger_dir(tiny_bert, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tagger(tagger_dir):
-    from tagtune.tagger import Tagger
+    from tagtune import Tagger
 
     tagger = Tagger.load(tagger_dir, device="cpu")
     assert tagger.precision == "fp32"
@@ -298,8 +298,8 @@ def test_closed_stdin(tagger_dir):
 
 
 def test_unknown_format(tagger_dir, tmp_path):
-    from tagtune.errors import TagtuneError
-    from tagtune.predict import predict_file
+    from tagtune import TagtuneError
+    from tagtune.apps.predict import predict_file
 
     with pytest.raises(TagtuneError, match="unknown input format 'csv'"):
         predict_file(str(tagger_dir), "-", format="csv")
@@ -324,7 +324,7 @@ def dicts(texts, predicted):
 
 
 def test_min_score_drops_the_spans_below_it(tagger_dir, tagger, tweet_texts):
-    from tagtune.tagger import Tagger
+    from tagtune import Tagger
 
     full = tagger.predict(tweet_texts)
     floor = median_score(tagger, tweet_texts)
@@ -341,8 +341,8 @@ def test_min_score_drops_the_spans_below_it(tagger_dir, tagger, tweet_texts):
 
 @pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), float("inf"), "0.5", True, None])
 def test_min_score_outside_0_to_1_is_refused(tagger_dir, tagger, value):
-    from tagtune.errors import TagtuneError
-    from tagtune.tagger import Tagger
+    from tagtune import TagtuneError
+    from tagtune import Tagger
 
     if value is not None:  # None means "the tagger's own" in a call, but is no setting of its own
         with pytest.raises(TagtuneError, match="min_score must be a number from 0 to 1"):
@@ -388,7 +388,7 @@ def test_prediction_gives_freed_memory_back(tagger, monkeypatch):
     long prediction's resident memory stays flat (bench/scale_bench.py measures it)."""
     import platform
 
-    from tagtune import tagger as module
+    from tagtune.inference import tagger as module
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert module.release_freed_memory() is True

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hub_server import HubServer
-from tagtune.examples import write_conll
+from tagtune.apps.examples import write_conll
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

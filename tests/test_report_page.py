@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from helpers import BROWSER_ARGS, chromium
-from tagtune.report import loss_points, render
-from tagtune.training import TrainConfig, train
+from tagtune.training.report import loss_points, render
+from tagtune import TrainConfig, train
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -165,11 +165,11 @@ def dev_predictions(tiny_bert, wnut_files):
     right and some wrong, with scores of every size."""
     import numpy as np
 
-    from tagtune.align import units_of
-    from tagtune.data import read_examples
-    from tagtune.decode import decode_spans
-    from tagtune.schemes import tag_names
-    from tagtune.tokenizer import load_tokenizer
+    from tagtune.data.align import units_of
+    from tagtune.data.formats import read_examples
+    from tagtune.data.decode import decode_spans
+    from tagtune.data.schemes import tag_names
+    from tagtune.text.tokenizer import load_tokenizer
 
     examples = read_examples(str(wnut_files / "dev.conll"))
     labels = tag_names({s.label for ex in examples for s in ex.spans}, "BIO")
@@ -194,7 +194,7 @@ def svg_elements(page: str, chart: str, pattern: str) -> list[dict]:
 
 
 def test_report_shows_the_kept_epochs_span_scores(dev_predictions):
-    from tagtune.metrics import calibration
+    from tagtune.data.metrics import calibration
 
     examples, predicted = dev_predictions
     gold = [{(s.start, s.end, s.label) for s in ex.spans} for ex in examples]

@@ -10,12 +10,12 @@ import zlib
 import numpy as np
 import pytest
 
-from tagtune.data import read_examples
-from tagtune.errors import TagtuneError
-from tagtune.schemes import transition_mask
-from tagtune.select import (Choice, NearDuplicates, SelectWarning, choose, jaccard, normalised, read_pool, render,
+from tagtune.data.formats import read_examples
+from tagtune import TagtuneError
+from tagtune.data.schemes import transition_mask
+from tagtune.apps.select import (Choice, NearDuplicates, SelectWarning, choose, jaccard, normalised, read_pool, render,
                             score, shingles)
-from tagtune.spans import Span
+from tagtune import Span
 
 POOL = [
     "We moved the service from Python to Rust.",
@@ -54,7 +54,7 @@ def keyword_tagger(tiny_bert, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tagger(keyword_tagger):
-    from tagtune.tagger import Tagger
+    from tagtune import Tagger
 
     return Tagger.load(keyword_tagger, device="cpu")
 
@@ -106,7 +106,7 @@ def test_uncertainty_is_the_expected_share_of_wrong_units(tagger):
 
 
 def test_uncertainty_of_a_crf_tagger_adds_its_transitions(tagger):
-    from tagtune.decode import Transitions
+    from tagtune.data.decode import Transitions
 
     rng = np.random.default_rng(0)
     n = len(tagger.labels)
@@ -316,7 +316,7 @@ def test_select_in_a_new_process(keyword_tagger, pool, tmp_path):
     """The command as installed: a label-studio file, the pool size on stderr, no traceback."""
     from helpers import tagtune
 
-    from tagtune.tagger import Tagger
+    from tagtune import Tagger
 
     out = tmp_path / "sub" / "tasks.json"
     result = tagtune("select", keyword_tagger, pool, "-n", 3, "-o", out, "--format", "label-studio", "--device", "cpu",

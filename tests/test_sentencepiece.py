@@ -31,9 +31,9 @@ import sentencepiece as spm
 import transformers
 
 from tagtune import TagtuneError
-from tagtune import sentencepiece as tagtune_spm
-from tagtune.align import with_specials
-from tagtune.tokenizer import load_tokenizer
+from tagtune.text import sentencepiece as tagtune_spm
+from tagtune.data.align import with_specials
+from tagtune.text.tokenizer import load_tokenizer
 
 from test_tokenizer_modern import assert_offsets_slice, assert_spans_survive
 
@@ -451,7 +451,7 @@ def test_a_saved_folder_loads_in_transformers_and_tagtune(tmp_path, model, name)
 
 
 def test_the_hub_downloads_the_model_and_its_settings():
-    from tagtune.hub import TOKENIZER_FILES, files_to_fetch
+    from tagtune.store.hub import TOKENIZER_FILES, files_to_fetch
 
     wanted = {"spm.model", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json"}
     assert wanted <= set(TOKENIZER_FILES)
@@ -466,7 +466,7 @@ def test_no_torch_is_needed(tmp_path, model):
     """The conversion imports neither torch, sentencepiece nor protobuf."""
     folder = write_folder(tmp_path / "model", model)
     code = ("import sys\nfor name in ('torch', 'sentencepiece', 'google.protobuf'): sys.modules[name] = None\n"
-            "from tagtune.tokenizer import load_tokenizer\nprint(load_tokenizer(sys.argv[1]).encode('Alice').ids)")
+            "from tagtune.text.tokenizer import load_tokenizer\nprint(load_tokenizer(sys.argv[1]).encode('Alice').ids)")
     env = {**os.environ, "TAGTUNE_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -16,8 +16,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from tagtune.serve import Limits, bind, create_app, entity_labels  # noqa: E402
-from tagtune.tagger import Tagger  # noqa: E402
+from tagtune.apps.serve import Limits, bind, create_app, entity_labels  # noqa: E402
+from tagtune import Tagger  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = ["--max-texts", "8", "--max-chars", "400", "--max-total-chars", "1200", "--max-body", "20000"]
@@ -296,7 +296,7 @@ def test_server_min_score_is_the_default_of_requests(tagger, texts):
     """create_app(min_score=...) (serve --min-score) filters every request that does not say otherwise."""
     from starlette.testclient import TestClient
 
-    from tagtune.errors import TagtuneError
+    from tagtune import TagtuneError
 
     everything = [[s.to_dict(t) for s in row] for t, row in zip(texts[:8], tagger.predict(texts[:8]))]
     floor = floor_between(everything)

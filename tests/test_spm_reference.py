@@ -19,8 +19,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import Regex, normalizers
 
 from tagtune import TagtuneError
-from tagtune import sentencepiece as tagtune_spm
-from tagtune.tokenizer import load_tokenizer
+from tagtune.text import sentencepiece as tagtune_spm
+from tagtune.text.tokenizer import load_tokenizer
 
 from test_sentencepiece import corpus, train, write_folder
 from test_tokenizer_modern import assert_offsets_slice

@@ -7,7 +7,7 @@ import pytest
 import transformers
 
 from tagtune import TagtuneError
-from tagtune.tokenizer import load_tokenizer
+from tagtune.text.tokenizer import load_tokenizer
 
 TEXTS = [
     "Café Déjà vu: the naïve résumé of Ångström from Zürich.",

@@ -23,11 +23,11 @@ import transformers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tagtune import TagtuneError
-from tagtune.align import IGNORE, token_labels, units_of, windows_of, with_specials
-from tagtune.decode import spans_from_tags
-from tagtune.schemes import tag_names
-from tagtune.spans import Span
-from tagtune.tokenizer import load_tokenizer
+from tagtune.data.align import IGNORE, token_labels, units_of, windows_of, with_specials
+from tagtune.data.decode import spans_from_tags
+from tagtune.data.schemes import tag_names
+from tagtune import Span
+from tagtune.text.tokenizer import load_tokenizer
 
 ENGLISH = [
     "Alice met Bob at the Tokyo Tower", "the news was on ABC last night", "we flew from Paris to Osaka",

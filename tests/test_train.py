@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 from helpers import stop_in_epoch, wait_for_saved_epoch
 from helpers import tagtune as cli
 from tagtune import TagtuneError
-from tagtune.config import EncoderConfig
+from tagtune.models.config import EncoderConfig
 from tagtune.model import TokenClassifier
-from tagtune.data import read_examples
-from tagtune.spans import Span
-from tagtune.tagger import Tagger, TaggerSettings
-from tagtune.tokenizer import load_tokenizer
-from tagtune.training import TrainConfig, train
+from tagtune.data.formats import read_examples
+from tagtune import Span
+from tagtune import Tagger
+from tagtune.store.layout import TaggerSettings
+from tagtune.text.tokenizer import load_tokenizer
+from tagtune import TrainConfig, train
 
 
 def entity_f1(gold, predicted) -> float:
@@ -190,7 +191,7 @@ def test_windows_neither_lose_nor_duplicate_spans_at_edges(minilm):
 
 def test_predict_output_spans_slice_the_input(minilm, tmp_path, tweets):
     """Random-head predictions (many spans at arbitrary places): every span slices its text."""
-    from tagtune.checkpoint import load_model, save_model
+    from tagtune.models.checkpoint import load_model, save_model
 
     torch.manual_seed(3)
     model, _ = load_model(minilm, labels=["O", "B-X", "I-X", "B-Y", "I-Y"])
@@ -238,7 +239,7 @@ def test_check_only_validates():
 
 def test_package_level_api(tiny_bert, wnut_files, tmp_path):
     import tagtune
-    import tagtune.training  # noqa: F401  (importing the module must not shadow tagtune.train)
+    import tagtune.training.loop  # noqa: F401  (importing the module must not shadow tagtune.train)
 
     result = tagtune.train(model=str(tiny_bert), train=str(wnut_files / "dev.conll"), out=str(tmp_path / "o"),
                            epochs=1, progress=False)
@@ -253,7 +254,7 @@ def test_package_level_api(tiny_bert, wnut_files, tmp_path):
 
 
 def test_label_prior_is_the_smoothed_log_frequency_of_labels():
-    from tagtune.training import label_prior
+    from tagtune.training.loop import label_prior
 
     prior = label_prior([[-100, 0, 0, 1, -100], [0, 2]], 3)
     torch.testing.assert_close(prior, torch.tensor([0.5, 0.25, 0.25]).log())
@@ -339,7 +340,7 @@ def test_a_dev_set_with_few_spans_neither_stops_the_run_nor_picks_the_epoch(tiny
                                                                            tmp_path):
     """5 tweets, under 20 entity spans: its F1 is reported each epoch, but with patience 1 all 3
     epochs still run and the model kept is the last epoch's, not the "best"."""
-    from tagtune.examples import write_conll
+    from tagtune.apps.examples import write_conll
 
     small = tmp_path / "small.conll"
     write_conll(small, [t for t in tweets[400:] if any(tag != "O" for tag in t[1])][:5])
@@ -379,7 +380,7 @@ def test_bad_model_leaves_no_output_folder(wnut_files, tmp_path):
 def scripted_dev_f1(monkeypatch, scores):
     """Dev evaluation with its F1 replaced by ``scores``, epoch after epoch: which epoch is best
     is then known in advance."""
-    import tagtune.training as training
+    from tagtune.training import loop as training
 
     evaluate, left = training.evaluate_examples, list(scores)
 
@@ -391,7 +392,7 @@ def scripted_dev_f1(monkeypatch, scores):
 
 def weights_after_each_epoch(monkeypatch) -> list[dict]:
     """The model's weights at the end of every epoch trained from now on."""
-    import tagtune.training as training
+    from tagtune.training import loop as training
 
     epoch_of, seen = training.train_epoch, []
 
@@ -448,7 +449,7 @@ def test_a_failed_final_save_leaves_a_run_that_resumes_to_the_same_model(best, t
     save; where the model no longer holds the last epoch's weights (the best epoch is an earlier
     one), --resume trains the last epoch again from the previous checkpoint. Either way the
     result is the uninterrupted run's."""
-    import tagtune.training as training
+    from tagtune.training import loop as training
 
     config = dict(model=str(tiny_bert), train=str(wnut_files / "train.conll"), dev=str(wnut_files / "dev.conll"),
                   epochs=3, lr=1e-3, seed=7, save="best", progress=False)
@@ -484,7 +485,7 @@ def test_a_run_failing_after_it_made_the_folder_removes_it(tiny_bert, wnut_files
     """A failure once the folder exists but before the first checkpoint (here an interrupt while
     it is written) removes the folder the run made, and never one that was there before; an
     interrupt after it (in the first epoch) leaves a run that --resume continues."""
-    import tagtune.training as training
+    from tagtune.training import loop as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -530,8 +531,8 @@ def test_run_header_names_device_and_precision(tiny_bert, wnut_files, tmp_path):
 
 
 def test_precision_note_gives_the_reason(monkeypatch):
-    from tagtune import precision as chooser
-    from tagtune.training import precision, precision_note
+    from tagtune.models import precision as chooser
+    from tagtune.training.loop import precision, precision_note
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
 
@@ -649,7 +650,7 @@ def test_undetectable_format_names_the_flag(tiny_bert, tmp_path):
 def test_demo_hint_is_a_command_that_works_here(tiny_tagger, tmp_path):
     import shlex
 
-    from tagtune.demo import predict_command
+    from tagtune.apps.demo import predict_command
 
     command = predict_command(str(tiny_tagger))
     assert command.endswith(f"predict {shlex.quote(str(tiny_tagger))} -")

@@ -4,13 +4,14 @@
     tagtune.train(model="bert-base-cased", train="train.conll", out="my-tagger")
     tagtune.Tagger.load("my-tagger")(["Angela Merkel visited Lisbon."])
 
-The heavy modules (torch, the model) load on first use, so ``import tagtune`` is quick.
+The public API is what ``__all__`` names. Tagger and TrainConfig, and the modules behind
+train() and evaluate(), are imported on first use (torch, the model), so ``import tagtune`` is
+quick.
 """
 
 from tagtune.errors import TagtuneError
 from tagtune.spans import Example, Span
-
-__version__ = "0.1.0"
+from tagtune.version import __version__
 
 __all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "__version__"]
 
@@ -19,8 +20,8 @@ def train(config=None, /, **settings):
     """Fine-tune a tagger: ``train(TrainConfig(...))`` or ``train(model=..., train=..., out=...)``.
     Returns where the tagger went, the kept epoch, its train loss and its dev scores (None
     without a dev set)."""
-    from tagtune.training import TrainConfig
-    from tagtune.training import train as run
+    from tagtune.training.config import TrainConfig
+    from tagtune.training.loop import train as run  # lazy, as all of these: the loop imports torch
 
     if config is None:
         config = TrainConfig(**settings)
@@ -31,18 +32,19 @@ def train(config=None, /, **settings):
 
 def evaluate(directory, path, **options):
     """Entity scores of a trained tagger on an annotated file."""
-    from tagtune.training import evaluate as run
+    from tagtune.inference.evaluate import evaluate as run  # lazy: loading a tagger may import torch
 
     return run(directory, path, **options)
 
 
 def __getattr__(name):
+    # Tagger and TrainConfig on first use, so that ``import tagtune`` stays light.
     if name == "Tagger":
-        from tagtune.tagger import Tagger
+        from tagtune.inference.tagger import Tagger
 
         return Tagger
     if name == "TrainConfig":
-        from tagtune.training import TrainConfig
+        from tagtune.training.config import TrainConfig
 
         return TrainConfig
     raise AttributeError(f"module 'tagtune' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from tagtune.cli import main
+from tagtune.apps.cli import main
 
 raise SystemExit(main())

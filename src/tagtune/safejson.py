@@ -26,6 +26,9 @@ import json
 import math
 import re
 
+from tagtune.errors import TagtuneError
+from tagtune.files import read_bytes, read_error
+
 MAX_DEPTH = 100
 MAX_NUMBER_CHARS = 100
 EXCERPT_CHARS = 40
@@ -208,9 +211,6 @@ def read_object(path, max_bytes: int | None = None) -> dict:
     ``max_bytes``, not UTF-8, not JSON, not an object) is a one-line TagtuneError that names the
     file and, where it applies, the line."""
     from pathlib import Path
-
-    from tagtune.errors import TagtuneError
-    from tagtune.files import read_bytes, read_error
 
     path = Path(path)
     try:

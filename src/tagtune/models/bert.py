@@ -16,10 +16,12 @@ after its ``bert.`` prefix. The other three differ only in:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-from tagtune.config import EncoderConfig
+from tagtune.models.config import EncoderConfig
 from tagtune.models.packed import (Dropout, LayerNorm, Linear, Packing, activation, onnx_runtime_attention,
                                    packed_attention)
 
@@ -52,7 +54,7 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the packed stream. During an int8 export, tagtune.export
+    """Multi-head self-attention over the packed stream. During an int8 export, tagtune.inference.export
     gives it ``qkv_weight`` and ``qkv_bias`` (the three products side by side) and the graph
     gets ONNX Runtime's Attention operator (:func:`onnx_runtime_attention`)."""
 
@@ -142,3 +144,24 @@ def embeddings_projection(config: EncoderConfig) -> Linear | None:
     if config.embedding_size and config.embedding_size != config.hidden_size:
         return Linear(config.embedding_size, config.hidden_size)
     return None
+
+
+@contextlib.contextmanager
+def fused_attention_weights(model):
+    """For the length of an export: every BERT-like self-attention (BERT, RoBERTa, XLM-R,
+    ELECTRA, DistilBERT) holds its query, key and value weights side by side as ``qkv_weight``
+    (C, 3C) and ``qkv_bias`` (3C,), so the exported graph has ONNX Runtime's Attention operator
+    there (models.packed.onnx_runtime_attention), which int8 quantisation makes QAttention."""
+    layers = [m for m in model.modules() if isinstance(m, SelfAttention)
+              and all(p.bias is not None for p in (m.query, m.key, m.value))]
+    try:
+        for m in layers:
+            weight = torch.cat([m.query.weight, m.key.weight, m.value.weight]).t().contiguous()
+            m.qkv_weight = nn.Parameter(weight, requires_grad=False)
+            m.qkv_bias = nn.Parameter(torch.cat([m.query.bias, m.key.bias, m.value.bias]), requires_grad=False)
+        yield
+    finally:
+        for m in layers:
+            for name in ("qkv_weight", "qkv_bias"):
+                if hasattr(m, name):
+                    delattr(m, name)

@@ -47,9 +47,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tagtune.config import EncoderConfig
 from tagtune.errors import TagtuneError
 from tagtune.models.bert import Intermediate, ResidualOutput
+from tagtune.models.config import EncoderConfig
 from tagtune.models.packed import Dropout, LayerNorm, Linear, Packing, kernels, packed_attention
 from tagtune.safejson import excerpt
 

@@ -11,17 +11,17 @@ differences:
 - no dropout after the attention projection (MultiHeadSelfAttention.forward);
 - its checkpoints name the layers ``transformer.layer.N.attention.q_lin`` and so on where
   tagtune (as BERT) says ``encoder.layer.N.attention.self.query``: :data:`CHECKPOINT_LAYERS`,
-  applied on load and save by tagtune.checkpoint.
+  applied on load and save by tagtune.models.checkpoint.
 
 config.json's own key names (``dim``, ``n_layers``, ...) are mapped in
-tagtune.models.ARCHITECTURES.
+tagtune.models.families.ARCHITECTURES.
 """
 
 from __future__ import annotations
 
-from tagtune.config import EncoderConfig
 from tagtune.models import bert
 from tagtune.models.bert import Embeddings, embeddings_projection
+from tagtune.models.config import EncoderConfig
 
 __all__ = ["CHECKPOINT_LAYERS", "Embeddings", "Encoder", "embeddings_projection"]
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tagtune.config import ACTIVATIONS, EncoderConfig
 from tagtune.errors import TagtuneError
+from tagtune.models.config import ACTIVATIONS, EncoderConfig
 from tagtune.models.packed import Dropout, LayerNorm, Linear, Packing, activation, packed_attention
 from tagtune.safejson import excerpt
 

@@ -12,7 +12,7 @@ host copies a forward pass may make), the code asks :data:`CUDA`, one object, so
 run those branches on CPU tensors under CUDA's rules (tests/cuda_rules.py).
 
 :class:`TokenClassifier` is HF's ``*ForTokenClassification`` head (dropout + linear named
-``classifier``) over the encoder of its config's family (tagtune.models.ARCHITECTURES): the
+``classifier``) over the encoder of its config's family (tagtune.models.families.ARCHITECTURES): the
 family module builds ``embeddings``, ``embeddings_project`` and ``encoder``, whose names are
 the top-level names of the state dict.
 """
@@ -29,14 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tagtune.config import EncoderConfig
-from tagtune.models import family
+from tagtune.models.families import family
 
 
 class CudaRules:
     """What the models ask about CUDA: which kernels a device runs, its compute capability, and
     FlashAttention's variable-length op. Every CUDA branch of tagtune.models (and
-    tagtune.precision's CUDA choice) decides through :data:`CUDA`, an instance of this class;
+    tagtune.models.precision's CUDA choice) decides through :data:`CUDA`, an instance of this class;
     tests put one in its place that answers "cuda" for CPU tensors."""
 
     def kind(self, device: torch.device) -> str:
@@ -479,7 +478,9 @@ class TokenClassifier(nn.Module):
     ``classifier`` and :meth:`hidden_states` is the only output.
     """
 
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config):
+        # config: a tagtune.models.config.EncoderConfig, not imported here (the config module
+        # imports this one to count a model's parameters)
         super().__init__()
         self.config = config
         layout = family(config.model_type)  # tagtune.models.bert, .distilbert, .modernbert
@@ -597,3 +598,19 @@ class TokenClassifier(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+
+def parameter_count(config) -> int | None:
+    """The parameters of the TokenClassifier ``config`` describes, counted on a model built on
+    PyTorch's meta device (no memory is allocated) with torch.nn.init's functions skipped: on
+    meta tensors they go through torch._refs, which imports torch._dynamo and sympy (a second
+    and some 70 MB)."""
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__module__", None) == "torch.nn.init":
+                return args[0] if args else kwargs.get("tensor")
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"), SkipInit():
+        return TokenClassifier(config).num_parameters()

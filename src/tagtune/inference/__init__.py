@@ -1,0 +1,2 @@
+"""Tagging with a trained folder: opening it (the torch or ONNX backend), decoding logits into
+spans, the Tagger, its evaluation on an annotated file, ranking texts, and ONNX export."""

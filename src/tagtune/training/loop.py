@@ -1,0 +1,658 @@
+"""train(): annotations in, a trained tagger folder out.
+
+The loop reads top to bottom: read data, load the model with a head for the data's labels,
+cut texts into labelled windows, then per epoch: batches from (seed, epoch), forward, loss,
+backward, clip, step, schedule, log; evaluate on dev; keep the best model by entity F1; save a
+resumable checkpoint; stop early when dev F1 stops improving.
+
+Without a dev set (no ``dev`` file and no ``dev_fraction``) every text is trained on, there is
+no per-epoch evaluation or early stopping, and the last epoch's model is kept. A dev set with
+fewer than MIN_DEV_SPANS entity spans is scored every epoch but, its F1 being too coarse to
+compare epochs by, picks nothing: all epochs run and the last epoch's model is kept.
+
+The output folder, once the run is finished, holds the kept model (an HF token-classification
+folder plus tagtune.json, and crf.json with ``crf``), ``train_config.json``, ``metrics.jsonl``, ``report.html`` and
+``tagtune-run.json``. That last file is what makes a folder a tagtune run (tagtune.store.runs): it is
+written when the run starts, ``{"format": 1, "finished": false}``, and rewritten with
+``"finished": true`` as the last step of the final save. A folder without it is never replaced,
+even with ``overwrite``.
+
+An unfinished run looks unfinished. Until the final save the folder holds no config.json or
+model.safetensors. The checkpoint is ``checkpoint/state.pt`` (optimizer, schedule, every
+process's random state, the history) and the weights of its epoch in
+``checkpoint/model-epoch-N.safetensors``, written before the first step and after every epoch
+but the last, whose final save follows at once; with ``save="best"`` the best epoch's weights
+file stays beside it (one file when the checkpoint's epoch is the best, so the weights are
+written once per epoch). Loading the folder as a tagger says it is unfinished. The final save
+writes report.html, the model files (config.json last), fsyncs them, marks the run finished and
+deletes checkpoint/; if it fails, the last epoch is checkpointed as the others were, where it
+can be.
+
+Where a run is trained: a new ``out`` is trained in place. An existing ``out`` (with
+``overwrite``, and only a tagtune run or an empty folder) is left as it is while the new run is
+trained in the sibling ``.OUT.tagtune-new``; once that run is finished it is swapped in (OUT
+renamed to ``.OUT.tagtune-old``, the new run renamed to OUT, the parent folder fsynced, the old
+run deleted). ``resume`` continues the sibling when there is one, else ``out`` itself. Before
+anything is written, everything that can be checked is: options, data, labels, the model and
+tokenizer, that the folder can be made and written, and the free space (see check_room).
+
+Every file is written whole (an fsynced temporary file renamed into place); a failed write (disk
+full, read-only, no permission) is a one-line error naming the file, leaves the previous
+checkpoint, and removes its temporary file. An error before the first epoch is saved removes
+the folder the run made (the replacement sibling, or a new ``out`` with the parents it made), so
+the corrected command can be run again as it is. Ctrl-C or SIGTERM once the first checkpoint is
+written (before the first step), and any failure after the first epoch is saved, leave the run
+resumable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tagtune.data.align import IGNORE, AlignStats, token_labels, windows_of, with_specials
+from tagtune.data.batching import batch_indices, fill_batch, pack
+from tagtune.data.formats import read_examples, split_dev
+from tagtune.data.schemes import tag_names
+from tagtune.distributed import Group, device_for, from_environment, leave
+from tagtune.errors import TagtuneError
+from tagtune.files import atomic_write, write_error
+from tagtune.inference.evaluate import evaluate_examples
+from tagtune.inference.load import check_vocab
+from tagtune.inference.tagger import Tagger
+from tagtune.models.checkpoint import load_model, write_model_files
+from tagtune.models.crf import ChainCRF
+from tagtune.models.precision import describe, use_bf16
+from tagtune.progress import Progress, duration
+from tagtune.spans import Example
+from tagtune.store.layout import TaggerSettings, crf_files, settings_files
+from tagtune.text.tokenizer import load_tokenizer
+from tagtune.training.config import CHECKPOINT, MIN_DEV_SPANS, TrainConfig
+from tagtune.training.optim import AdamW, LinearSchedule
+from tagtune.training.report import write_report
+from tagtune.training.runfolder import (RunFolder, check_destination, check_room, epoch_weights, find_resumable,
+                                        load_epoch_weights, resumed_config, save_checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def read_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """(train, dev): dev from its file, or dev_fraction of train held out, or empty."""
+    train = read_examples(config.train, config.format, config.keyword_label)
+    if config.dev:
+        dev = read_examples(config.dev, config.format, config.keyword_label)
+    elif config.dev_fraction is not None:
+        if len(train) < 2:
+            raise TagtuneError(f"{config.train}: {len(train)} example; at least 2 are needed to hold out a dev set "
+                               "(drop --dev-fraction to train on all of it)")
+        train, dev = split_dev(train, config.dev_fraction, config.seed)
+    else:
+        dev = []
+    return train, dev
+
+
+def describe_data(config: TrainConfig, train: list[Example], dev: list[Example]) -> str:
+    """One line on what is trained on and what the dev set is."""
+    if not dev:
+        return (f"training on all {len(train)} texts (no dev set: pass --dev FILE or --dev-fraction 0.1 for a dev "
+                "curve and early stopping; the last epoch's model is kept)")
+    if config.dev:
+        return f"{len(train)} train / {len(dev)} dev texts (dev from {Path(config.dev).name})"
+    return (f"{len(train)} train / {len(dev)} dev texts ({config.dev_fraction * 100:g}% of {Path(config.train).name} "
+            f"held out as dev, seed {config.seed})")
+
+
+def dev_too_small(config: TrainConfig, dev: list[Example]) -> str | None:
+    """Why the dev set cannot pick the best epoch (too few spans), or None when it can."""
+    spans = sum(len(ex.spans) for ex in dev)
+    if not dev or spans >= MIN_DEV_SPANS:
+        return None
+    name = config.dev or "the held-out dev set"
+    return (f"{name}: only {spans} entity span{'s' if spans != 1 else ''} in {len(dev)} texts (fewer than "
+            f"{MIN_DEV_SPANS}), too few to compare epochs by; its F1 is reported, but all {config.epochs} epochs "
+            "run and the last epoch's model is kept")
+
+
+def label_set(config: TrainConfig, train: list[Example], dev: list[Example]) -> list[str]:
+    types = sorted({s.label for ex in train + dev for s in ex.spans})
+    if not types:
+        raise TagtuneError(f"{config.train}: no annotated spans, so nothing to learn")
+    return tag_names(types, config.scheme)
+
+
+def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
+    """(sequences, labels, stats, edges): every window of every text, start and end tokens
+    added; ``edges`` tells for each window whether it begins and whether it ends its text."""
+    sequences, labels, stats, edges = [], [], AlignStats(), []
+    encodings = tokenizer.encode_batch([ex.text for ex in examples])
+    for ex, enc in zip(examples, encodings):
+        if not len(enc):
+            continue
+        token_tags, text_stats = token_labels(ex.spans, enc, label2id, settings.scheme,
+                                              settings.all_subwords, ex.source)
+        stats.add(text_stats)
+        for a, b in windows_of(len(enc), settings.max_length, settings.stride):
+            sequences.append(with_specials(enc.ids[a:b], tokenizer.cls_id, tokenizer.sep_id))
+            labels.append([IGNORE, *token_tags[a:b], IGNORE])
+            edges.append((a == 0, b == len(enc)))
+    return sequences, labels, stats, edges
+
+
+def label_prior(labels: list[list[int]], num_labels: int) -> torch.Tensor:
+    """Log frequencies of the labels in the training windows (add-one smoothed).
+
+    A new head starts with this as its bias (weights stay HF's normal(0, 0.02)), so its first
+    predictions already follow the label distribution: the first steps do not spend large
+    gradients teaching the encoder that most tokens are O, and results depend much less on the
+    random draw of the head's weights (on WNUT-2016 with MiniLM, test F1 over seeds went from a
+    spread of 0.13-0.36 to ~0.45).
+    """
+    counts = torch.ones(num_labels)
+    flat = torch.tensor([x for seq in labels for x in seq if x != IGNORE], dtype=torch.long)
+    counts += torch.bincount(flat, minlength=num_labels)[:num_labels].float()
+    return (counts / counts.sum()).log()
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation
+
+
+ROW_GRADIENTS_MIN = 1 << 20
+"""Embedding tables of at least this many values keep their gradients by rows on the CPU
+(AdamW.keep_row_gradients): a vocabulary's, not the positions'."""
+
+
+def make_optimizer(model, config: TrainConfig, crf: ChainCRF | None = None, row_gradients: bool = False) -> AdamW:
+    """AdamW; weight decay on matrices only, never on biases and LayerNorm weights. A CRF's
+    scores are grouped as the classifier's are: its transition matrix with the decayed
+    weights, its start and end vectors with the biases. With ``row_gradients`` (one process on
+    the CPU), large embedding tables keep their gradients by rows."""
+    decay, no_decay = [], []
+    named = [*model.named_parameters(), *(crf.named_parameters(prefix="crf") if crf is not None else [])]
+    for name, p in named:
+        (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = AdamW(groups, lr=config.lr)
+    for m in model.modules() if row_gradients else ():
+        if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad and m.weight.numel() >= ROW_GRADIENTS_MIN:
+            optimizer.keep_row_gradients(m)
+    return optimizer
+
+
+def make_schedule(optimizer: AdamW, config: TrainConfig, total_steps: int) -> LinearSchedule:
+    """Linear warm-up (a fraction of the steps, or a number of them) then linear decay to zero."""
+    warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    return LinearSchedule(optimizer, config.lr, warmup, total_steps)
+
+
+def precision_note(config: TrainConfig, device: torch.device, mode: str) -> str:
+    """The precision ``mode`` (see precision) in words, with the reason it was chosen."""
+    return describe(config.bf16, device, mode != "fp32", "bf16 mixed precision")
+
+
+def precision(config: TrainConfig, device: torch.device) -> str:
+    """How training multiplies: "fp32"; "autocast" (CUDA bf16 autocast); or "bf16" (CPU: the
+    encoder's activations and matrix products in bf16 against bf16 copies of fp32 master
+    weights, see model.LowPrecisionLinear). "auto" decides as tagtune.models.precision.use_bf16;
+    devices other than CUDA and the CPU take autocast when bf16 is forced."""
+    if not use_bf16(config.bf16, device):
+        return "fp32"
+    return "bf16" if device.type == "cpu" else "autocast"
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: TrainConfig) -> dict:
+    """Train a tagger; returns where the model went, the kept epoch and its train loss, and that
+    epoch's dev scores (``precision``, ``recall``, ``f1``, ``macro_f1``, ``per_label``; None
+    without a dev set).
+
+    Under torchrun, every process runs this with the same config: each takes its share of every
+    batch (the batches, the learning-rate schedule and the loss are those of one process with
+    the same settings), gradients are averaged by DistributedDataParallel, dev texts are split
+    among the processes and their spans gathered, and only rank 0 writes files.
+
+    An error before the first epoch is saved removes the folder the run made; Ctrl-C or SIGTERM
+    once the first checkpoint is written, and any failure after the first epoch is saved, leave
+    the run resumable, and the message says how to continue it.
+    """
+    group = from_environment()
+    folder = RunFolder(config.out)
+    try:
+        return _train(config, group, folder)
+    except BaseException as e:
+        note = folder.give_up(isinstance(e, KeyboardInterrupt)) if group.main else None
+        if note and isinstance(e, TagtuneError):
+            raise TagtuneError(f"{e}; {note}") from None
+        if note and isinstance(e, KeyboardInterrupt):
+            e.args = (note,)
+        raise
+    finally:
+        leave(group)
+
+
+def _train(config: TrainConfig, group: Group, folder: RunFolder) -> dict:
+    """Set the run up, train its epochs, then the final save."""
+    run = setup(config, group, folder)
+    try:
+        run_epochs(run)
+    finally:
+        run.close_log()
+    try:
+        return finish(run)
+    except BaseException:
+        save_last_epoch(run)
+        raise
+
+
+@dataclass(eq=False)
+class Run:
+    """A run set up to train: what the loop and the final save work with."""
+
+    config: TrainConfig
+    group: Group
+    folder: RunFolder
+    device: torch.device
+    model: torch.nn.Module
+    tokenizer: object
+    settings: TaggerSettings
+    labels: list[str]
+    train_examples: list[Example]
+    dev_examples: list[Example]
+    data_line: str
+    small_dev: str | None
+    choose: bool
+    """Dev F1 picks the kept epoch and stops the run early."""
+    keeps_best: bool
+    """The best epoch's weights wait in checkpoint/ (``--save best`` with a dev set that chooses)."""
+    sequences: list[list[int]]
+    seq_labels: list[list[int]]
+    lengths: list[int]
+    labelled: list[int]
+    """Labelled tokens of each window: a batch's loss is the mean over them."""
+    edges: list[tuple[bool, bool]]
+    """Whether each window begins and whether it ends its text (where a CRF's chain takes its
+    start and end scores)."""
+    batch_size: int | None
+    max_tokens: int | None
+    batches_per_epoch: int
+    optimizer: AdamW
+    schedule: LinearSchedule
+    mode: str
+    """The precision mode, see precision."""
+    state: dict
+    crf: ChainCRF | None = None
+    """The CRF on the classifier (``--crf``), outside the model so that its weights stay a plain
+    token classifier's."""
+    unsaved: bool = False
+    """The last epoch is trained but not checkpointed: the final save follows (see finish)."""
+    tagger: Tagger | None = None
+    ddp: torch.nn.Module | None = None
+    """The model as the forward pass calls it: DistributedDataParallel under torchrun."""
+    log: object = None
+
+    @property
+    def work(self) -> Path:
+        return self.folder.work
+
+    @property
+    def show(self) -> bool:
+        return self.config.progress and self.group.main
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Everything the optimizer trains: the model's parameters and the CRF's."""
+        return [*self.model.parameters(), *(self.crf.parameters() if self.crf is not None else [])]
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.mode == "autocast" else None
+
+    def say(self, message: str) -> None:
+        if self.show:
+            print(message, file=sys.stderr)
+
+    def record(self, entry: dict) -> None:
+        """Add an entry to the history and to metrics.jsonl."""
+        self.state["history"].append(entry)
+        if self.log is not None:
+            try:
+                self.log.write(json.dumps(entry) + "\n")
+                self.log.flush()
+            except OSError as e:
+                raise write_error(self.work / "metrics.jsonl", e) from None
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            with contextlib.suppress(OSError):  # a failed write was reported where it happened
+                self.log.close()
+
+
+# -- setup: options, data, model, folder, optimizer, resumed state ------------------------------
+
+
+def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
+    """Everything before the first step. Checks all that can be checked before anything is
+    written, makes the folder (or finds the run to resume), and restores or writes the first
+    checkpoint."""
+    config = run_config(config, group, folder)
+    train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
+    labels = label_set(config, train_examples, dev_examples)
+    small_dev = dev_too_small(config, dev_examples)
+    choose = bool(dev_examples) and small_dev is None
+    keeps_best = choose and config.save == "best"
+    device = device_for(group, config.device)
+    settings = config.settings()
+
+    model, tokenizer, new_head = load_base_model(config, labels, device)
+    sequences, seq_labels, stats, edges = training_windows(train_examples, tokenizer, model.config.label2id, settings)
+    if stats.message() and group.main:
+        warnings.warn(f"{config.train}: {stats.message()}", stacklevel=3)
+    if not sequences:
+        raise TagtuneError(f"{config.train}: no text with any token to train on")
+    if small_dev and group.main:
+        warnings.warn(small_dev, stacklevel=3)
+    if not config.resume:  # data and model are good: check the place, then make the folder
+        group.on_main(check_room, config, model, keeps_best)
+        folder.work = Path(group.on_main(folder.make, config))
+
+    lengths = [len(s) for s in sequences]
+    labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
+    if config.head_prior and new_head:
+        with torch.no_grad():
+            model.classifier.bias.copy_(label_prior(seq_labels, len(labels)).to(device))
+    if group.active:
+        torch.manual_seed(config.seed * 1009 + group.rank)  # each process its own dropout masks
+    batch_size, max_tokens, batches_per_epoch = batch_plan(config, lengths)
+    total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
+    crf = ChainCRF(labels, config.scheme).to(device) if config.crf else None
+    optimizer = make_optimizer(model, config, crf, row_gradients=device.type == "cpu" and not group.active)
+    schedule = make_schedule(optimizer, config, total_steps)
+    mode = group.on_main(precision, config, device)  # measured on one process, the same for all
+    state = start_state(config, group, folder, model, optimizer, schedule, device, crf)
+    run = Run(config=config, group=group, folder=folder, device=device, model=model, tokenizer=tokenizer,
+              settings=settings, labels=labels, train_examples=train_examples, dev_examples=dev_examples,
+              data_line=describe_data(config, train_examples, dev_examples), small_dev=small_dev,
+              choose=choose, keeps_best=keeps_best, sequences=sequences, seq_labels=seq_labels, lengths=lengths,
+              labelled=labelled, edges=edges, batch_size=batch_size, max_tokens=max_tokens,
+              batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state,
+              crf=crf)
+    if group.main:
+        atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
+        run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
+    describe_run(run)
+    run.tagger = Tagger(model, tokenizer, settings, device, transitions=crf.transitions() if crf else None)
+    run.ddp = model
+    if group.active:
+        run.ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
+
+
+def run_config(config: TrainConfig, group: Group, folder: RunFolder) -> TrainConfig:
+    """The config to train with, normalised and checked: with ``resume``, the run's saved one
+    (found, and given values checked against it); else ``config``, once ``out`` may be trained
+    into."""
+    if config.resume:
+        folder.work = Path(group.on_main(find_resumable, config))
+        folder.keep()
+        config = resumed_config(config, folder.work)
+    config = config.normalised()
+    config.check()
+    if not config.resume:
+        group.on_main(check_destination, config)
+    return config
+
+
+def load_base_model(config: TrainConfig, labels: list[str], device: torch.device):
+    """(model, tokenizer, new_head): the base model with a head for ``labels``, on ``device``,
+    and its tokenizer; ``new_head`` when the head was made here rather than loaded."""
+    torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
+    model, report = load_model(config.model, labels=labels, train_on=device)
+    model.config.check_window(config.max_length, "--max-length")
+    tokenizer = load_tokenizer(report.directory)
+    check_vocab(tokenizer, model.config, report.directory)
+    model.to(device)
+    return model, tokenizer, report.new_head
+
+
+def batch_plan(config: TrainConfig, lengths: list[int]) -> tuple[int | None, int | None, int]:
+    """(batch_size, max_tokens, batches per epoch). Bucketing turns a window count into the
+    token budget of that many mean-length windows."""
+    batch_size, max_tokens = config.batch_size, config.max_tokens
+    if config.bucket and max_tokens is None:
+        batch_size, max_tokens = None, max(1, round(config.batch_size * sum(lengths) / len(lengths)))
+    batches_per_epoch = len(batch_indices(lengths, batch_size, max_tokens, config.seed, 0, config.bucket))
+    return batch_size, max_tokens, batches_per_epoch
+
+
+def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, optimizer: AdamW,
+                schedule: LinearSchedule, device: torch.device, crf: ChainCRF | None = None) -> dict:
+    """The loop's state (epoch, step, best F1 so far, history): restored with the weights,
+    optimizer, schedule and random streams from the checkpoint when resuming, else new and
+    written as the first checkpoint, before the first step, so that a run stopped in its first
+    epoch resumes."""
+    if not config.resume:
+        state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False,
+                 "history": []}
+        save_checkpoint(folder.work, model, optimizer, schedule, state, device, group, crf)
+        folder.checkpointed()
+        return state
+    saved = torch.load(folder.work / CHECKPOINT, map_location="cpu", weights_only=True)
+    weights = epoch_weights(folder.work, saved["state"]["epoch"])
+    if not weights.is_file():
+        raise TagtuneError(f"{weights}: missing, but the checkpoint needs it; the run cannot be resumed")
+    load_epoch_weights(weights, model, crf, device)
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    rngs = saved.get("rngs") or [saved["rng"]]
+    if len(rngs) == group.world:  # the same number of processes: continue every random stream
+        torch.set_rng_state(rngs[group.rank])
+    if device.type == "cuda" and saved.get("cuda_rngs") and len(saved["cuda_rngs"]) == group.world:
+        torch.cuda.set_rng_state(saved["cuda_rngs"][group.rank], device)
+    return {"stopped": False, **saved["state"]}
+
+
+def describe_run(run: Run) -> None:
+    """Say what is trained on, and how: windows, tags, epochs, batches, device, precision."""
+    config, epochs, batches = run.config, run.config.epochs, run.batches_per_epoch
+    run.say(f"tagtune: {run.data_line}")
+    run.say(f"tagtune: {len(run.sequences)} windows, {len(run.labels)} tags"
+            + (" with a CRF" if config.crf else "") + f", {epochs} epoch{'s' * (epochs > 1)} x "
+            f"{batches} batch{'es' * (batches > 1)} "
+            + (f"of up to {run.max_tokens} tokens" if run.max_tokens else f"of {run.batch_size} windows")
+            + (" (length-bucketed)" if config.bucket else "")
+            + f", on {run.device}, {precision_note(config, run.device, run.mode)}"
+            + (f", {run.group.world} processes" if run.group.active else ""))
+
+
+# -- the loop: per epoch, train on every batch, then evaluate, keep the best and save -----------
+
+
+def run_epochs(run: Run) -> None:
+    """Train epoch after epoch, from the checkpoint's epoch; each is evaluated on dev and saved.
+    An early stop ends the loop (a run resumed after one goes straight to the final save)."""
+    state = run.state
+    run_start, first_epoch = time.perf_counter(), state["epoch"]
+    last_epoch = state["epoch"] if state["stopped"] else run.config.epochs
+    for epoch in range(state["epoch"], last_epoch):
+        entry = train_epoch(run, epoch)
+        line, stop = evaluate_and_save(run, epoch, entry)
+        left = run.config.epochs - state["epoch"]
+        if left and not stop:
+            per_epoch = (time.perf_counter() - run_start) / (state["epoch"] - first_epoch)
+            line += f"  ({left} epoch{'s' if left > 1 else ''} left, eta {duration(left * per_epoch)})"
+        run.say(line)
+        if stop:
+            run.say(f"tagtune: no better dev F1 for {run.config.patience} epochs; stopping early")
+            break
+
+
+def train_epoch(run: Run, epoch: int) -> dict:
+    """One pass over the batches of ``epoch``; returns the epoch's metrics entry (loss, tokens,
+    seconds). Leaves the model's weights in fp32."""
+    config, model, state = run.config, run.model, run.state
+    model.train()
+    if run.mode == "bf16":
+        model.use_low_precision(torch.bfloat16)
+    batches = batch_indices(run.lengths, run.batch_size, run.max_tokens, config.seed, epoch, config.bucket)
+    epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
+    bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=run.show)
+    for b, indices in enumerate(batches):
+        stepping = (b + 1) % config.accumulation == 0 or b + 1 == len(batches)
+        loss = forward_backward(run, indices, stepping)
+        epoch_tokens += sum(run.lengths[i] for i in indices)
+        loss_sum += run.group.sum([loss.item() / run.group.world], run.device)[0] if run.group.active else loss.item()
+        loss_count += 1
+        if stepping:
+            optimizer_step(run)
+            if state["step"] % 10 == 0:
+                run.record({"step": state["step"], "epoch": epoch + 1, "loss": round(loss_sum / loss_count, 5),
+                            "lr": run.schedule.get_last_lr()[0]})
+        seconds = time.perf_counter() - epoch_start
+        bar.update(1, loss=loss_sum / loss_count, **{"tok/s": f"{epoch_tokens / seconds:,.0f}"})
+    bar.close()
+    train_seconds = time.perf_counter() - epoch_start
+    train_loss = loss_sum / max(1, loss_count)
+    model.use_low_precision(None)  # evaluate and save the fp32 weights
+    return {"epoch": epoch + 1, "step": state["step"], "train_loss": round(train_loss, 5),
+            "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
+            "tokens_per_second": round(epoch_tokens / train_seconds, 1)}
+
+
+def forward_backward(run: Run, indices: list[int], stepping: bool) -> torch.Tensor:
+    """This process's share of a batch: forward, loss, backward (gradients synchronised across
+    processes only on a ``stepping`` batch). Returns the share's loss."""
+    group, device = run.group, run.device
+    share = indices[group.rank::group.world]
+    mine = share or indices[:1]  # a process with no share runs a window with weight 0
+    weight = 1.0 if share else 0.0
+    batch = pack([run.sequences[i] for i in mine], [run.seq_labels[i] for i in mine], mine)
+    if run.mode == "bf16":
+        batch = fill_batch(batch)
+    batch = batch.to(device)
+    # The loss of the whole batch is the mean over its labelled tokens; each process
+    # takes its tokens' share, scaled by the number of processes DDP averages over.
+    count = sum(run.labelled[i] for i in indices)
+    sync = run.ddp.no_sync() if group.active and not stepping else contextlib.nullcontext()
+    with sync:
+        with torch.autocast(device.type, dtype=run.amp, enabled=run.amp is not None):
+            logits = run.ddp(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+        if run.crf is not None:  # summed over the sequences' chains, in fp32 (filler sequences have none)
+            opens, closes = edge_flags([run.edges[i] for i in mine], len(batch.cu_seqlens) - 1, device)
+            total = run.crf.nll(logits.float(), batch.labels, batch.cu_seqlens, opens, closes).sum()
+        else:
+            total = F.cross_entropy(logits.float(), batch.labels, ignore_index=IGNORE, reduction="sum")
+        loss = total * (weight * group.world / max(count, 1))
+        (loss / run.config.accumulation).backward()
+    return loss
+
+
+def edge_flags(edges: list[tuple[bool, bool]], sequences: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(opens, closes): ``(sequences,)`` bool, whether each sequence of a batch begins / ends its
+    text, from the windows' ``edges``; sequences past them (filler) are marked neither."""
+    flags = torch.zeros((2, sequences), dtype=torch.bool)
+    if edges:
+        flags[:, :len(edges)] = torch.tensor(edges, dtype=torch.bool).T
+    return flags[0].to(device), flags[1].to(device)
+
+
+def optimizer_step(run: Run) -> None:
+    """Clip, step, schedule: one optimizer step on the summed gradients."""
+    if run.crf is not None and run.group.active:  # DDP averages the model's gradients; the CRF's likewise
+        for p in run.crf.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= run.group.world
+    run.optimizer.step(max_grad_norm=run.config.clip or None)  # clipped as clip_grad_norm_ does
+    if run.mode == "bf16":
+        run.model.refresh_low_precision()
+    run.schedule.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state["step"] += 1
+
+
+def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
+    """After an epoch's training: evaluate on dev, record the epoch, keep the best weights and
+    save the checkpoint. Returns the epoch's line for the user and whether the run stops early."""
+    config, state = run.config, run.state
+    line = f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}"
+    improved = False
+    if run.dev_examples:
+        if run.crf is not None:
+            run.tagger.transitions = run.crf.transitions()
+        dev = evaluate_examples(run.tagger, run.dev_examples, run.group, run.show, f"dev {epoch + 1}/{config.epochs}",
+                                with_calibration=True)
+        improved = run.choose and dev["f1"] > state["best_f1"]
+        entry.update(dev={k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")},
+                     dev_per_label=dev["per_label"], dev_calibration=dev["calibration"], best=improved)
+        line += (f"  dev P {dev['precision']:.4f} R {dev['recall']:.4f} F1 {dev['f1']:.4f}"
+                 + ("  (best so far)" if improved else ""))
+    run.record(entry)
+    if improved:
+        state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    stop = run.choose and config.patience is not None and state["bad_epochs"] >= config.patience
+    state.update(epoch=epoch + 1, stopped=stop)
+    if stop or epoch + 1 == config.epochs:
+        run.unsaved = True  # the final save follows: no checkpoint unless it fails (save_last_epoch)
+    else:
+        save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group, run.crf,
+                        run.keeps_best)
+    run.folder.keep()
+    return line, stop
+
+
+# -- the final save ------------------------------------------------------------------------------
+
+
+def finish(run: Run) -> dict:
+    """The final save (rank 0): the kept epoch's weights, the report and the model files, then
+    the run marked finished. Returns the kept epoch's train loss and dev scores."""
+    state, work = run.state, run.work
+    kept = state["best_epoch"] if run.keeps_best else state["epoch"]
+    if run.group.main:
+        if kept != state["epoch"]:  # the model holds the last epoch's weights; the best is an earlier one
+            run.unsaved = False  # the last epoch's weights are gone: a failure resumes from the checkpoint
+            load_epoch_weights(epoch_weights(work, kept), run.model, run.crf, run.device)
+        files = settings_files(run.settings)
+        if run.crf is not None:
+            files.update(crf_files(run.crf.transitions(), run.labels))
+
+        def write_files(folder: Path) -> None:
+            write_report(folder, state["history"], run.labels, kept_epoch=kept, data=run.data_line,
+                         note=run.small_dev)
+            write_model_files(run.model, run.tokenizer, folder, files)
+
+        run.folder.finish(write_files)
+    run.group.barrier()  # every process returns once the folder is complete
+    epoch_log = next(h for h in state["history"] if h.get("epoch") == kept and "train_loss" in h)
+    scores = dict.fromkeys(("precision", "recall", "f1", "macro_f1", "per_label"))
+    if "dev" in epoch_log:
+        scores.update(epoch_log["dev"], per_label=epoch_log["dev_per_label"])
+    return {"out": str(Path(run.config.out)), "epoch": kept, "train_loss": epoch_log["train_loss"],
+            "dev_texts": len(run.dev_examples), **scores}
+
+
+def save_last_epoch(run: Run) -> None:
+    """After a failed final save of one process: checkpoint the last epoch where that can be
+    done, so that --resume goes straight to the final save; else (the disk full, say) the
+    previous checkpoint stays and --resume trains the last epoch again."""
+    if run.unsaved and not run.group.active:
+        with contextlib.suppress(Exception):
+            save_checkpoint(run.work, run.model, run.optimizer, run.schedule, run.state, run.device, run.group,
+                            run.crf, run.keeps_best)
