@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import transformers
 
 from tagtune.models.checkpoint import load_model
-from tagtune.model import Packing, packed_attention
+from tagtune.models.packed import Packing, packed_attention
 from tagtune.models.packed import MAX_RUNS, _padded_attention, _runs_attention, equal_length_runs
 from tagtune.text.tokenizer import load_tokenizer
 

@@ -9,7 +9,7 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from tagtune.models.checkpoint import load_model, save_model
-from tagtune.model import Packing, packed_attention
+from tagtune.models.packed import Packing, packed_attention
 
 from conftest import tiny_hf_model
 from test_model_parity import assert_config_refused, assert_gradients_match, assert_logits_match

@@ -225,7 +225,7 @@ def test_export_graph_matches_packed_model_for_each_family(kind, tmp_path):
 
     from tagtune.models.config import EncoderConfig
     from tagtune.inference.export import PaddedTagger, write_onnx
-    from tagtune.model import TokenClassifier
+    from tagtune.models.packed import TokenClassifier
 
     hf = tiny_hf_model(kind)
     config = EncoderConfig.from_hf_dict(hf.config.to_dict()).with_labels(["O", "B-X", "I-X"])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tagtune.data.align import IGNORE
 from tagtune.data.batching import pack
 from tagtune.models.checkpoint import load_model
-from tagtune.model import Linear
+from tagtune.models.packed import Linear
 from tagtune.models.precision import BF16_MIN_SPEEDUP, ONEDNN_ISAS_WITHOUT_BF16, cpu_bf16_speedup, cpu_has_bf16
 from tagtune.text.tokenizer import load_tokenizer
 from tagtune.data.batching import fill_batch
@@ -255,7 +255,7 @@ def cpuinfo_flags() -> set[str]:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_mask(p, dtype):
-    from tagtune.model import Dropout
+    from tagtune.models.packed import Dropout
 
     layer = Dropout(p).train()
     x = (torch.rand(1000, 1000) + 1).to(dtype).requires_grad_()

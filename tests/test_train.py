@@ -13,7 +13,7 @@ from helpers import stop_in_epoch, wait_for_saved_epoch
 from helpers import tagtune as cli
 from tagtune import TagtuneError
 from tagtune.models.config import EncoderConfig
-from tagtune.model import TokenClassifier
+from tagtune.models.packed import TokenClassifier
 from tagtune.data.formats import read_examples
 from tagtune import Span
 from tagtune import Tagger

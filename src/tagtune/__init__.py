@@ -32,7 +32,7 @@ def train(config=None, /, **settings):
 
 def evaluate(directory, path, **options):
     """Entity scores of a trained tagger on an annotated file."""
-    from tagtune.inference.evaluate import evaluate as run  # lazy: loading a tagger may import torch
+    from tagtune.inference.evaluate import evaluate as run  # lazy: numpy, tokenizers and the tagger on first use
 
     return run(directory, path, **options)
 

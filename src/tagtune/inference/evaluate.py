@@ -1,12 +1,10 @@
 """Entity scores of a trained tagger on annotated examples or an annotated file."""
 
-
 from __future__ import annotations
 
 import sys
 import warnings
 from pathlib import Path
-
 
 from tagtune.data.formats import read_examples
 from tagtune.data.metrics import calibration, span_scores
@@ -15,7 +13,6 @@ from tagtune.distributed import Group
 from tagtune.inference.tagger import Tagger
 from tagtune.progress import Progress
 from tagtune.spans import Example
-
 
 
 def evaluate_examples(tagger: Tagger, examples: list[Example], group: Group | None = None, progress: bool = False,

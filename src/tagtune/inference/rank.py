@@ -3,8 +3,6 @@ score that select and annotate's suggestions order texts by."""
 
 from __future__ import annotations
 
-
-
 from tagtune.progress import Progress
 from tagtune.spans import Span
 

@@ -39,7 +39,6 @@ from tagtune.store.layout import WEIGHT_FILES
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Reading weights
 

@@ -1,10 +1,8 @@
 """TrainConfig: every setting of a training run, checked before anything is read or written."""
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
 
 from tagtune.data.align import windows_of
 from tagtune.data.schemes import SCHEMES

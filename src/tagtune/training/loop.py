@@ -28,11 +28,7 @@ writes report.html, the model files (config.json last), fsyncs them, marks the r
 deletes checkpoint/; if it fails, the last epoch is checkpointed as the others were, where it
 can be.
 
-Where a run is trained: a new ``out`` is trained in place. An existing ``out`` (with
-``overwrite``, and only a tagtune run or an empty folder) is left as it is while the new run is
-trained in the sibling ``.OUT.tagtune-new``; once that run is finished it is swapped in (OUT
-renamed to ``.OUT.tagtune-old``, the new run renamed to OUT, the parent folder fsynced, the old
-run deleted). ``resume`` continues the sibling when there is one, else ``out`` itself. Before
+Where a run is trained, and how an existing ``out`` is replaced, is tagtune.training.runfolder's. Before
 anything is written, everything that can be checked is: options, data, labels, the model and
 tokenizer, that the folder can be made and written, and the free space (see check_room).
 

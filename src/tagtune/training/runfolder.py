@@ -8,7 +8,6 @@ or an empty folder) is left as it is while the new run is trained in the sibling
 ``checkpoint/state.pt`` beside the epoch weights ``checkpoint/model-epoch-N.safetensors``.
 """
 
-
 from __future__ import annotations
 
 import json
