@@ -6,7 +6,7 @@ PYTEST = -m pytest -q --durations=15 $(TESTS)
 # emulated): the variables of bench/flops.py's AVX2_KERNELS, read as the libraries start
 AVX2_KERNELS := MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 
-.PHONY: setup test test-bf16-on test-bf16-off test-avx2 test-latest demo
+.PHONY: setup test test-bf16-on test-bf16-off test-avx2 test-latest demo docs docs-serve
 setup:
 	./scripts/setup.sh
 
@@ -37,3 +37,11 @@ test-latest:
 
 demo: setup
 	$(PY) -m tagtune.apps.demo
+
+# The documentation site (mkdocs.yml, docs/) built into site/, every warning an error; and served
+# at http://127.0.0.1:8000 while you edit it.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000

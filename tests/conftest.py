@@ -208,3 +208,18 @@ def exported(trained_tagger, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("export") / "onnx"
     return out, export_onnx(trained_tagger, out)
+
+
+@pytest.fixture(scope="session")
+def stand_in_hub(minilm, tmp_path_factory):
+    """The stand-in Hub serving the models README.md and the documentation pages name (see
+    tests/docblocks.py)."""
+    from docblocks import japanese_bert, japanese_modernbert
+    from hub_server import HubServer
+
+    with HubServer() as server:
+        server.add("sentence-transformers/all-MiniLM-L6-v2", minilm)
+        server.add("cl-tohoku/bert-base-japanese-v3", japanese_bert(tmp_path_factory.mktemp("ja") / "model"))
+        server.add("sbintuitions/modernbert-ja-70m", japanese_modernbert(tmp_path_factory.mktemp("ja-mb") / "model"))
+        yield server
+

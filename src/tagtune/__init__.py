@@ -9,9 +9,15 @@ train() and evaluate(), are imported on first use (torch, the model), so ``impor
 quick.
 """
 
+from typing import TYPE_CHECKING
+
 from tagtune.errors import TagtuneError
 from tagtune.spans import Example, Span
 from tagtune.version import __version__
+
+if TYPE_CHECKING:  # for type checkers and the API pages; imported on first use below
+    from tagtune.inference.tagger import Tagger
+    from tagtune.training.config import TrainConfig
 
 __all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "__version__"]
 
