@@ -1,7 +1,9 @@
 """The bench scripts run end to end (their --smoke modes: tiny data, seconds)."""
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +120,35 @@ def test_scale_bench_smoke(tmp_path):
     for ratio in (prediction["ratios"]["wall_seconds"], prediction["ratios"]["peak_rss_mb"],
                   training["ratios"]["tokens_per_second"], training["ratios"]["peak_rss_mb"]):
         assert ratio > 0
+
+
+def test_plots_of_the_results_and_a_file_missing_a_field(tmp_path, capsys):
+    """bench/plots.py draws every plot from the recorded results, and leaves a results file without
+    a field a plot needs out of that plot, with a warning (the same results give the same bytes)."""
+    spec = importlib.util.spec_from_file_location("bench_plots", BENCH / "plots.py")
+    plots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plots)
+    names = ["train-speed.png", "train-wall.png", "f1-seeds.png", "predict-speed.png", "calibration.png"]
+
+    written = plots.write_plots(BENCH, tmp_path / "out")
+    assert [p.name for p in written] == names
+    for path in written:
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000, path.name
+    assert "warning" not in capsys.readouterr().err
+
+    broken, alone = tmp_path / "broken-results", tmp_path / "other-results"
+    for folder in (broken, alone):
+        folder.mkdir()
+        shutil.copy(BENCH / "results-train-cpu-intel.json", folder)
+    record = json.loads((BENCH / "results-train-cpu.json").read_text())
+    del record["medians"]["trainer"]["train_tokens_per_second"]
+    (broken / "results-train-cpu.json").write_text(json.dumps(record))
+    written = plots.write_plots(broken, tmp_path / "broken")
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["warning: results-train-cpu.json: no medians.trainer.train_tokens_per_second: "
+                                "left out of train-speed.png"]
+    assert [p.name for p in written] == ["train-speed.png", "train-wall.png", "f1-seeds.png"]
+    # left out of train-speed.png only: that plot is the one of the other file alone, train-wall.png is not
+    speed, wall, _ = plots.write_plots(alone, tmp_path / "alone-plots")
+    assert written[0].read_bytes() == speed.read_bytes() and written[1].read_bytes() != wall.read_bytes()
