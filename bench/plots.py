@@ -53,10 +53,11 @@ def field(record: dict, path: str):
     return value
 
 
-def number(record: dict, path: str) -> float:
+def number(record: dict, path: str, positive: bool = False) -> float:
+    """The number at ``path`` (one a ratio divides by: ``positive``)."""
     value = field(record, path)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Missing(f"{path} is {value!r}, not a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
+        raise Missing(f"{path} is {value!r}, not a{' positive' if positive else ''} number")
     return float(value)
 
 
@@ -127,7 +128,8 @@ def plot_pairs(pairs: dict[str, dict], metric: str, path: Path, title: str, axis
     rows = []
     for name, record in pairs.items():
         try:
-            ours, theirs = number(record, f"medians.tagtune.{metric}"), number(record, f"medians.trainer.{metric}")
+            ours = number(record, f"medians.tagtune.{metric}")
+            theirs = number(record, f"medians.trainer.{metric}", positive=True)
         except Missing as e:
             warn(name, str(e), path.name)
             continue
@@ -194,7 +196,7 @@ def plot_predict(results: dict[str, dict], path: Path) -> Path | None:
         if not name.startswith("results-predict-"):
             continue
         try:
-            base = number(record, "results.pipeline.tokens_per_second")
+            base = number(record, "results.pipeline.tokens_per_second", positive=True)
             speeds = {side: number(record, f"results.{side}.tokens_per_second")
                       for side in PREDICT_SIDES if side in (record.get("results") or {})}
         except Missing as e:
