@@ -71,11 +71,12 @@ class Tagger:
     batches of about ``batch_tokens`` tokens, and their logits are merged back per text at its
     units (the first subword of each word, or every subword for a tagger trained with
     ``all_subwords``). Decoding picks the best tag sequence the scheme allows (Viterbi, with a
-    CRF's learned scores for a tagger trained with one) and scores each span with the
-    probability that exactly its characters form one entity of its label.
+    CRF's learned scores for a tagger trained with one), or each unit's argmax when not
+    ``constrained``, and scores each span with the probability that exactly its characters
+    form one entity of its label.
 
     Two backends compute the logits: PyTorch, or ONNX Runtime for a folder that
-    ``tagtune export`` wrote, which runs without torch. Spans are the same with both.
+    ``tagtune export`` wrote, which runs without torch.
 
     Attributes:
         model: The token classifier: a TokenClassifier (PyTorch) or an OnnxModel (ONNX); both
