@@ -1,31 +1,100 @@
 """tagtune: fine-tune BERT-family encoders into token taggers that return character spans.
 
+``train()`` fine-tunes a Hugging Face encoder (a local folder or a Hub id) on an annotated file
+(CoNLL, JSONL spans or keywords, Label Studio, doccano) and writes a tagger folder;
+``Tagger.load()`` opens that folder and the tagger turns texts into ``Span``s: the characters
+``text[start:end]``, a label and a score, the probability that exactly those characters form one
+entity of that label. ``evaluate()`` scores a trained tagger on another annotated file. Problems
+a user can fix (a bad file, a bad option) raise ``TagtuneError`` with a one-line message.
+
+Example:
+    ```python
     import tagtune
-    tagtune.train(model="bert-base-cased", train="train.conll", out="my-tagger")
-    tagtune.Tagger.load("my-tagger")(["Angela Merkel visited Lisbon."])
+
+    result = tagtune.train(model="bert-base-cased", train="train.conll", out="my-tagger",
+                           dev_fraction=0.1)
+    print(result["epoch"], result["f1"])  # the kept epoch and its dev F1
+    tagger = tagtune.Tagger.load("my-tagger")
+    for span in tagger("Angela Merkel visited Lisbon."):
+        print(span.start, span.end, span.label, span.score)
+    print(tagtune.evaluate("my-tagger", "test.conll")["f1"])
+    ```
 
 The public API is what ``__all__`` names. Tagger and TrainConfig, and the modules behind
 train() and evaluate(), are imported on first use (torch, the model), so ``import tagtune`` is
 quick.
 """
 
-from typing import TYPE_CHECKING
+from __future__ import annotations
 
 from tagtune.errors import TagtuneError
 from tagtune.spans import Example, Span
 from tagtune.version import __version__
 
-if TYPE_CHECKING:  # for type checkers and the API pages; imported on first use below
+__all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "__version__"]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for type checkers and the annotations only: ``import tagtune`` loads none of these
+    import os
+    from typing import Any
+
     from tagtune.inference.tagger import Tagger
     from tagtune.training.config import TrainConfig
 
-__all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "__version__"]
 
+def train(config: TrainConfig | None = None, /, **settings: Any) -> dict:
+    """Fine-tune an encoder into a tagger and save it as a model folder.
 
-def train(config=None, /, **settings):
-    """Fine-tune a tagger: ``train(TrainConfig(...))`` or ``train(model=..., train=..., out=...)``.
-    Returns where the tagger went, the kept epoch, its train loss and its dev scores (None
-    without a dev set)."""
+    Pass a TrainConfig, or its fields as keyword arguments: ``model``, ``train`` and ``out`` are
+    required, every other setting has the default TrainConfig gives it. The options, the data,
+    the labels, the model and the output folder are all checked before anything is written.
+    What the run does (data, device, precision, a progress bar, each epoch's loss and dev
+    scores) is said on stderr, unless ``progress=False``.
+
+    Without a dev set (``dev`` or ``dev_fraction``) every epoch runs and the last one is kept.
+    With one, every epoch is scored on it, the best by dev entity F1 is kept (``save="best"``)
+    and the run stops early after ``patience`` epochs without a better F1; a dev set of fewer
+    than 20 entity spans is scored but chooses nothing.
+
+    The folder ``out`` then holds a Hugging Face token-classification model (config.json,
+    model.safetensors, the tokenizer files) with tagtune.json, train_config.json, metrics.jsonl
+    and report.html; ``Tagger.load(out)`` opens it.
+
+    Args:
+        config: Every setting of the run; leave it out to pass the settings as keywords.
+        **settings: TrainConfig's fields by name, when no ``config`` is given.
+
+    Returns:
+        The kept epoch's result: ``out`` (the folder), ``epoch`` (counted from 1),
+            ``train_loss``, ``dev_texts`` (0 without a dev set) and the dev entity scores
+            ``precision``, ``recall``, ``f1``, ``macro_f1`` and ``per_label`` (label ->
+            ``precision``, ``recall``, ``f1``, ``support``), each None without a dev set.
+
+    Raises:
+        TagtuneError: When a file cannot be read or is malformed (the message names the file
+            and line), a setting is out of range, the model or its tokenizer cannot be loaded,
+            ``out`` exists (without ``overwrite``, or holding something other than a tagtune
+            run) or cannot be written. A run that fails before its first epoch is saved
+            removes the folder it made; a later failure leaves it resumable with
+            ``resume=True``, and the message says so.
+        TypeError: When both a config and keyword settings are given, or a keyword is not a
+            TrainConfig field, or a required one is missing.
+        KeyboardInterrupt: On Ctrl-C; once the first checkpoint is written the run stays
+            resumable.
+
+    Example:
+        ```python
+        import tagtune
+
+        result = tagtune.train(model="sentence-transformers/all-MiniLM-L6-v2",
+                               train="train.conll", dev="dev.conll", out="my-tagger", epochs=5)
+        print(result["epoch"], result["f1"])
+
+        config = tagtune.TrainConfig(model="bert-base-cased", train="train.jsonl", out="other",
+                                     scheme="BIOES", crf=True)
+        tagtune.train(config)
+        ```
+    """
     from tagtune.training.config import TrainConfig
     from tagtune.training.loop import train as run  # lazy, as all of these: the loop imports torch
 
@@ -36,8 +105,39 @@ def train(config=None, /, **settings):
     return run(config)
 
 
-def evaluate(directory, path, **options):
-    """Entity scores of a trained tagger on an annotated file."""
+def evaluate(directory: str | os.PathLike, path: str | os.PathLike, **options: Any) -> dict:
+    """Entity scores of a trained tagger on an annotated file.
+
+    A predicted span counts as found only where the file has a span with exactly its start, end
+    and label. Labels in the file that the tagger does not know are warned about (a
+    ``UserWarning``): their spans count as missed.
+
+    Args:
+        directory: The tagger: a folder that ``train()`` or ``tagtune export`` wrote (or any
+            Hugging Face token-classification folder), or a Hub repo id
+            ``org/name[@revision]``.
+        path: The annotated file, in any format ``train()`` reads.
+        **options: ``format`` (None: told from the file name and content; else "conll",
+            "jsonl", "keywords", "label-studio" or "doccano"), ``keyword_label`` (the label of
+            keyword spans, "KEY"), ``device`` (None: CUDA when available), ``progress``
+            (True: say what is done on stderr, with a progress bar) and ``bf16`` ("auto",
+            "on" or "off", as for ``Tagger.load``).
+
+    Returns:
+        Micro ``precision``, ``recall`` and ``f1``; ``macro_precision``, ``macro_recall`` and
+            ``macro_f1`` (means over the labels); ``support`` (the file's spans) and
+            ``per_label`` (label -> ``precision``, ``recall``, ``f1``, ``support``).
+
+    Raises:
+        TagtuneError: When the file cannot be read or is malformed, or the tagger cannot be
+            loaded (see ``Tagger.load``).
+
+    Example:
+        ```python
+        scores = tagtune.evaluate("my-tagger", "test.conll", progress=False)
+        print(f"F1 {scores['f1']:.3f}", {label: s["f1"] for label, s in scores["per_label"].items()})
+        ```
+    """
     from tagtune.inference.evaluate import evaluate as run  # lazy: numpy, tokenizers and the tagger on first use
 
     return run(directory, path, **options)

@@ -2,9 +2,22 @@
 
 
 class TagtuneError(Exception):
-    """A user-facing error. The CLI prints its message on one line and exits non-zero.
+    """A problem the user can fix: a bad or missing file, a malformed record, an option out of range.
 
-    Messages name the file (and line, where there is one) and say what is wrong.
+    tagtune raises it for every problem of that kind. The message is one line: it names the file
+    (and the line, where there is one), says what is wrong and, where it can, what to do. The
+    commands print it as ``tagtune: error: <message>`` and exit with status 1, without a
+    traceback.
+
+    Example:
+        ```python
+        import tagtune
+
+        try:
+            tagger = tagtune.Tagger.load("my-tagger")
+        except tagtune.TagtuneError as e:
+            print(e)  # e.g. "my-tagger: an unfinished training run (resume it with ...)"
+        ```
     """
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,16 @@ from tagtune.models.precision import check_bf16, describe, use_bf16
 from tagtune.spans import Span
 from tagtune.store.layout import TaggerSettings
 
+if TYPE_CHECKING:  # for the annotations only: torch is imported where the PyTorch backend needs it
+    import os
+
+    import torch
+
+    from tagtune.inference.onnx_backend import OnnxModel
+    from tagtune.models.packed import TokenClassifier
+    from tagtune.progress import Progress
+    from tagtune.text.tokenizer import Tokenizer
+
 
 def default_device():
     """CUDA when available, else the CPU (a torch.device)."""
@@ -53,24 +64,72 @@ in cache), fp32 25.9 against 26.9 s."""
 
 
 class Tagger:
-    """Predicts spans with a token classifier. ``Tagger.load(DIR)(texts)``.
+    """Character spans for texts, from a trained token classifier: ``Tagger.load(DIR)(texts)``.
 
-    ``model`` is a tagtune.models.packed.TokenClassifier (PyTorch backend) or a
-    tagtune.inference.onnx_backend.OnnxModel (ONNX backend); both carry the ``config`` with the labels.
-    ``constrained``: decode the best tag sequence the scheme allows (else each unit's argmax).
-    ``min_score``: spans whose score (their probability, 0..1) is below it are dropped; a
-    prediction call may pass its own. ``transitions``: a CRF's scores (tagtune.data.decode.Transitions)
-    that constrained decoding adds to the scheme's lattice, or None. ``bf16``: "on" runs the
-    encoder's matrix products and activations in bf16 (the model's linear layers get bf16 copies
-    of their weights; the head and the decoding stay fp32), "off" keeps the model as it is,
-    "auto" (Tagger.load's default) chooses bf16 where the hardware multiplies it natively and
-    faster than fp32 (tagtune.models.precision.use_bf16). ``precision`` says which it is, "bf16" or
-    "fp32", and ``precision_note`` why. The ONNX backend runs its model as exported.
+    Each text is tokenised with character offsets and cut into windows of the tagger's
+    ``max_length`` tokens, overlapping by ``stride``; the windows go through the model in
+    batches of about ``batch_tokens`` tokens, and their logits are merged back per text at its
+    units (the first subword of each word, or every subword for a tagger trained with
+    ``all_subwords``). Decoding picks the best tag sequence the scheme allows (Viterbi, with a
+    CRF's learned scores for a tagger trained with one), or each unit's argmax when not
+    ``constrained``, and scores each span with the probability that exactly its characters
+    form one entity of its label.
+
+    Two backends compute the logits: PyTorch, or ONNX Runtime for a folder that
+    ``tagtune export`` wrote, which runs without torch.
+
+    Attributes:
+        model: The token classifier: a TokenClassifier (PyTorch) or an OnnxModel (ONNX); both
+            carry the ``config`` with the labels.
+        tokenizer: The model's tokenizer, with character offsets.
+        settings: The scheme, subword labelling, window and CRF flag, from tagtune.json.
+        backend: "torch" or "onnx".
+        device: Where the PyTorch model runs, a torch.device; "cpu" for the ONNX backend.
+        labels: The model's tags in the order of its logits, e.g. ``["O", "B-PER", "I-PER"]``.
+        constrained: Decode the best tag sequence the scheme allows; False: each unit's argmax.
+        min_score: Spans scoring below it are dropped, unless a call passes its own.
+        batch_tokens: Real tokens per forward pass.
+        transitions: The CRF's scores that constrained decoding adds to the scheme's, or None.
+        precision: What the encoder runs in: "bf16", "fp32", or "onnx" (as exported).
+        precision_note: Why, in words.
+
+    Example:
+        ```python
+        tagger = Tagger.load("my-tagger", min_score=0.5)
+        for span in tagger("Angela Merkel visited Lisbon."):
+            print(span.label, span.score)
+        spans_per_text = tagger.predict(["First text.", "Second text."])
+        ```
     """
 
-    def __init__(self, model, tokenizer, settings: TaggerSettings, device=None, constrained: bool = True,
+    def __init__(self, model: TokenClassifier | OnnxModel, tokenizer: Tokenizer, settings: TaggerSettings,
+                 device: str | torch.device | None = None, constrained: bool = True,
                  batch_tokens: int | None = None, min_score: float = 0.0, transitions: Transitions | None = None,
                  bf16: str = "off"):
+        """A tagger from a model, tokenizer and settings already loaded; ``Tagger.load`` opens a folder.
+
+        Args:
+            model: The token classifier, a TokenClassifier or an OnnxModel.
+            tokenizer: The model's tokenizer.
+            settings: The scheme, subword labelling, window and CRF flag of the labels.
+            device: Where the PyTorch model runs; None: where its parameters are. The ONNX
+                backend runs on the CPU only.
+            constrained: Decode the best tag sequence the scheme allows; False: each unit's
+                argmax.
+            batch_tokens: Real tokens per forward pass; None: 2,048 with PyTorch, 512 with ONNX
+                Runtime.
+            min_score: Spans scoring below it (0 to 1) are dropped, unless a call passes its own.
+            transitions: A CRF's scores that constrained decoding adds to the scheme's, or None.
+            bf16: "on" runs the encoder's matrix products and activations in bf16 (the linear
+                layers get bf16 copies of their weights; the classifier and the decoding stay
+                fp32), "off" keeps the model as it is, "auto" chooses bf16 where the hardware
+                multiplies it natively and faster than fp32.
+
+        Raises:
+            TagtuneError: When ``bf16`` or ``min_score`` is out of range, the model has no
+                labels, or the ONNX backend is given a device other than the CPU or
+                ``bf16="on"``.
+        """
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -102,13 +161,46 @@ class Tagger:
             raise TagtuneError("the model has no labels: it is not a token classifier")
 
     @classmethod
-    def load(cls, directory, device=None, constrained: bool = True, backend: str = "auto",
-             min_score: float = 0.0, bf16: str = "auto") -> Tagger:
-        """A tagger from a folder tagtune trained or exported (or any HF token-classification
-        folder), or from a Hub repo id ``org/name[@revision]`` (downloaded when not cached).
-        ``backend``: "torch", "onnx", or "auto" (see :func:`tagtune.inference.load.choose_backend`). ``bf16``: "auto"
-        (bf16 where the hardware multiplies it faster than fp32; the ONNX backend runs as
-        exported), "on" or "off"."""
+    def load(cls, directory: str | os.PathLike, device: str | torch.device | None = None, constrained: bool = True,
+             backend: str = "auto", min_score: float = 0.0, bf16: str = "auto") -> Tagger:
+        """Load a tagger from a folder, or from the Hugging Face Hub.
+
+        The folder is one that ``tagtune train`` or ``tagtune export`` wrote, or any Hugging
+        Face token-classification folder (its scheme then told from its label names). A Hub
+        repo id is downloaded into the Hugging Face cache first, unless it is there already.
+
+        Args:
+            directory: The folder, or a Hub repo id ``org/name[@revision]``.
+            device: Where the PyTorch model runs, e.g. "cpu" or "cuda:1"; None: CUDA when
+                available, else the CPU. The ONNX backend runs on the CPU only.
+            constrained: Decode the best tag sequence the scheme allows (Viterbi); False: each
+                unit's argmax (``tagtune predict --argmax``).
+            backend: "torch", "onnx", or "auto": ONNX when the folder has model.onnx and no
+                PyTorch weights (or both, and torch cannot be imported), else PyTorch.
+            min_score: Spans scoring below it (0 to 1) are dropped, unless a call passes its own.
+            bf16: "auto" runs the encoder in bf16 where the hardware multiplies bf16 natively and
+                faster than fp32 (CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX whose bf16
+                matrix products measure faster), else in fp32; "on" in bf16, "off" in fp32. The
+                classifier and the decoding stay fp32; the ONNX backend runs as exported.
+
+        Returns:
+            The tagger, its model in eval mode on ``device``.
+
+        Raises:
+            TagtuneError: When ``directory`` is neither a folder nor a Hub repo id that can be
+                downloaded, is an unfinished training run, holds no token classifier or a
+                tokenizer that does not fit the model; when ``backend``, ``min_score`` or
+                ``bf16`` is out of range; when the PyTorch backend is asked for and torch cannot
+                be imported, or the ONNX backend with a device other than the CPU or
+                ``bf16="on"``.
+
+        Example:
+            ```python
+            tagger = Tagger.load("my-tagger", device="cpu", bf16="off")
+            onnx = Tagger.load("my-tagger-onnx", backend="onnx")
+            hub = Tagger.load("org/name@v1.0")
+            ```
+        """
         min_score = check_min_score(min_score)  # before the model is loaded
         check_bf16(bf16)
         opened = open_folder(directory, backend)
@@ -119,15 +211,49 @@ class Tagger:
         return cls(opened.model.to(device).eval(), opened.tokenizer, opened.settings, device, constrained,
                    min_score=min_score, transitions=opened.transitions, bf16=bf16)
 
-    def __call__(self, texts: str | list[str], progress=None,
+    def __call__(self, texts: str | list[str], progress: Progress | None = None,
                  min_score: float | None = None) -> list[Span] | list[list[Span]]:
-        """Spans for one text, or a list of span lists for a list of texts."""
+        """Spans of one text, or of each text of a list.
+
+        Args:
+            texts: A text, or a list of texts.
+            progress: Told of the work as it is done: ``update(n)`` after each batch of n
+                windows.
+            min_score: Spans scoring below it (0 to 1) are dropped; None: the tagger's.
+
+        Returns:
+            For a text, its spans in the order of the text; for a list, one such list per
+                text, in order.
+
+        Raises:
+            TagtuneError: When a text is not a string, or ``min_score`` not a number from 0 to 1.
+
+        Example:
+            ```python
+            spans = tagger("Angela Merkel visited Lisbon.")
+            [[s.label for s in spans] for spans in tagger(["Ann met Bob.", "Nothing here."])]
+            ```
+        """
         if isinstance(texts, str):
             return self.predict([texts], progress, min_score)[0]
         return self.predict(list(texts), progress, min_score)
 
-    def predict(self, texts: list[str], progress=None, min_score: float | None = None) -> list[list[Span]]:
-        """Spans for each text. ``min_score`` (None: the tagger's) drops spans that score below it."""
+    def predict(self, texts: list[str], progress: Progress | None = None,
+                min_score: float | None = None) -> list[list[Span]]:
+        """Spans of each text.
+
+        Args:
+            texts: The texts; an empty one has no spans.
+            progress: Told of the work as it is done: ``update(n)`` after each batch of n
+                windows.
+            min_score: Spans scoring below it (0 to 1) are dropped; None: the tagger's.
+
+        Returns:
+            One list of spans per text, in order, each in the order of its text.
+
+        Raises:
+            TagtuneError: When a text is not a string, or ``min_score`` not a number from 0 to 1.
+        """
         if min_score is not None:
             min_score = check_min_score(min_score)
         for i, text in enumerate(texts):
@@ -136,8 +262,22 @@ class Tagger:
         unit_logits, units = self.unit_logits(texts, progress)
         return self.spans(unit_logits, units, min_score=min_score)
 
-    def unit_logits(self, texts: list[str], progress=None) -> tuple[list[np.ndarray], list[Units]]:
-        """Per text: logits at its units (n_units, labels) float32, after windows are merged."""
+    def unit_logits(self, texts: list[str], progress: Progress | None = None) -> tuple[list[np.ndarray], list[Units]]:
+        """The model's logits for each text at its units, the positions that carry a label.
+
+        A unit is the first subword of a word, or every subword for a tagger trained with
+        ``all_subwords``. Where windows overlap, each token's logits come from the window where
+        it is farthest from an edge. ``spans`` decodes the result.
+
+        Args:
+            texts: The texts.
+            progress: Told of the work as it is done: ``update(n)`` after each batch of n
+                windows.
+
+        Returns:
+            Per text its logits, ``(units, labels)`` float32, and its Units (each unit's token
+                and characters).
+        """
         s = self.settings
         encodings = self.tokenizer.encode_batch(texts)
         units = [units_of(enc, s.all_subwords) for enc in encodings]
@@ -204,8 +344,21 @@ class Tagger:
 
     def spans(self, unit_logits: list, units: list[Units], chunk: int = 256,
               min_score: float | None = None) -> list[list[Span]]:
-        """Decode unit logits (arrays or tensors; batched, ``chunk`` texts at a time) into spans
-        scored with their probabilities; those below ``min_score`` (None: the tagger's) are dropped."""
+        """Decode unit logits into spans, each scored with its probability.
+
+        Args:
+            unit_logits: Per text, its logits ``(units, labels)`` as ``unit_logits`` gives them
+                (numpy arrays or torch tensors).
+            units: Per text, its Units as ``unit_logits`` gives them.
+            chunk: Texts decoded together.
+            min_score: Spans scoring below it (0 to 1) are dropped; None: the tagger's.
+
+        Returns:
+            One list of spans per text, each in the order of its text.
+
+        Raises:
+            TagtuneError: When ``min_score`` is not a number from 0 to 1.
+        """
         min_score = self.min_score if min_score is None else check_min_score(min_score)
         out: list[list[Span]] = []
         for lo, padded, mask in self._padded(unit_logits, chunk):
@@ -216,7 +369,20 @@ class Tagger:
 
     def spans_and_uncertainty(self, unit_logits: list, units: list[Units], chunk: int = 256,
                               min_score: float | None = None) -> tuple[list[list[Span]], list[float]]:
-        """``(spans(...), uncertainty(...))`` from one decode of each chunk (``tagtune select``)."""
+        """What ``spans`` and ``uncertainty`` give, from one decode of each chunk (``tagtune select``).
+
+        Args:
+            unit_logits: Per text, its logits as ``unit_logits`` gives them.
+            units: Per text, its Units as ``unit_logits`` gives them.
+            chunk: Texts decoded together.
+            min_score: Spans scoring below it (0 to 1) are dropped; None: the tagger's.
+
+        Returns:
+            The spans of each text and the uncertainty of each text.
+
+        Raises:
+            TagtuneError: When ``min_score`` is not a number from 0 to 1.
+        """
         min_score = self.min_score if min_score is None else check_min_score(min_score)
         spans: list[list[Span]] = []
         unsure: list[float] = []
@@ -229,10 +395,19 @@ class Tagger:
         return spans, unsure
 
     def uncertainty(self, unit_logits: list, chunk: int = 256) -> list[float]:
-        """Per text of ``unit_logits`` (as :meth:`unit_logits` gives them): the expected share of its
-        units whose decoded tag is wrong (decode.uncertainty), under the distribution the spans'
-        scores come from (a CRF's included); 0 for a text without units. Batched ``chunk`` texts
-        at a time."""
+        """How unsure the tagger is of each text: the expected share of its units tagged wrong.
+
+        That is the mean over the text's units of 1 minus the probability of the tag decoded
+        there, under the distribution the spans' scores come from (a CRF's included); 0 for a
+        text without units. ``tagtune select`` ranks texts by it.
+
+        Args:
+            unit_logits: Per text, its logits as ``unit_logits`` gives them.
+            chunk: Texts decoded together.
+
+        Returns:
+            One number from 0 to 1 per text.
+        """
         out: list[float] = []
         for _, padded, mask in self._padded(unit_logits, chunk):
             out += uncertainty(padded, self.labels, self.settings.scheme, self.constrained, mask,

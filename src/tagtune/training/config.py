@@ -20,33 +20,51 @@ compared by noise."""
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; saved as train_config.json."""
+    """Every setting of a training run; saved in the tagger folder as train_config.json.
+
+    Only ``model``, ``train`` and ``out`` must be given; the other fields have the defaults of
+    ``tagtune train``, whose options carry the same names (``batch_size`` is ``--batch-size``,
+    ``bucket=False`` is ``--no-bucket``, ``head_prior=False`` is ``--no-head-prior``,
+    ``progress=False`` is ``--quiet``). Making a config checks nothing: ``tagtune.train()``
+    checks it (``check``) before it reads or writes anything.
+
+    Example:
+        ```python
+        config = TrainConfig(model="sentence-transformers/all-MiniLM-L6-v2", train="train.conll",
+                             out="my-tagger", dev_fraction=0.1, epochs=5, crf=True)
+        tagtune.train(config)
+        ```
+    """
 
     model: str
     """Base checkpoint: a folder, or a Hub repo id org/name[@revision] (downloaded when not cached)."""
     train: str
-    """Annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano)."""
+    """Annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano; see ``format``)."""
     out: str
     """Output folder for the trained tagger."""
     dev: str | None = None
-    """Dev file; None trains on all of train, unless dev_fraction holds a share of it out."""
+    """Dev file, read as ``train`` is; None trains on all of train, unless dev_fraction holds a
+    share of it out."""
     epochs: int = 3
-    """Passes over the training data."""
+    """Passes over the training data (at least 1)."""
     lr: float = 5e-5
-    """Peak learning rate of AdamW."""
+    """Peak learning rate of AdamW (positive), reached after the warm-up and decayed linearly to 0."""
     batch_size: int | None = 32
-    """Windows per batch; None when max_tokens is used."""
+    """Windows per batch (with ``bucket``, the token budget of that many windows of the mean
+    length); None only with ``max_tokens``, which replaces it when given."""
     max_tokens: int | None = None
-    """Real tokens per batch instead of a window count."""
+    """Real tokens per batch instead of a window count (at least ``max_length``); None: batches
+    by ``batch_size``."""
     bucket: bool = True
     """Group windows of similar length into batches (within pools of 50 batches, in a seeded
     random order), so attention pads less. With ``batch_size``, a batch then holds the tokens of
     ``batch_size`` windows of the mean length (a token budget), so that batches of long windows
     are no larger than the others."""
     max_length: int = 128
-    """Window length in tokens, start and end tokens included; longer texts are windowed."""
+    """Window length in tokens, start and end tokens included (at least 3, at most the model's
+    positions); longer texts are windowed, never truncated."""
     stride: int = 32
-    """Tokens shared by consecutive windows of a long text."""
+    """Tokens shared by consecutive windows of a long text, from 0 to ``max_length`` - 3."""
     warmup: float = 0.1
     """Linear warm-up: a fraction of all steps when < 1, else a number of steps."""
     weight_decay: float = 0.01
@@ -54,7 +72,7 @@ class TrainConfig:
     clip: float = 1.0
     """Gradient norm clipping; 0 turns it off."""
     accumulation: int = 1
-    """Batches whose gradients are summed before one optimizer step."""
+    """Batches whose gradients are summed before one optimizer step (at least 1)."""
     seed: int = 42
     """Seeds the head's initialisation, dropout, the data order and the dev split."""
     scheme: str = "BIO"
@@ -63,33 +81,38 @@ class TrainConfig:
     """Label every subword, not just the first of each word."""
     patience: int | None = 3
     """Stop after this many epochs without a better dev F1; None never stops early. Only with a
-    dev set of at least MIN_DEV_SPANS entity spans."""
+    dev set of at least MIN_DEV_SPANS (20) entity spans."""
     head_prior: bool = True
     """Start a new head's bias at the log frequencies of the training labels (see label_prior)."""
     save: str = "best"
     """Which model the output folder keeps: "best" (by dev entity F1) or "last" epoch's. Without
-    a dev set of at least MIN_DEV_SPANS spans, the last epoch's either way."""
+    a dev set of at least MIN_DEV_SPANS (20) spans, the last epoch's either way."""
     dev_fraction: float | None = None
-    """Share of train held out (seeded) as dev when no dev file is given, for the dev curve, the
-    best epoch and early stopping; None trains on all of train, without a dev set."""
+    """Share of train (between 0 and 1, exclusive) held out as dev, chosen by ``seed``, for the
+    dev curve, the best epoch and early stopping; not with ``dev``. None trains on all of train,
+    without a dev set unless ``dev`` names one."""
     format: str | None = None
-    """Input format; None detects it from the file."""
+    """Format of the train and dev files: "conll", "jsonl", "keywords", "label-studio" or
+    "doccano"; None tells it from each file's name and content."""
     keyword_label: str = "KEY"
-    """Label of spans read from keyword lists."""
+    """Label of the spans that the "keywords" format marks (each occurrence of a keyword)."""
     bf16: str = "auto"
     """bf16 mixed precision: "auto" (on where the hardware multiplies bf16 natively and faster:
     CUDA with bf16 support, CPUs with AVX512-BF16 or AMX whose bf16 matrix products measure
     faster than fp32, see cpu_bf16_pays), "on" or "off" (fp32 throughout)."""
     device: str | None = None
-    """"cpu", "cuda", ...; None picks CUDA when available."""
+    """"cpu", "cuda", "cuda:1", ...; None picks CUDA when available."""
     overwrite: bool = False
     """Replace an earlier tagtune run (or an empty folder) in ``out``: the new run is trained beside
     it and swapped in once finished; a folder that is not a tagtune run is never replaced."""
     resume: bool = False
     """Continue the unfinished run for ``out`` from its last checkpoint: the replacement being
-    trained beside ``out`` when there is one, else the run in ``out``."""
+    trained beside ``out`` when there is one, else the run in ``out``. The run's saved settings
+    are used; one given with another value than the run's (and than the default) is an error,
+    except ``overwrite``, ``resume``, ``progress`` and ``device``."""
     progress: bool = True
-    """Show progress bars on stderr."""
+    """Say what the run does on stderr (the data, device, precision, each epoch's scores) with
+    progress bars; False leaves them out."""
     crf: bool = False
     """Put a linear-chain CRF on the classifier (tagtune.models.crf): learned start, transition and end
     scores where the scheme allows the step, trained with the sequence negative log-likelihood
@@ -97,13 +120,25 @@ class TrainConfig:
     scored by the CRF's marginals. Kept in crf.json beside the weights."""
 
     RUN_FIELDS = ("overwrite", "resume", "progress", "device")  # may differ when resuming
+    """The fields a resumed run takes as given rather than from the run's saved config."""
 
     def normalised(self) -> TrainConfig:
-        """The config as trained and saved: with a token budget (``max_tokens``), no window count."""
+        """The config as trained and saved: with a token budget (``max_tokens``), no window count.
+
+        Returns:
+            This config, or a copy with ``batch_size`` None when ``max_tokens`` is set.
+        """
         return replace(self, batch_size=None) if self.max_tokens is not None else self
 
     def check(self) -> None:
-        """Raise TagtuneError on an option out of range; changes nothing."""
+        """Check that every option is in range; changes nothing.
+
+        Raises:
+            TagtuneError: When one is not, with a message that names it: an unknown scheme,
+                bf16 or save value, epochs or accumulation below 1, a learning rate that is not
+                positive, a window, token budget, stride or dev fraction out of range, or both
+                ``dev`` and ``dev_fraction``.
+        """
         if self.scheme not in SCHEMES:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.save not in ("best", "last"):
@@ -127,4 +162,5 @@ class TrainConfig:
         windows_of(0, self.max_length, self.stride)  # checks the stride
 
     def settings(self) -> TaggerSettings:
+        """The settings the trained tagger keeps in tagtune.json: scheme, subwords, window and CRF."""
         return TaggerSettings(self.scheme, self.all_subwords, self.max_length, self.stride, self.crf)
