@@ -67,11 +67,11 @@ def cli_reference() -> str:
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in commands._choices_actions}
-    parts = ["## tagtune", "", parser.description or "", "", _usage(parser), "", _arguments(parser)]
+    parts = ["## tagtune", "", parser.description or "", "", _usage(parser), "", _arguments(parser), ""]
     for name, sub in commands.choices.items():
-        parts += [f"## tagtune {name}", "", _sentence(helps.get(name, "")), "", _usage(sub), "", _arguments(sub)]
+        parts += [f"## tagtune {name}", "", _sentence(helps.get(name, "")), "", _usage(sub), "", _arguments(sub), ""]
         if sub.epilog:
-            parts += ["", _fenced(sub.epilog.strip(), "text")]
+            parts += [_fenced(sub.epilog.strip(), "text"), ""]
     return "\n".join(parts) + "\n"
 
 

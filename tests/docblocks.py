@@ -155,11 +155,17 @@ def wait_for(url: str, server: subprocess.Popen, where: str, seconds: float = 30
 
 
 def json_values(text: str) -> list:
-    """Every JSON value printed one after the other (pretty-printed or one per line)."""
+    """Every JSON value printed one after the other (pretty-printed or one per line); lines of
+    plain text between them are passed over."""
     decoder, values, at = json.JSONDecoder(), [], 0
     while text[at:].strip():
         at += len(text[at:]) - len(text[at:].lstrip())
-        value, at = decoder.raw_decode(text, at)
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            newline = text.find("\n", at)
+            at = len(text) if newline < 0 else newline + 1
+            continue
         values.append(value)
     return values
 
