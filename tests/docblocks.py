@@ -47,6 +47,7 @@ DOCS = ROOT / "docs"
 RUN = ("sh", "python")
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 SETUP = re.compile(r"<!--\s*test-setup:([^>]*)-->")
+ACTIVATE = re.compile(r"^source \.venv/bin/activate[^\n]*\n", re.M)  # tagtune is on PATH already
 MARK = re.compile(r"<!--\s*(not run|background):\s*(.*?)\s*-->\s*$")
 
 
@@ -110,7 +111,7 @@ def run_page(page: Page, cwd: Path, hub_url: str, timeout: float = 900) -> list[
     results, servers = [], []
     try:
         for number, block in enumerate(page.runnable):
-            code = block.code.replace("8080", port)
+            code = ACTIVATE.sub("", block.code).replace("8080", port)
             where = f"{page.path.relative_to(ROOT)}:{block.line}"
             if block.language == "python":
                 script = cwd / f".block-{number}.py"
