@@ -413,6 +413,22 @@ def _read_conll(path: Path, text: str, labels: frozenset[str] | None) -> list[Ex
     return examples
 
 
+def tag_line(path: str | Path, line: int, label: str) -> int:
+    """The line of the first tag of entity type ``label`` in the CoNLL sentence of ``path`` that
+    starts at ``line`` (the line a CoNLL example's source names); ``line`` itself when there is
+    none there, as in a file of JSON records, whose examples name the line of their record.
+    Reads the file again: for a message, not for every span."""
+    lines = _read_text(Path(path)).split("\n")
+    for number in range(line, len(lines) + 1):
+        text = lines[number - 1]
+        if not looks_like_conll(text):
+            break
+        parsed = split_tag(conll_fields(text)[-1])
+        if parsed is not None and parsed[1] == label:
+            return number
+    return line
+
+
 def _conll_example(tokens: list[str], tags: list[tuple[str, str]], source: str) -> Example:
     starts = []
     offset = 0

@@ -17,6 +17,8 @@ huggingface_hub.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import itertools
 import json
 import os
 import re
@@ -48,7 +50,10 @@ def resolve(source: str | os.PathLike) -> Path:
     a Hub repo id ``org/name[@revision]`` in the HF cache, downloaded there first if needed.
 
     Anything else (a file, a path that does not exist) is a TagtuneError, as is every way a
-    download can fail; each message is one line that says what to do.
+    download can fail; each message is one line that says what to do. A name that is no folder
+    but could be a repo id is looked up as one, and its message speaks of both: where the folder
+    was looked for, a close folder name when there is one, and why the Hub cannot give it; a
+    name that cannot be a repo id never reaches the Hub.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -56,9 +61,40 @@ def resolve(source: str | os.PathLike) -> Path:
     if path.exists():
         raise TagtuneError(f"{source}: is a file; expected a model folder or a Hub repo id")
     parsed = parse_repo_id(str(source))
-    if parsed is None:
-        raise TagtuneError(f"{source}: no such folder")
+    if parsed is None:  # a path, never looked up on the Hub
+        raise TagtuneError(f"{source}: {_no_folder(str(source), close_folder(str(source)))}")
     return fetch(*parsed, source=str(source))
+
+
+def _no_folder(source: str, guess: str | None) -> str:
+    """``no such folder``, where a relative ``source`` was looked for, and ``guess``, the
+    folder it may have meant (see :func:`close_folder`)."""
+    where = "" if os.path.isabs(os.path.expanduser(source)) else f" in {Path.cwd()}"
+    return f"no such folder{where}" + (f"; did you mean {guess}?" if guess else "")
+
+
+def close_folder(source: str, cutoff: float = 0.75) -> str | None:
+    """The existing folder ``source`` may have meant: each of its parts that is no folder is
+    replaced by the closest folder name beside it (difflib), spelled as ``source`` is; None when
+    a part has no close name or nothing was replaced."""
+    parts, replaced = source.split("/"), False
+    for i, part in enumerate(parts):
+        if part in ("", ".", "..", "~"):
+            continue
+        parent = Path(os.path.expanduser("/".join(parts[:i]) or ("/" if source.startswith("/") else ".")))
+        if (parent / part).is_dir():
+            continue
+        try:
+            with os.scandir(parent) as entries:
+                names = [e.name for e in itertools.islice(entries, 10_000)
+                         if e.is_dir() and (part.startswith(".") or not e.name.startswith("."))]
+        except OSError:
+            return None
+        match = difflib.get_close_matches(part, names, n=1, cutoff=cutoff)
+        if not match:
+            return None
+        parts[i], replaced = match[0], True
+    return "/".join(parts) if replaced else None
 
 
 def parse_repo_id(text: str) -> tuple[str, str] | None:
@@ -307,8 +343,9 @@ def _hub_errors(where: _Where):
     except errors.GatedRepoError as e:
         raise TagtuneError(_gated(where, _status(e))) from None
     except errors.RepositoryNotFoundError:
-        raise TagtuneError(f"{where.source}: no such folder, and no model {where.repo} on the Hub at "
-                           f"{where.endpoint} (if it is private or gated, {_LOGIN})") from None
+        local = _no_folder(where.source, close_folder(where.source))
+        raise TagtuneError(f"{where.source}: {local}, and no model {where.repo} on the Hub at {where.endpoint} "
+                           f"(if it is private or gated, {_LOGIN})") from None
     except errors.RevisionNotFoundError:
         raise TagtuneError(f"{where.source}: {where.repo} has no revision {where.revision!r} on the Hub at "
                            f"{where.endpoint} (a branch, tag or commit id)") from None
@@ -342,11 +379,21 @@ def _http_error(where: _Where, error) -> str:
 
 
 def _not_cached_offline(source: str, cache: Path) -> str:
-    return (f"{source}: not in the Hugging Face cache at {cache}, and HF_HUB_OFFLINE is set so it cannot be "
-            "downloaded; unset HF_HUB_OFFLINE to fetch it from the Hub")
+    return _neither(source, f"not in the Hugging Face cache at {cache}, and HF_HUB_OFFLINE is set so it cannot be "
+                            "downloaded", "unset HF_HUB_OFFLINE to fetch it from the Hub")
 
 
 def _unreachable(where: _Where, error: BaseException) -> str:
-    return (f"{where.source}: cannot reach the Hub at {where.endpoint} ({_first_line(error)}) and "
-            f"{where.label} is not in the cache at {where.cache}; connect, or set HF_HUB_OFFLINE=1 "
-            "once it is cached")
+    return _neither(where.source, f"not in the Hugging Face cache at {where.cache}, and the Hub at {where.endpoint} "
+                                  f"cannot be reached ({_first_line(error)})",
+                    "connect, or set HF_HUB_OFFLINE=1 once it is cached")
+
+
+def _neither(source: str, why: str, advice: str) -> str:
+    """The message for a name that is no folder here and, as a Hub id, a model that cannot be
+    had (``why``; ``advice`` says what to do). The folder side comes first where the name looks
+    meant as a folder: a folder of a close name exists, or its first part is a folder here."""
+    guess = close_folder(source)
+    if guess or ("/" in source and Path(source.split("/")[0]).is_dir()):
+        return f"{source}: {_no_folder(source, guess)}{' As' if guess else '; as'} a Hub id it is {why}"
+    return f"{source}: {why}; {advice} (nor is it a folder in {Path.cwd()})"

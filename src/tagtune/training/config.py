@@ -37,7 +37,9 @@ class TrainConfig:
     """
 
     model: str
-    """Base checkpoint: a folder, or a Hub repo id org/name[@revision] (downloaded when not cached)."""
+    """Base checkpoint: a folder, or a Hub repo id org/name[@revision] (downloaded when not cached).
+    A trained tagger continues from its weights, and from its head when this run's tags are its
+    tags (else a new head is trained on its encoder)."""
     train: str
     """Annotated training file (CoNLL, JSONL spans or keywords, Label Studio, Doccano; see ``format``)."""
     out: str
@@ -86,7 +88,8 @@ class TrainConfig:
     """Start a new head's bias at the log frequencies of the training labels (see label_prior)."""
     save: str = "best"
     """Which model the output folder keeps: "best" (by dev entity F1) or "last" epoch's. Without
-    a dev set of at least MIN_DEV_SPANS (20) spans, the last epoch's either way."""
+    a dev set of at least MIN_DEV_SPANS (20) spans, the last epoch's either way ("last" also
+    silences the warning that the dev set is too small to choose by)."""
     dev_fraction: float | None = None
     """Share of train (between 0 and 1, exclusive) held out as dev, chosen by ``seed``, for the
     dev curve, the best epoch and early stopping; not with ``dev``. None trains on all of train,

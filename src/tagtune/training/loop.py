@@ -49,6 +49,7 @@ import math
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,8 @@ import torch.nn.functional as F
 
 from tagtune.data.align import IGNORE, AlignStats, token_labels, windows_of, with_specials
 from tagtune.data.batching import batch_indices, fill_batch, pack
-from tagtune.data.formats import read_examples, split_dev
-from tagtune.data.schemes import tag_names
+from tagtune.data.formats import read_examples, split_dev, tag_line
+from tagtune.data.schemes import OUTSIDE, entity_type, guess_scheme, tag_names
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write, write_error
@@ -66,11 +67,12 @@ from tagtune.inference.evaluate import evaluate_examples
 from tagtune.inference.load import check_vocab
 from tagtune.inference.tagger import Tagger
 from tagtune.models.checkpoint import load_model, write_model_files
+from tagtune.models.config import read_config
 from tagtune.models.crf import ChainCRF
 from tagtune.models.precision import describe, use_bf16
 from tagtune.progress import Progress, duration
 from tagtune.spans import Example
-from tagtune.store.layout import TaggerSettings, crf_files, settings_files
+from tagtune.store.layout import SETTINGS_FILE, TaggerSettings, crf_files, settings_files
 from tagtune.text.tokenizer import load_tokenizer
 from tagtune.training.config import CHECKPOINT, MIN_DEV_SPANS, TrainConfig
 from tagtune.training.optim import AdamW, LinearSchedule
@@ -115,9 +117,64 @@ def dev_too_small(config: TrainConfig, dev: list[Example]) -> str | None:
     if not dev or spans >= MIN_DEV_SPANS:
         return None
     name = config.dev or "the held-out dev set"
-    return (f"{name}: only {spans} entity span{'s' if spans != 1 else ''} in {len(dev)} texts (fewer than "
-            f"{MIN_DEV_SPANS}), too few to compare epochs by; its F1 is reported, but all {config.epochs} epochs "
-            "run and the last epoch's model is kept")
+    why = ("each span moves its F1 by several points" if config.epochs == 1 else
+           f"they cannot tell the best epoch from noise, so all {config.epochs} epochs run and the last one's "
+           "model is kept")
+    return (f"{name}: only {plural(spans, 'entity span')} in {plural(len(dev), 'text')}, fewer than "
+            f"{MIN_DEV_SPANS}: its scores are printed each epoch, but with so few {why}")
+
+
+def small_dev_warning(config: TrainConfig, note: str) -> str | None:
+    """The warning for a dev set too small to choose by (``note``, see dev_too_small), or None
+    where it changes nothing the user asked for: ``--save last`` keeps the last epoch anyway."""
+    if config.save == "last":
+        return None
+    return f"{note} (add dev data, or pass --save last to keep the last epoch without this warning)"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 span``, ``2 spans``."""
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+TYPO_RARE, TYPO_COMMON = 2, 10
+"""A label with at most TYPO_RARE spans one edit away from a label with at least TYPO_COMMON
+is warned about as a likely typo (see label_typos)."""
+
+
+def label_typos(examples: list[Example]) -> list[str]:
+    """A warning for each entity label seen at most TYPO_RARE times that is one edit (or only
+    case) away from a label seen at least TYPO_COMMON times: most likely a typo, which would be
+    learned as a label of its own. It names the file and line of the label's first span (for
+    CoNLL the line of its tag)."""
+    counts = Counter(span.label for ex in examples for span in ex.spans)
+    common = [label for label, n in counts.most_common() if n >= TYPO_COMMON]
+    found = []
+    for label, n in sorted(counts.items()):
+        near = [c for c in common if c != label and (c.lower() == label.lower() or one_edit(c, label))]
+        if n > TYPO_RARE or not near:
+            continue
+        first = min((ex for ex in examples if any(span.label == label for span in ex.spans)), key=_line)
+        path, _, line = first.source.rpartition(":")
+        where = f"{path}:{tag_line(path, int(line), label)}" if line.isdigit() else first.source
+        found.append(f"{where}: label {label} appears {'once' if n == 1 else 'twice'}; did you mean {near[0]} "
+                     f"({counts[near[0]]} times)? It becomes a label of its own")
+    return found
+
+
+def _line(example: Example) -> int:
+    line = example.source.rpartition(":")[2]
+    return int(line) if line.isdigit() else 0
+
+
+def one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one insertion, deletion or substitution apart (Levenshtein 1)."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    return a[i + (len(a) == len(b)):] == b[i + 1:]
 
 
 def label_set(config: TrainConfig, train: list[Example], dev: list[Example]) -> list[str]:
@@ -293,6 +350,9 @@ class Run:
     crf: ChainCRF | None = None
     """The CRF on the classifier (``--crf``), outside the model so that its weights stay a plain
     token classifier's."""
+    start: str | None = None
+    """Where the weights start, when not from a base checkpoint: a trained tagger, or the
+    checkpoint of the run resumed (see tagger_start, resumed_from)."""
     unsaved: bool = False
     """The last epoch is trained but not checkpointed: the final save follows (see finish)."""
     tagger: Tagger | None = None
@@ -346,20 +406,24 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     config = run_config(config, group, folder)
     train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
     labels = label_set(config, train_examples, dev_examples)
+    if group.main:  # the dev texts held out of the training file count with it
+        for typo in label_typos(train_examples + (dev_examples if config.dev_fraction is not None else [])):
+            warnings.warn(typo, stacklevel=3)
     small_dev = dev_too_small(config, dev_examples)
     choose = bool(dev_examples) and small_dev is None
     keeps_best = choose and config.save == "best"
     device = device_for(group, config.device)
     settings = config.settings()
 
-    model, tokenizer, new_head = load_base_model(config, labels, device)
+    model, tokenizer, new_head, start = load_base_model(config, labels, device)
     sequences, seq_labels, stats, edges = training_windows(train_examples, tokenizer, model.config.label2id, settings)
     if stats.message() and group.main:
         warnings.warn(f"{config.train}: {stats.message()}", stacklevel=3)
     if not sequences:
         raise TagtuneError(f"{config.train}: no text with any token to train on")
-    if small_dev and group.main:
-        warnings.warn(small_dev, stacklevel=3)
+    warning = small_dev and small_dev_warning(config, small_dev)
+    if warning and group.main:
+        warnings.warn(warning, stacklevel=3)
     if not config.resume:  # data and model are good: check the place, then make the folder
         group.on_main(check_room, config, model, keeps_best)
         folder.work = Path(group.on_main(folder.make, config))
@@ -378,13 +442,15 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     schedule = make_schedule(optimizer, config, total_steps)
     mode = group.on_main(precision, config, device)  # measured on one process, the same for all
     state = start_state(config, group, folder, model, optimizer, schedule, device, crf)
+    if config.resume:
+        start = resumed_from(folder.name, state, config.epochs)
     run = Run(config=config, group=group, folder=folder, device=device, model=model, tokenizer=tokenizer,
               settings=settings, labels=labels, train_examples=train_examples, dev_examples=dev_examples,
               data_line=describe_data(config, train_examples, dev_examples), small_dev=small_dev,
               choose=choose, keeps_best=keeps_best, sequences=sequences, seq_labels=seq_labels, lengths=lengths,
               labelled=labelled, edges=edges, batch_size=batch_size, max_tokens=max_tokens,
               batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state,
-              crf=crf)
+              crf=crf, start=start)
     if group.main:
         atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
         run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
@@ -413,15 +479,67 @@ def run_config(config: TrainConfig, group: Group, folder: RunFolder) -> TrainCon
 
 
 def load_base_model(config: TrainConfig, labels: list[str], device: torch.device):
-    """(model, tokenizer, new_head): the base model with a head for ``labels``, on ``device``,
-    and its tokenizer; ``new_head`` when the head was made here rather than loaded."""
+    """(model, tokenizer, new_head, start): the base model with a head for ``labels``, on
+    ``device``, and its tokenizer; ``new_head`` when the head was made here rather than loaded;
+    ``start`` a line on the trained tagger it is, or None (see tagger_start)."""
     torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
     model, report = load_model(config.model, labels=labels, train_on=device)
     model.config.check_window(config.max_length, "--max-length")
     tokenizer = load_tokenizer(report.directory)
     check_vocab(tokenizer, model.config, report.directory)
     model.to(device)
-    return model, tokenizer, report.new_head
+    start = None if config.resume else tagger_start(config, report.directory, labels, report.new_head)
+    return model, tokenizer, report.new_head, start
+
+
+def tagger_start(config: TrainConfig, directory: Path, labels: list[str], new_head: bool) -> str | None:
+    """When --model is a trained tagger (it has tagtune.json): that training continues from its
+    weights, with its head when this run's tags are its tags, else with a new head; and how to
+    start from its base model instead. None for any other checkpoint."""
+    if not (directory / SETTINGS_FILE).is_file():
+        return None
+    own = read_config(directory).labels
+    own_types, types = entity_types(own), entity_types(labels)
+    start = f"{config.model} is a trained tagger ({listing(own_types)}): training continues from"
+    if not new_head:
+        start += " its weights and head"
+    else:
+        added, lacking = [t for t in types if t not in own_types], [t for t in own_types if t not in types]
+        why = "; ".join([*([f"this data has labels it lacks: {listing(added)}"] if added else []),
+                         *([f"it has labels this data lacks: {listing(lacking)}"] if lacking else [])])
+        why = why or f"its tags are {guess_scheme(own)}, this run's {config.scheme}"
+        start += f" its encoder's weights with a new head, as its head does not fit ({why})"
+    base = base_model_of(directory)
+    return start + (f"; to start fresh from its base model instead, pass --model {base}" if base else
+                    "; to start fresh, pass its base model as --model (it is not recorded in the tagger)")
+
+
+def listing(names: list[str], limit: int = 8) -> str:
+    """``a, b, c``; past ``limit`` names, the first of them and how many more."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "none"
+
+
+def entity_types(tags: list[str]) -> list[str]:
+    """The entity types of ``tags`` (``B-PER``, ``I-PER`` -> ``PER``), in order of first appearance."""
+    return list(dict.fromkeys(entity_type(tag) for tag in tags if tag != OUTSIDE))
+
+
+def base_model_of(directory: Path) -> str | None:
+    """The --model a tagger folder was trained from, as its train_config.json records it."""
+    try:
+        return json.loads((directory / "train_config.json").read_text(encoding="utf-8")).get("model") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def resumed_from(name: str, state: dict, epochs: int) -> str:
+    """Where a resumed run starts: at the end of its checkpoint's epoch, or at the start."""
+    done = state["epoch"]
+    if not done:
+        return f"resuming {name} from the start of epoch 1 of {epochs}"
+    then = "; the final save follows" if state["stopped"] or done == epochs else ""
+    return f"resuming {name} from the end of epoch {done} of {epochs} (step {state['step']}){then}"
 
 
 def batch_plan(config: TrainConfig, lengths: list[int]) -> tuple[int | None, int | None, int]:
@@ -464,6 +582,8 @@ def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, opt
 def describe_run(run: Run) -> None:
     """Say what is trained on, and how: windows, tags, epochs, batches, device, precision."""
     config, epochs, batches = run.config, run.config.epochs, run.batches_per_epoch
+    if run.start:
+        run.say(f"tagtune: {run.start}")
     run.say(f"tagtune: {run.data_line}")
     run.say(f"tagtune: {len(run.sequences)} windows, {len(run.labels)} tags"
             + (" with a CRF" if config.crf else "") + f", {epochs} epoch{'s' * (epochs > 1)} x "
