@@ -2,7 +2,8 @@
 continued from OUT, a text's later answer winning, two pages never holding one text, bad requests
 and bad files refused; then the page in a real headless chromium, marking spans with the mouse in
 an English tweet and in Japanese after emoji (code points, not UTF-16 units), keys, a tagger's
-suggestions, a kill and restart, and `tagtune train` on the answers. Screenshots go to
+suggestions, its beats, a kill and restart, a save over another page's answer it has not seen
+refused until made again, and `tagtune train` on the answers. Screenshots go to
 test-artifacts/."""
 
 import json
@@ -19,7 +20,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from tagtune.apps.annotate import HOLD_SECONDS, MAX_KEYS, Annotator, Text, rank, suggest  # noqa: E402
+from tagtune.apps.annotate import BEAT_SECONDS, MAX_KEYS, Annotator, Conflict, Text, rank, suggest  # noqa: E402
 from tagtune.data.formats import read_examples  # noqa: E402
 from tagtune import Span  # noqa: E402
 from test_serve import serving  # noqa: E402
@@ -206,6 +207,9 @@ BAD_REQUESTS = [
     ({"index": 0, "spans": [{"start": 0, "end": 3, "label": "PER"},
                                            {"start": 2, "end": 4, "label": "LOC"}]}, 422, "spans overlap"),
     ({"index": 0, "spans": [{"start": 0, "end": 3, "label": "PER"}] * 2}, 422, "spans overlap"),
+    ({"index": 0, "spans": [], "version": -1}, 422, '"version" must be an integer from 0, got the number -1'),
+    ({"index": 0, "spans": [], "version": "0"}, 422, '"version" must be an integer'),
+    ({"index": 0, "spans": [], "version": 7}, 409, 'answered in another page since this page showed it'),
 ]
 
 
@@ -231,6 +235,11 @@ def test_pages_name_themselves(crowd):
             assert response.status_code == 422 and "error" in response.json(), response.text
         assert c.post("/api/let-go", content=b'{"client"', headers={"Content-Type": "application/json"}).status_code \
             == 400
+        for body, status in (({"index": 0}, 422), ({"client": "x", "index": "0"}, 422), ({"client": "x", "index": 99},
+                             404), ({"client": "x", "index": 0, "spans": []}, 422)):
+            response = c.post("/api/beat", json=body)
+            assert response.status_code == status and "error" in response.json(), response.text
+        assert c.post("/api/beat", json={"client": "x", "index": None}).json() == {"elsewhere": False}
         assert (c.get("/nowhere").status_code, c.get("/nowhere").json()) == (404, {"error": "Not Found"})
         assert (c.get("/api/next").status_code, c.get("/api/next").json()) == (405, {"error": "Method Not Allowed"})
     assert out.read_bytes() == before
@@ -289,11 +298,11 @@ def test_more_than_nine_labels_and_the_first_nine_get_keys():
     assert [x["label"] for x in info["labels"]] == labels
 
 
-def test_a_held_text_is_free_again_when_let_go_or_held_too_long():
+def test_a_held_text_is_free_again_when_let_go_or_its_page_is_silent():
     now = [0.0]
     answers = []
     annotator = Annotator([Text(i, i + 1, f"text {i}", i + 1) for i in range(3)], ["A"], answers,
-                          clock=lambda: now[0])
+                          clock=lambda: now[0], beat=1.0, release=3.0)
     assert annotator.next("a")["item"]["index"] == 0
     assert annotator.next("b")["item"]["index"] == 1
     assert annotator.next("a")["item"]["index"] == 0  # asking again lets its earlier text go first
@@ -301,12 +310,41 @@ def test_a_held_text_is_free_again_when_let_go_or_held_too_long():
     assert annotator.next("c")["item"]["index"] == 1
     assert annotator.next("d")["item"]["index"] == 2
     assert annotator.next("e") == {"item": None, "progress": annotator.progress(), "held": 3}
-    now[0] = HOLD_SECONDS + 1
-    assert annotator.next("e")["item"]["index"] == 0
-    annotator.answer(0, [Span(0, 4, "A")])  # a late answer of a text held by another page is kept
-    assert answers == [{"id": 1, "text": "text 0", "spans": [{"start": 0, "end": 4, "label": "A", "text": "text"}]}]
-    assert annotator.next("f")["item"]["index"] == 1
-    assert annotator.progress() == {"total": 3, "done": 1, "skipped": 0, "left": 2, "spans": {"A": 1}}
+    # a and c beat; d is not heard from for longer than the release time: its text goes to e
+    now[0] = 2.5
+    assert annotator.beat("a", 0) == annotator.beat("c", 1) == {"elsewhere": False}
+    now[0] = 3.0
+    assert annotator.next("e")["item"] is None  # d silent 3 s: not yet
+    now[0] = 3.1
+    assert annotator.next("e")["item"]["index"] == 2
+    # d comes back: its text stays with e, and d is told
+    assert annotator.beat("d", 2) == {"elsewhere": True}
+    assert (annotator.holder, annotator.held) == ({0: "a", 1: "c", 2: "e"}, {"a": 0, "c": 1, "e": 2})
+    # every page silent: a beat gives a page its text back when no other page took it meanwhile
+    now[0] = 20.0
+    assert annotator.beat("a", 0) == {"elsewhere": False}
+    annotator.let_go("c")
+    assert annotator.beat("c", 1) == {"elsewhere": False}  # back from the back-forward cache after pagehide
+    assert annotator.next("f")["item"]["index"] == 2  # e's, silent
+    assert annotator.beat("e", 2) == {"elsewhere": True}
+    assert annotator.beat("e", 1) == {"elsewhere": True}  # another page's text is not taken by naming it
+    assert annotator.held == {"a": 0, "c": 1, "f": 2}
+    # a late answer of a text another page holds is kept, and that page's hold ends
+    shown = annotator.item(2)
+    assert shown["version"] == 0
+    annotator.answer(2, [Span(0, 4, "A")], version=shown["version"])
+    assert answers == [{"id": 3, "text": "text 2", "spans": [{"start": 0, "end": 4, "label": "A", "text": "text"}]}]
+    assert annotator.held == {"a": 0, "c": 1} and annotator.item(2)["version"] == 1
+    # f's answer, given with the version it was shown, does not replace it: nothing is written
+    with pytest.raises(Conflict) as refused:
+        annotator.answer(2, None, version=0)
+    assert (refused.value.status, refused.value.version) == (409, 1) and len(answers) == 1
+    assert '"version": 1' in refused.value.message
+    annotator.answer(2, None, version=1)  # named as the answer it replaces: written
+    assert answers[-1] == {"id": 3, "text": "text 2", "skipped": True}
+    assert annotator.beat("f", 2) == {"elsewhere": False} and "f" not in annotator.held  # answered: not taken back
+    assert annotator.next("g")["item"] is None
+    assert annotator.progress() == {"total": 3, "done": 0, "skipped": 1, "left": 2, "spans": {"A": 0}}
 
 
 def test_texts_come_most_uncertain_first(suggesting_tagger):
@@ -442,6 +480,13 @@ def test_label_in_the_browser_then_train(tmp_path, tweet, suggesting_tagger, cli
                 url, process):
             page.goto(url + "/")
             page.wait_for_selector("#text:not(:empty)")
+            # while open, the page beats with its text, carrying what its other requests carry
+            with page.expect_request(lambda r: r.url.endswith("/api/beat"), timeout=3_000 * BEAT_SECONDS) as sent:
+                pass
+            beat = sent.value
+            assert beat.post_data_json["index"] == 0 and len(beat.post_data_json["client"]) == 24
+            assert beat.headers["content-type"] == "application/json" and beat.headers["x-tagtune-token"]
+            assert beat.response().json() == {"elsewhere": False}
             assert page.eval_on_selector_all("#labels .label", "bs => bs.map(b => b.textContent)") == \
                 ["1person0", "2place0"]
             # the tweet: a person marked with the mouse (the first label is chosen); an extra span undone
@@ -532,10 +577,14 @@ def test_label_in_the_browser_then_train(tmp_path, tweet, suggesting_tagger, cli
             press(page, "2")
             drag(page, "東京")
             page.wait_for_selector("#text mark")
-            press(page, "Enter", wait_for_new_text=True)
-            assert lines(out)[-1]["spans"] == [{"start": 6, "end": 8, "label": "place", "text": "東京"}]
-            with page_client(url) as c:
+            with page_client(url) as c:  # another page answers it meanwhile
+                assert c.post("/api/answer", json={"index": 1, "skip": True}).status_code == 200
                 command = c.get("/api/info").json()["train_command"]
+            press(page, "Enter")  # not over an answer the page has not seen
+            page.wait_for_function("document.getElementById('message').textContent.startsWith('Not saved')")
+            assert lines(out)[-1] == {"id": "ja", "text": JAPANESE, "skipped": True}
+            press(page, "Enter", wait_for_new_text=True)  # again: now it replaces that answer
+            assert lines(out)[-1]["spans"] == [{"start": 6, "end": 8, "label": "place", "text": "東京"}]
             assert page.text_content("#command") == command
         browser.close()
 

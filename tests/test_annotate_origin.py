@@ -1,8 +1,10 @@
 """`tagtune annotate` answers its own page only: requests forged by another site (no token, a
 wrong one, a body that is not application/json, `Origin: null` or another site's, a `Host` that a
 rebound name sends) get 403 with a JSON error, and OUT and the texts held for pages stay as they
-were, byte for byte; one page holds one text however often it asks; SIGTERM leaves OUT as Ctrl-C
-does; a torn last line of OUT says how to go on."""
+were, byte for byte; one page holds one text however often it asks; a page that stops beating
+(a browser stopped, in chromium too) loses its text to the next page within seconds, and its late
+answer never replaces another page's unseen; SIGTERM leaves OUT as Ctrl-C does; a torn last line
+of OUT says how to go on."""
 
 import json
 import re
@@ -20,7 +22,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from tagtune.apps.annotate import TOKEN_HEADER, AnswerFile, Annotator, Guard, create_app, read_out, read_texts  # noqa: E402
 from tagtune.apps.serve import bind  # noqa: E402
-from test_annotate import annotating, lines, one_line_error, page_client  # noqa: E402
+from test_annotate import annotating, lines, one_line_error, page_client, shown  # noqa: E402
 from test_serve import serving  # noqa: E402
 
 LABELS = ["PER", "ORG"]
@@ -30,16 +32,16 @@ EARLIER = {"id": 1, "text": TEXTS[0], "spans": [{"start": 8, "end": 11, "label":
 
 class Site:
     """An annotate server in this process (uvicorn on a real socket), so that a test can look at
-    the texts its pages hold."""
+    the texts its pages hold; ``timing`` (beat, release) goes to the Annotator."""
 
-    def __init__(self, folder: Path, host: str):
-        (folder / "texts.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    def __init__(self, folder: Path, host: str, texts: list[str] = TEXTS, **timing):
+        (folder / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
         self.out = folder / "answers.jsonl"
         self.out.write_text(json.dumps(EARLIER) + "\n", encoding="utf-8")
         texts, _ = read_texts(folder / "texts.txt")
         self.file = AnswerFile(self.out)
         latest, answered, _ = read_out(self.out, texts, LABELS)
-        self.annotator = Annotator(texts, LABELS, self.file, latest, answered)
+        self.annotator = Annotator(texts, LABELS, self.file, latest, answered, **timing)
         sock = bind(host, 0)
         self.port = sock.getsockname()[1]
         self.guard = Guard(sock.getsockname(), host)
@@ -54,9 +56,10 @@ class Site:
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def state(self):
-        """OUT's bytes and which page holds which text (and until when)."""
+        """OUT's bytes, which page holds which text, and when each was last heard from."""
         with self.annotator.lock:
-            return self.out.read_bytes(), dict(self.annotator.holder), dict(self.annotator.held)
+            return (self.out.read_bytes(), dict(self.annotator.holder), dict(self.annotator.held),
+                    dict(self.annotator.heard))
 
     def close(self):
         self.http.close()
@@ -116,8 +119,9 @@ def forgeries(port):
     skip = json.dumps({"index": 2, "skip": True}).encode()
     release = json.dumps({"client": "own-page"}).encode()
     items = []
+    beat = json.dumps({"client": "evil", "index": 2}).encode()
     for path, body in (("/api/answer", skip), ("/api/next", json.dumps({"client": "evil"}).encode()),
-                       ("/api/let-go", release)):
+                       ("/api/let-go", release), ("/api/beat", beat)):
         json_type = {"Content-Type": "application/json"}
         items += [
             ("no token", "POST", path, json_type, body),
@@ -173,13 +177,13 @@ def test_forged_requests_are_403_and_change_nothing(site, number):
 
 
 def test_one_page_asking_300_times_holds_one_text(site):
-    before_out, holder, held = site.state()
+    before_out, holder, held, _ = site.state()
     answers = [site.http.post("/api/next", json={"client": "greedy"}, headers=own(site)) for _ in range(300)]
     assert {r.status_code for r in answers} == {200}
-    out, holder_after, held_after = site.state()
+    out, holder_after, held_after, _ = site.state()
     assert out == before_out
     assert {c: i for c, i in held_after.items() if c != "greedy"} == {c: i for c, i in held.items() if c != "greedy"}
-    assert sum(client == "greedy" for client, _ in holder_after.values()) == 1
+    assert sum(client == "greedy" for client in holder_after.values()) == 1
     # another page still gets a text, one neither of them holds
     other = site.http.post("/api/next", json={"client": "latecomer"}, headers=own(site)).json()["item"]
     assert other is not None and other["index"] not in held_after.values()
@@ -196,6 +200,126 @@ def test_a_release_from_the_page_frees_its_text(site):
     assert site.state()[2]["leaving"] == index
     assert site.http.post("/api/let-go", json={"client": "leaving"}, headers=own(site)).status_code == 200
     assert "leaving" not in site.state()[2] and index not in site.state()[1]
+
+
+class Beating:
+    """A thread that beats, as an open page does, for each page in ``pages`` (client -> index)."""
+
+    def __init__(self, site, every: float):
+        self.pages: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.http = httpx.Client(base_url=site.url, timeout=60, headers=own(site))
+
+        def run():
+            while not self.stop.wait(every):
+                for client, index in list(self.pages.items()):
+                    assert self.http.post("/api/beat", json={"client": client, "index": index}).status_code == 200
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=30)
+        self.http.close()
+
+
+def test_a_silent_page_loses_its_text_within_seconds_and_its_late_answer_replaces_none(tmp_path):
+    release = 1.0
+    site = Site(tmp_path, "127.0.0.1", beat=0.25, release=release)
+    beating = Beating(site, 0.25)
+    post = lambda path, body: site.http.post(path, json=body, headers=own(site))  # noqa: E731
+    try:
+        info = site.http.get("/api/info", headers={TOKEN_HEADER: site.guard.token}).json()
+        assert (info["beat_seconds"], info["release_seconds"]) == (0.25, release)
+        for index in range(3, 8):  # answered already: texts 1 and 2 are the last
+            assert post("/api/answer", {"index": index, "skip": True}).status_code == 200
+        start = time.monotonic()
+        crashed = post("/api/next", {"client": "crashed"}).json()["item"]
+        assert crashed["index"] == 1 and crashed["version"] == 0
+        assert post("/api/next", {"client": "open"}).json()["item"]["index"] == 2
+        beating.pages["open"] = 2
+        assert post("/api/next", {"client": "late"}).json()["held"] == 2
+        # "crashed" sends nothing more: its text goes to the next page that asks, after the release time
+        while (item := post("/api/next", {"client": "late"}).json()["item"]) is None:
+            assert time.monotonic() - start < release + 10, "the silent page's text was never let go"
+            time.sleep(0.05)
+        assert item["index"] == 1 and time.monotonic() - start > release
+        beating.pages["late"] = 1
+        assert site.state()[2] == {"open": 2, "late": 1}  # the page that kept beating keeps its text
+        # the crashed page comes back: told its text is elsewhere; its answer is still an answer
+        assert post("/api/beat", {"client": "crashed", "index": 1}).json() == {"elsewhere": True}
+        assert site.state()[2] == {"open": 2, "late": 1}
+        answer = {"index": 1, "spans": [{"start": 8, "end": 11, "label": "PER"}]}
+        assert post("/api/answer", {**answer, "version": crashed["version"]}).status_code == 200
+        assert lines(site.out)[-1]["spans"] == [{"start": 8, "end": 11, "label": "PER", "text": "Ann"}]
+        # and the page that got the text meanwhile does not write over it unseen
+        before = site.out.read_bytes()
+        refused = post("/api/answer", {"index": 1, "skip": True, "version": item["version"]})
+        assert refused.status_code == 409 and refused.json()["version"] == 1, refused.text
+        assert "answered in another page" in refused.json()["error"]
+        assert site.out.read_bytes() == before
+        assert post("/api/answer", {"index": 1, "skip": True, "version": 1}).status_code == 200
+        assert lines(site.out)[-1] == {"id": 2, "text": TEXTS[1], "skipped": True}
+        # a page silent for longer than the release time, whose text nobody took, has it still
+        del beating.pages["open"]
+        time.sleep(release + 0.2)
+        assert post("/api/beat", {"client": "open", "index": 2}).json() == {"elsewhere": False}
+        waiting = post("/api/next", {"client": "other"}).json()
+        assert (waiting["item"], waiting["held"]) == (None, 1)
+        # let go on pagehide, then back from the back-forward cache: its beat takes the text again
+        assert post("/api/let-go", {"client": "open"}).status_code == 200
+        assert 2 not in site.state()[1]
+        assert post("/api/beat", {"client": "open", "index": 2}).json() == {"elsewhere": False}
+        assert site.state()[1] == {2: "open"}
+    finally:
+        beating.close()
+        site.close()
+
+
+def test_a_stopped_browser_tab_lets_its_text_go_to_a_waiting_tab(tmp_path):
+    from helpers import chromium
+    from test_annotate import ARGS
+
+    executable = chromium()  # skips, or fails under CI, where there is none
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    from playwright.sync_api import sync_playwright
+
+    texts, beat, release = ["Ann met Bob", "Acme hired Ann"], 0.3, 1.5
+    site = Site(tmp_path, "127.0.0.1", texts=texts, beat=beat, release=release)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, args=ARGS)
+            tabs = []
+            for _ in range(3):
+                tab = browser.new_page()
+                tab.goto(site.url + "/")
+                tab.wait_for_selector("#text:not(:empty)")
+                tabs.append(tab)
+            first, second, third = tabs
+            assert sorted([shown(first), shown(second)]) == sorted(texts)
+            assert shown(third) == ("No text left for this page: the last 2 are held by 2 other open pages; a page "
+                                    "that closes lets its text go within 1.5 s, to this page.")
+            # the first tab stops, as under a closed laptop lid: its script paused, no pagehide, no beat
+            lost, start = shown(first), time.monotonic()
+            cdp = first.context.new_cdp_session(first)
+            cdp.send("Debugger.enable")
+            cdp.send("Debugger.pause")
+            third.wait_for_function("t => document.getElementById('text').textContent === t", arg=lost,
+                                    timeout=15_000)
+            assert time.monotonic() - start > release - beat  # let go for its silence, not by a pagehide
+            assert shown(second) != lost and len(site.state()[2]) == 2  # the beating tab kept its text
+            # the first tab wakes: its next beat tells it that its text is elsewhere
+            cdp.send("Debugger.resume")
+            first.wait_for_function("document.getElementById('message').textContent.includes('another page')",
+                                    timeout=15_000)
+            assert first.text_content("#message") == (
+                "This page was not heard from for over 1.5 s and its text went to another page: Enter still saves "
+                "this page's answer; reload the page for a text of its own.")
+            assert len(site.state()[2]) == 2
+            browser.close()
+    finally:
+        site.close()
 
 
 def test_listening_on_every_address_any_host_needs_the_token(tmp_path):

@@ -15,10 +15,19 @@ again after every unanswered one.
 
 Texts are handed out under a lock, one to each page (``client``, a random id each page load makes)
 that asks: two tabs never hold the same text at once, and a page holds one text at most, since
-asking for the next lets the earlier one go. A text held by a page is free again when that page
-asks for its next text, goes away (it sends ``/api/let-go`` on ``pagehide``, a ``fetch`` with
-``keepalive``, which unlike ``sendBeacon`` carries the token header as every other request does),
-or has held it ``HOLD_SECONDS``. Answers are written one at a time under the same lock.
+asking for the next lets the earlier one go. An open page says so every ``BEAT_SECONDS``
+(``/api/beat``). A text held by a page is free again when that page asks for its next text, goes
+away (it sends ``/api/let-go`` on ``pagehide``, a ``fetch`` with ``keepalive``, which unlike
+``sendBeacon`` carries the token header as every other request does), or has not been heard from
+for ``RELEASE_SECONDS`` (a crashed browser, a killed process, a closed laptop lid: no
+``pagehide``). A page heard from again gets its text back if no other page took it meanwhile (a
+browser wakes a tab long in the background less often; a page restored from the back-forward
+cache after its ``pagehide``). Answers are written one at a time under the same lock.
+
+An answer is saved whether or not its page still holds the text (a page may go back to earlier
+texts, or come back after its text went to another page), but never over an answer it has not
+seen: each text shown carries its ``version`` (the answers it got since the start), and an answer
+that names an older one than the text has is refused (409, with the version to name to replace it).
 
 Only the server's own page is answered (:class:`Guard`); anything else gets 403 with a JSON error
 before the request is read, so it writes nothing and holds nothing:
@@ -54,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import secrets
 import shlex
@@ -78,8 +88,10 @@ from tagtune.spans import Span
 
 MAX_KEYS = 9
 """Labels 1 to 9 get a key; any further ones are chosen with the mouse."""
-HOLD_SECONDS = 600.0
-"""A text handed to a page is held for it at most this long (unless answered or let go sooner)."""
+BEAT_SECONDS = 5.0
+"""How often an open page tells the server it is still there."""
+RELEASE_SECONDS = 3 * BEAT_SECONDS
+"""A text held by a page not heard from for this long (three missed beats) goes to the next page that asks."""
 MAX_BODY = 1_048_576
 """Bytes of a request body."""
 RECENT = 200
@@ -90,6 +102,15 @@ TOKEN_HEADER = "X-Tagtune-Token"
 """The header in which every API request carries the server's token."""
 TOKEN_SLOT = 'content="TAGTUNE-TOKEN"'
 """Where annotate.html's ``<meta name="tagtune-token">`` gets the token."""
+
+
+class Conflict(ApiError):
+    """409: text ``index`` has an answer the page has not seen (``version`` is the text's now)."""
+
+    def __init__(self, index: int, version: int):
+        super().__init__(409, f"text {index} was answered in another page since this page showed it, and that answer "
+                              f'is kept; to replace it, send this answer again with "version": {version}')
+        self.version = version
 
 
 @dataclass
@@ -293,12 +314,15 @@ class Annotator:
     ``latest`` (index -> spans, or None for a skip) and ``answered`` (indices by latest answer)
     are what OUT held at the start (:func:`read_out`); ``order`` is the order in which to hand
     out the texts without an answer; texts skipped earlier come after them. ``out`` gets each
-    answer's record (an AnswerFile, or anything with ``append(record)``)."""
+    answer's record (an AnswerFile, or anything with ``append(record)``). A page not heard from
+    for ``release`` seconds (by ``clock``) loses its text to the next page that asks; ``beat`` is
+    how often its page says it is there."""
 
     def __init__(self, texts: list[Text], labels: list[str], out, latest: dict | None = None,
                  answered: list[int] | None = None, order: list[int] | None = None,
                  suggestions: dict[int, list[Span]] | None = None, train_command: str = "",
-                 names: dict | None = None, clock=time.monotonic):
+                 names: dict | None = None, clock=time.monotonic, beat: float = BEAT_SECONDS,
+                 release: float = RELEASE_SECONDS):
         self.texts = texts
         self.labels = labels
         self.out = out
@@ -307,14 +331,19 @@ class Annotator:
         unanswered = order if order is not None else [t.index for t in texts if t.index not in self.latest]
         self.queue = [i for i in unanswered if i not in self.latest]
         self.queue += [i for i in self.answered if self.latest[i] is None]
+        self.handed = set(self.queue)  # the texts /api/next hands out
         self.head = 0  # queue[:head] are all answered in this run
         self.done_now: set[int] = set()  # answered or skipped since the start
         self.suggestions = suggestions or {}
         self.train_command = train_command
         self.names = names or {}
         self.clock = clock
-        self.holder: dict[int, tuple[str, float]] = {}  # index -> (client, until)
+        self.beat_seconds = beat
+        self.release = release
+        self.holder: dict[int, str] = {}  # index -> client
         self.held: dict[str, int] = {}  # client -> index
+        self.heard: dict[str, float] = {}  # client holding a text -> when it was last heard from
+        self.versions: dict[int, int] = {}  # index -> answers since the start
         self.lock = threading.Lock()
 
     # ----------------------------------------------------------- reading
@@ -327,6 +356,8 @@ class Annotator:
                 "progress": self._progress(),
                 "recent": list(self.answered)[-RECENT:],
                 "train_command": self.train_command,
+                "beat_seconds": self.beat_seconds,
+                "release_seconds": self.release,
                 **self.names,
             }
 
@@ -354,26 +385,47 @@ class Annotator:
                 if index in self.done_now:
                     continue
                 holder = self.holder.get(index)
-                if holder is not None and holder[1] > now:
+                if holder is not None and self._heard_lately(holder, now):
                     held += 1
                     continue
-                if holder is not None:  # held too long: free again
-                    self.held.pop(holder[0], None)
-                self.holder[index] = (client, now + HOLD_SECONDS)
-                self.held[client] = index
+                if holder is not None:  # its page went silent: free again
+                    self._let_go(holder)
+                self._hold(client, index, now)
                 return {"item": self._item(index), "progress": self._progress(), "held": 0}
             return {"item": None, "progress": self._progress(), "held": held}
+
+    def beat(self, client: str, index: int | None) -> dict:
+        """``client``'s page is open and shows text ``index``, which ``next`` gave it (None: no
+        such text). Keeps its hold; a hold it lost by going silent comes back when no other page
+        took the text and it has no answer since. Returns ``{"elsewhere": ...}``, true when
+        another page holds ``index`` now."""
+        with self.lock:
+            now = self.clock()
+            if client in self.held:
+                self.heard[client] = now
+            elif index is not None and index in self.handed and index not in self.done_now:
+                holder = self.holder.get(index)
+                if holder is not None and not self._heard_lately(holder, now):
+                    self._let_go(holder)
+                if index not in self.holder:
+                    self._hold(client, index, now)
+            holder = self.holder.get(index)
+            return {"elsewhere": holder is not None and holder != client and self._heard_lately(holder, now)}
 
     def let_go(self, client: str) -> None:
         """``client`` no longer works on the text it holds (its page closed)."""
         with self.lock:
             self._let_go(client)
 
-    def answer(self, index: int, spans: list[Span] | None) -> dict:
+    def answer(self, index: int, spans: list[Span] | None, version: int | None = None) -> dict:
         """Record ``spans`` (None: a skip) as the latest answer of text ``index``: appended to OUT
-        and on disk before this returns. Returns the progress."""
+        and on disk before this returns. Returns the progress. With ``version`` (the one the page
+        showed the text with), an answer given since then by another page is not replaced:
+        :class:`Conflict` instead."""
         with self.lock:
             self._check_index(index)
+            if version is not None and version != self.versions.get(index, 0):
+                raise Conflict(index, self.versions.get(index, 0))
             text = self.texts[index]
             record: dict = {"id": text.id, "text": text.text}
             if spans is None:
@@ -385,17 +437,26 @@ class Annotator:
             self.answered.pop(index, None)
             self.answered[index] = None
             self.done_now.add(index)
-            holder = self.holder.pop(index, None)
-            if holder is not None and self.held.get(holder[0]) == index:
-                del self.held[holder[0]]
+            self.versions[index] = self.versions.get(index, 0) + 1
+            holder = self.holder.get(index)
+            if holder is not None:
+                self._let_go(holder)
             return self._progress()
 
     # ----------------------------------------------------------- inside the lock
 
+    def _hold(self, client: str, index: int, now: float) -> None:
+        self.holder[index] = client
+        self.held[client] = index
+        self.heard[client] = now
+
+    def _heard_lately(self, client: str, now: float) -> bool:
+        return now - self.heard.get(client, -math.inf) <= self.release
+
     def _let_go(self, client: str) -> None:
         index = self.held.pop(client, None)
-        holder = self.holder.get(index)
-        if holder is not None and holder[0] == client:
+        self.heard.pop(client, None)
+        if index is not None and self.holder.get(index) == client:
             del self.holder[index]
 
     def _check_index(self, index: int) -> None:
@@ -411,7 +472,7 @@ class Annotator:
         else:
             status, spans = "answered", self.latest[index]
         return {"index": index, "id": text.id, "text": text.text, "status": status,
-                "suggested": status != "answered" and bool(spans),
+                "version": self.versions.get(index, 0), "suggested": status != "answered" and bool(spans),
                 "spans": [span.to_dict(text.text) for span in spans]}
 
     def _progress(self) -> dict:
@@ -431,21 +492,22 @@ class Annotator:
 # --------------------------------------------------------------------------- requests
 
 
-def parse_answer(body: bytes, annotator: Annotator) -> tuple[int, list[Span] | None]:
-    """``(index, spans)`` of an answer request, spans None for a skip; ApiError 400 (not JSON),
-    404 (no such text), 409 (another text) or 422 (anything else wrong) otherwise.
+def parse_answer(body: bytes, annotator: Annotator) -> tuple[int, list[Span] | None, int | None]:
+    """``(index, spans, version)`` of an answer request, spans None for a skip, version None when
+    not given; ApiError 400 (not JSON), 404 (no such text), 409 (another text) or 422 (anything
+    else wrong) otherwise.
 
     ``{"index": int, "spans": [{"start", "end", "label", "text"?}]}`` or ``{"index": ...,
     "skip": true}``, with ``"text"``, the text the page shows,
-    checked when given (409 if the texts changed under the page). Offsets are code points; a
+    checked when given (409 if the texts changed under the page), and ``"version"``, the text's
+    version the page shows (:meth:`Annotator.answer`). Offsets are code points; a
     span's ``text``, when given, must be the text's code points ``start`` to ``end``; spans may
     not overlap."""
-    data = _json_body(body, {"index", "text", "spans", "skip"})
-    index = data.get("index")
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise ApiError(422, f'"index" must be an integer, got {safejson.shown(index)}')
-    if not 0 <= index < len(annotator.texts):
-        raise ApiError(404, f"no text {index} (there are {len(annotator.texts)})")
+    data = _json_body(body, {"index", "text", "spans", "skip", "version"})
+    index = _index(data.get("index"), annotator)
+    version = data.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise ApiError(422, f'"version" must be an integer from 0, got {safejson.shown(version)}')
     if "text" in data and data["text"] != annotator.texts[index].text:
         raise ApiError(409, f"text {index} is not the text the page shows (the texts changed since it was "
                             "shown); reload the page")
@@ -455,10 +517,26 @@ def parse_answer(body: bytes, annotator: Annotator) -> tuple[int, list[Span] | N
     if skip:
         if data.get("spans"):
             raise ApiError(422, "a skipped text has no spans")
-        return index, None
+        return index, None, version
     if "spans" not in data:
         raise ApiError(422, 'missing field "spans" (a list of {"start", "end", "label"}), or "skip": true')
-    return index, _spans(data["spans"], annotator.texts[index].text, annotator.labels)
+    return index, _spans(data["spans"], annotator.texts[index].text, annotator.labels), version
+
+
+def parse_beat(body: bytes, annotator: Annotator) -> tuple[str, int | None]:
+    """``(client, index)`` of a beat: ``{"client": str, "index": int or null}``, the text the
+    page got from ``/api/next`` and shows; ApiError otherwise."""
+    data = _json_body(body, {"client", "index"})
+    index = data.get("index")
+    return _client(data), None if index is None else _index(index, annotator)
+
+
+def _index(index, annotator: Annotator) -> int:
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ApiError(422, f'"index" must be an integer, got {safejson.shown(index)}')
+    if not 0 <= index < len(annotator.texts):
+        raise ApiError(404, f"no text {index} (there are {len(annotator.texts)})")
+    return index
 
 
 def _spans(items, text: str, labels: list[str]) -> list[Span]:
@@ -606,6 +684,8 @@ def create_app(annotator: Annotator, guard: Guard):
         try:
             body = await read_body(request, MAX_BODY)
             return JSONResponse(await run_in_threadpool(work, body))
+        except Conflict as e:
+            return JSONResponse({"error": e.message, "version": e.version}, status_code=e.status)
         except ApiError as e:
             return error(e.status, e.message)
         except ClientDisconnect:  # nobody to answer
@@ -630,11 +710,14 @@ def create_app(annotator: Annotator, guard: Guard):
             return error(404, f"no text {number} (there are {len(annotator.texts)})")
 
     def record(body: bytes) -> dict:
-        number, spans = parse_answer(body, annotator)
-        return {"progress": annotator.answer(number, spans)}
+        number, spans, version = parse_answer(body, annotator)
+        return {"progress": annotator.answer(number, spans, version)}
 
     async def answer(request: Request):
         return await answering(request, record)
+
+    async def beat(request: Request):
+        return await answering(request, lambda body: annotator.beat(*parse_beat(body, annotator)))
 
     async def let_go(request: Request):
         return await answering(request, lambda body: annotator.let_go(_client(_json_body(body, {"client"}))) or {})
@@ -646,6 +729,7 @@ def create_app(annotator: Annotator, guard: Guard):
             Route("/api/next", next_text, methods=["POST"]),
             Route("/api/texts/{index:int}", text, methods=["GET"]),
             Route("/api/answer", answer, methods=["POST"]),
+            Route("/api/beat", beat, methods=["POST"]),
             Route("/api/let-go", let_go, methods=["POST"]),
         ],
         exception_handlers=error_handlers(),
