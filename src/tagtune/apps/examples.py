@@ -48,9 +48,11 @@ def wnut_sentences() -> list[tuple[list[str], list[str]]]:
     return sentences
 
 
+def conll_text(sentences) -> str:
+    """(tokens, tags) sentences as CoNLL: token TAB tag per line, a blank line after each."""
+    return "".join("".join(f"{t}\t{g}\n" for t, g in zip(tokens, tags)) + "\n" for tokens, tags in sentences)
+
+
 def write_conll(path, sentences) -> None:
-    """Write (tokens, tags) sentences as CoNLL: token TAB tag per line, a blank line after each."""
-    with open(path, "w", encoding="utf-8") as f:
-        for tokens, tags in sentences:
-            f.writelines(f"{t}\t{g}\n" for t, g in zip(tokens, tags))
-            f.write("\n")
+    """Write (tokens, tags) sentences as CoNLL (:func:`conll_text`)."""
+    Path(path).write_text(conll_text(sentences), encoding="utf-8")
