@@ -38,7 +38,9 @@ The JSON formats are read the same way: a file whose first character is ``[`` is
 records, anything else is JSON Lines; ``jsonl`` and ``doccano`` records may use any of the span
 keys above (``spans``, ``entities``, ``label``, ``labels``; triples or objects), and a span object
 that carries its ``text`` has it checked against the offsets. Spans are not trimmed or otherwise
-changed; exact duplicates (same start, end and label) are merged, any other overlap is an error.
+changed; exact duplicates (same start, end and label) are merged. Overlapping and nested spans
+are an error unless read with ``overlaps=True`` (for the span head); the same characters with two
+labels are an error either way.
 
 JSON is parsed within the bounds of :mod:`tagtune.safejson` (nesting depth, length of a number,
 no NaN or Infinity, no half surrogate pairs), a record of JSON Lines and a whole JSON list alike;
@@ -97,12 +99,16 @@ def read_examples(
     keyword_label: str = "KEY",
     *,
     labels: Collection[str] | None = None,
+    overlaps: bool = False,
 ) -> list[Example]:
     """Read the annotated texts of ``path``.
 
     ``format`` is one of :data:`FORMATS`, or None to tell it from the file name and content.
     ``keyword_label`` is the label of the spans that the ``keywords`` format marks. ``labels``,
     when given, is the set of allowed labels (entity types): any other is an error.
+    ``overlaps`` keeps overlapping and nested spans (the span head learns them); without it they
+    are an error (the token head tags each word once). CoNLL cannot hold overlapping spans, and
+    the ``keywords`` format keeps its longest-match rule either way.
 
     Raises :class:`TagtuneError` for an unreadable, empty or malformed file. Keywords that never
     occur in their text are not errors: they are counted and reported in one
@@ -133,7 +139,7 @@ def read_examples(
     if not records:
         raise TagtuneError(f"{path}: no examples (the file holds no records)")
     if format == "label-studio":
-        return _read_label_studio(path, records, labels)
+        return _read_label_studio(path, records, labels, overlaps)
     if format == "keywords":
         if labels is not None and keyword_label not in labels:
             raise TagtuneError(f"{path}: the keyword label {keyword_label!r} is not one of the labels "
@@ -149,7 +155,7 @@ def read_examples(
             )
         return examples
     if format == "jsonl":
-        answers = _answers(path, records, labels)
+        answers = _answers(path, records, labels, overlaps)
         keys = [_answer_key(record, line) for line, record in records]
         last = {key: i for i, key in enumerate(keys)}  # the last record of an "id" wins
         examples = [example for i, (example, skipped) in enumerate(answers)
@@ -157,7 +163,7 @@ def read_examples(
         if not examples:
             raise TagtuneError(f"{path}: no examples (every text in the file is marked skipped)")
         return examples
-    return [_span_record(path, line, record, labels) for line, record in records]
+    return [_span_record(path, line, record, labels, overlaps) for line, record in records]
 
 
 def read_answers(path: str | Path, labels: Collection[str] | None = None) -> list[tuple[Example, bool]]:
@@ -470,7 +476,8 @@ def _skipped(record: object) -> bool:
     return isinstance(record, dict) and record.get("skipped") is True
 
 
-def _answers(path: Path, records: list, labels: frozenset[str] | None) -> list[tuple[Example, bool]]:
+def _answers(path: Path, records: list, labels: frozenset[str] | None,
+             overlaps: bool = False) -> list[tuple[Example, bool]]:
     """(example, skipped) of each ``jsonl`` record: a skipped one has a text and no spans."""
     answers = []
     for line, record in records:
@@ -481,11 +488,12 @@ def _answers(path: Path, records: list, labels: frozenset[str] | None) -> list[t
             if record["skipped"]:
                 answers.append((Example(_record_text(record, where), [], where), True))
                 continue
-        answers.append((_span_record(path, line, record, labels), False))
+        answers.append((_span_record(path, line, record, labels, overlaps), False))
     return answers
 
 
-def _span_record(path: Path, line: int, record: object, labels: frozenset[str] | None) -> Example:
+def _span_record(path: Path, line: int, record: object, labels: frozenset[str] | None,
+                 overlaps: bool = False) -> Example:
     where = f"{path}:{line}"
     if not isinstance(record, dict):
         raise TagtuneError(f"{where}: expected a JSON object, got {_kind(record)}")
@@ -520,7 +528,7 @@ def _span_record(path: Path, line: int, record: object, labels: frozenset[str] |
         else:
             raise TagtuneError(f"{where}: {what} is {_kind(item)}, not a span")
         spans.append(_checked_span(text, start, end, label, claimed, where, what, labels))
-    return Example(text, _no_overlaps(text, spans, where), where)
+    return Example(text, _unique_spans(text, spans, where, overlaps), where)
 
 
 def _dict_label(item: dict, where: str, what: str) -> object:
@@ -599,14 +607,19 @@ def _describe(span: Span, text: str) -> str:
     return f"{cut(span.label)} [{span.start}, {span.end}) {excerpt(text[span.start:span.end])}"
 
 
-def _no_overlaps(text: str, spans: list[Span], where: str) -> list[Span]:
-    """``spans`` sorted, exact duplicates merged; an error if two of them overlap."""
+def _unique_spans(text: str, spans: list[Span], where: str, overlaps: bool) -> list[Span]:
+    """``spans`` sorted, exact duplicates merged. The same characters with two labels are an
+    error; so are overlapping spans, unless ``overlaps``."""
     unique = sorted(dict.fromkeys(spans))
     widest: Span | None = None  # the span reaching furthest right so far
-    for span in unique:
-        if widest is not None and span.start < widest.end:
+    for previous, span in zip([None, *unique], unique):
+        if previous is not None and (previous.start, previous.end) == (span.start, span.end):
+            raise TagtuneError(f"{where}: spans overlap: {_describe(previous, text)} and {_describe(span, text)} "
+                               "(the same characters with two labels; a span has one label)")
+        if not overlaps and widest is not None and span.start < widest.end:
             raise TagtuneError(
-                f"{where}: spans overlap: {_describe(widest, text)} and {_describe(span, text)}"
+                f"{where}: spans overlap: {_describe(widest, text)} and {_describe(span, text)}; "
+                "a tagger with --head span learns overlapping and nested spans"
             )
         if widest is None or span.end > widest.end:
             widest = span
@@ -666,7 +679,8 @@ def _read_keywords(
 # --------------------------------------------------------------------------- Label Studio
 
 
-def _read_label_studio(path: Path, records: list, labels: frozenset[str] | None) -> list[Example]:
+def _read_label_studio(path: Path, records: list, labels: frozenset[str] | None,
+                       overlaps: bool = False) -> list[Example]:
     examples = []
     cancelled = unannotated = predicted = 0
     for line, task in records:
@@ -722,7 +736,7 @@ def _read_label_studio(path: Path, records: list, labels: frozenset[str] | None)
                 text, value.get("start", _MISSING), value.get("end", _MISSING),
                 _dict_label(value, where, what), value.get("text"), where, what, labels,
             ))
-        examples.append(Example(text, _no_overlaps(text, spans, where), f"{path}:{line}"))
+        examples.append(Example(text, _unique_spans(text, spans, where, overlaps), f"{path}:{line}"))
     if not examples:
         detail = f"{cancelled} with only cancelled annotations, {unannotated} not annotated"
         if predicted:
