@@ -33,12 +33,15 @@ class Units:
 
     ``first[i]`` is the token index that carries unit i's label; ``ranges[i]`` its characters
     in the original text; ``of_token[t]`` the unit of token t (for a token without characters
-    that carries no label, the unit before it, -1 before the first unit).
+    that carries no label, the unit before it, -1 before the first unit); ``last[i]`` the last
+    token with characters of unit i (its last subword, or the last byte piece of its last
+    character; never a space token after it).
     """
 
     first: list[int]
     ranges: list[tuple[int, int]]
     of_token: list[int]
+    last: list[int]
 
     def __len__(self) -> int:
         return len(self.first)
@@ -57,6 +60,7 @@ def units_of(enc: Encoding, all_subwords: bool = False) -> Units:
     first: list[int] = []
     ranges: list[tuple[int, int]] = []
     of_token: list[int] = []
+    last: list[int] = []
     previous_word = None
     opener = None  # the first token of the current word while the word has no unit yet
     for t, ((start, end), word) in enumerate(zip(enc.offsets, enc.words)):
@@ -70,14 +74,16 @@ def units_of(enc: Encoding, all_subwords: bool = False) -> Units:
         if not shares and (all_subwords or opener is not None):
             first.append(t if all_subwords else opener)
             ranges.append((start, end))
+            last.append(t)
         else:
             s, e = ranges[-1]
             ranges[-1] = (min(s, start), max(e, end))
+            last[-1] = t
         opener = None
         of_token.append(len(first) - 1)
     for unit, t in enumerate(first):
         of_token[t] = unit
-    return Units(first, ranges, of_token)
+    return Units(first, ranges, of_token, last)
 
 
 @dataclass
@@ -88,6 +94,7 @@ class AlignStats:
     widened: int = 0  # edges inside a unit, moved out to the unit's edges
     dropped_empty: int = 0  # the span covers no token (whitespace only, or characters the tokenizer drops)
     dropped_overlap: int = 0  # after widening, the span shares a unit with an earlier span
+    merged: int = 0  # after widening, the same units and label as another span (span head)
     examples: list[str] = field(default_factory=list)  # a few sources, for the message
 
     def note(self, source: str) -> None:
@@ -99,6 +106,7 @@ class AlignStats:
         self.widened += other.widened
         self.dropped_empty += other.dropped_empty
         self.dropped_overlap += other.dropped_overlap
+        self.merged += other.merged
         self.examples.extend(other.examples[: max(0, 5 - len(self.examples))])
 
     def message(self) -> str | None:
@@ -110,17 +118,18 @@ class AlignStats:
             parts.append(f"{self.dropped_empty} dropped because they cover no token")
         if self.dropped_overlap:
             parts.append(f"{self.dropped_overlap} dropped because they share a token with another span")
+        if self.merged:
+            parts.append(f"{self.merged} merged with another span of the same label over the same tokens")
         if not parts:
             return None
         where = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
         return f"of {self.spans} spans, " + "; ".join(parts) + where
 
 
-def unit_entities(spans: list[Span], units: Units, source: str = "") -> tuple[list[tuple[int, int, str]], AlignStats]:
-    """Spans -> (first unit, last unit + 1, label), widened to unit edges where needed."""
-    stats = AlignStats(spans=len(spans))
-    owner = [False] * len(units)
-    entities = []
+def _unit_extents(spans: list[Span], units: Units, stats: AlignStats, source: str):
+    """(span, first unit, last unit, widened) for each of ``spans`` in sorted order, the units
+    being those the span overlaps, so its edges widen to theirs. A span that covers no unit is
+    counted in ``stats`` and skipped."""
     starts = [s for s, _ in units.ranges]
     ends = [e for _, e in units.ranges]
     for span in sorted(spans):
@@ -132,16 +141,44 @@ def unit_entities(spans: list[Span], units: Units, source: str = "") -> tuple[li
             stats.note(source)
             continue
         i, j = hit[0], hit[-1]
+        yield span, i, j, starts[i] != span.start or ends[j] != span.end
+
+
+def unit_entities(spans: list[Span], units: Units, source: str = "") -> tuple[list[tuple[int, int, str]], AlignStats]:
+    """Spans -> (first unit, last unit + 1, label), widened to unit edges where needed; a span
+    that shares a unit with an earlier one is dropped (the token head tags each unit once)."""
+    stats = AlignStats(spans=len(spans))
+    owner = [False] * len(units)
+    entities = []
+    for span, i, j, widened in _unit_extents(spans, units, stats, source):
         if any(owner[i:j + 1]):
             stats.dropped_overlap += 1
             stats.note(source)
             continue
-        if starts[i] != span.start or ends[j] != span.end:
+        if widened:
             stats.widened += 1
             stats.note(source)
         owner[i:j + 1] = [True] * (j + 1 - i)
         entities.append((i, j + 1, span.label))
     return entities, stats
+
+
+def unit_spans(spans: list[Span], units: Units, source: str = "") -> tuple[list[tuple[int, int, str]], AlignStats]:
+    """Spans -> sorted (first unit, last unit + 1, label) as :func:`unit_entities` makes them,
+    overlapping and nested spans kept (the span head labels each candidate on its own); spans
+    that widen to the same units with the same label are merged into one and counted."""
+    stats = AlignStats(spans=len(spans))
+    entities: set[tuple[int, int, str]] = set()
+    for span, i, j, widened in _unit_extents(spans, units, stats, source):
+        if widened:
+            stats.widened += 1
+            stats.note(source)
+        entity = (i, j + 1, span.label)
+        if entity in entities:
+            stats.merged += 1
+            stats.note(source)
+        entities.add(entity)
+    return sorted(entities), stats
 
 
 def token_labels(spans: list[Span], enc: Encoding, label2id: dict[str, int], scheme: str,
