@@ -240,6 +240,13 @@ def test_one_unit_candidates_merge_as_tokens_do():
         start, end, merged = merge_window_candidates(bounds, units, units, outputs)
         assert start.tolist() == end.tolist() == list(range(length))
         np.testing.assert_array_equal(merged, merge_windows(bounds, outputs))
+    # windows without candidates give none
+    nothing = [np.zeros(0, dtype=np.int64)] * 2
+    start, end, merged = merge_window_candidates([(0, 3), (2, 5)], nothing, nothing, [np.zeros((0, 3))] * 2)
+    assert len(start) == len(end) == len(merged) == 0
+    start, end, merged = merge_window_candidates(
+        [(0, 3), (2, 5)], [nothing[0], np.array([1])], [nothing[0], np.array([2])], [np.zeros((0, 3)), np.eye(3)[:1]])
+    assert (start.tolist(), end.tolist(), merged.tolist()) == ([3], [4], [[1.0, 0.0, 0.0]])
 
 
 # -- uncertainty ----------------------------------------------------------------------------------

@@ -132,11 +132,11 @@ def _choose(start: np.ndarray, end: np.ndarray, weight: np.ndarray, eligible: np
     if not nested:
         blocks = np.where(ok, w, NEG)  # a top-level block is one span
         return _unfold_flat(_best_blocks(blocks, n), at)
-    inside, split, blocks = _nested_tables(w, ok, n)
+    split, blocks = _nested_tables(w, ok)
     return _unfold_nested(_best_blocks(blocks, n), at, ok, split)
 
 
-def _nested_tables(w: np.ndarray, ok: np.ndarray, n: int):
+def _nested_tables(w: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Best nested sets within each interval [i, i+d), d <= K, vectorised over i.
 
     ``inside[d, i]``: the best total of the spans within [i, i+d) other than that span itself;
@@ -145,7 +145,8 @@ def _nested_tables(w: np.ndarray, ok: np.ndarray, n: int):
     than itself either start after i (``best[d-1, i+1]``, split 0) or have a longest span
     [i, i+c), c < d, with everything else within it or within [i+c, i+d) (``held[c, i] +
     best[d-c, i+c]``, split c); the splits are tried longest first, then 0, and the first best
-    kept (the module's tie rule). All ``(K+1, n+K)``, past the text's end as empty intervals.
+    kept (the module's tie rule). Returns ``(split, held)``, both ``(K+1, n+K)`` like ``w`` and
+    ``ok`` (a span's weight, whether it may be chosen); past the text's end, empty intervals.
     """
     k_max, length = w.shape[0] - 1, w.shape[1]
     inside = np.zeros((k_max + 1, length), dtype=np.int64)
@@ -166,7 +167,7 @@ def _nested_tables(w: np.ndarray, ok: np.ndarray, n: int):
             split[d] = np.where(pick == d - 1, 0, d - 1 - pick)
         held[d] = np.where(ok[d], inside[d] + w[d], NEG)
         best[d] = np.where(ok[d], held[d], inside[d])  # a chosen span has weight > 0
-    return inside, split, held
+    return split, held
 
 
 def _best_blocks(blocks: np.ndarray, n: int) -> list[int]:
@@ -251,7 +252,7 @@ def merge_window_candidates(bounds: list[tuple[int, int]], starts, ends, probs) 
         right = np.full(len(e), far) if b == text_end else (b - a - 1) - e
         pieces.append((s + a, e + a, np.minimum(left, right), np.full(len(s), k), p))
     start, end, margin, window = (np.concatenate([piece[x] for piece in pieces]) for x in range(4))
-    rows = np.concatenate([piece[4] for piece in pieces])  # (all candidates, L+1)
+    rows = np.concatenate([piece[4] for piece in pieces if len(piece[4])] or [pieces[0][4]])  # (all, L+1)
     order = np.lexsort((window, -margin, end, start))  # per extent, the widest margin first
     start, end = start[order], end[order]
     first = np.ones(len(order), dtype=bool)
