@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from tagtune import Span, TagtuneError
-from tagtune.data.align import unit_entities, unit_spans, units_of, with_specials
+from tagtune.data.align import unit_entities, unit_spans, units_of, windows_of, with_specials
 from tagtune.data.batching import pack
 from tagtune.data.candidates import (
     batch_candidates,
     candidate_index,
     candidate_labels,
     n_candidates,
+    span_windows,
     unit_last_tokens,
     window_candidates,
 )
@@ -303,3 +304,34 @@ def test_conll_and_keywords_read_the_same_either_way(tmp_path):
     for path, expected in [(conll, [(NESTED, [(0, 28, "ORG")]), ("Tokyo", [(0, 5, "LOC")])]),
                            (keywords, [("東京大学と東京", [(0, 4, "KEY"), (5, 7, "KEY")])])]:
         assert pairs(read_examples(path)) == pairs(read_examples(path, overlaps=True)) == expected
+
+
+@pytest.mark.parametrize("max_length,stride", [(12, 4), (16, 6), (512, 32)])
+def test_span_windows_hold_whole_units_and_the_entities_whole_in_them(minilm, max_length, stride):
+    """Against a brute force: a window holds exactly the units whose tokens all lie in it, and
+    an entity is a label in exactly the windows holding it whole; the count of entities held by
+    no window is right."""
+    tokenizer = load_tokenizer(minilm)
+    text = ("Anna Karenina met the University of Tokyo delegation in Lisbon, then unbelievably "
+            "long words like antidisestablishmentarianism appeared near New York City Hall. ") * 2
+    enc = tokenizer.encode_batch([text])[0]
+    units = units_of(enc)
+    rng = np.random.default_rng(0)
+    entities = sorted({(int(i), int(i) + int(w), int(y)) for i, w, y in
+                       zip(rng.integers(0, len(units) - 8, 40), rng.integers(1, 9, 40), rng.integers(1, 4, 40))})
+    windows, cut = span_windows(units, len(enc), max_length, stride, text=3, entities=entities)
+    assert [w.tokens for w in windows] == windows_of(len(enc), max_length, stride)
+    held = set()
+    for w in windows:
+        a, b = w.tokens
+        inside = [u for u in range(len(units)) if a <= units.first[u] and units.last[u] < b]
+        assert list(range(*w.units)) == inside and w.text == 3
+        assert w.firsts == [units.first[u] - a for u in inside] and w.lasts == [units.last[u] - a for u in inside]
+        whole = [(i, j, y) for i, j, y in entities if inside and inside[0] <= i and j <= inside[-1] + 1]
+        assert w.entities == [(i - w.units[0], j - w.units[0], y) for i, j, y in whole]
+        held.update(whole)
+    assert cut == len(set(entities) - held)
+    if len(windows) == 1:
+        assert cut == 0 and windows[0].units == (0, len(units))
+    else:
+        assert cut > 0  # windows of 10-14 tokens cut some of 40 entities of up to 8 words

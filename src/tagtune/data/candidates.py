@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tagtune.data.align import Units
+from tagtune.data.align import Units, windows_of
 from tagtune.errors import TagtuneError
 
 CLS_TOKENS = 1
@@ -170,6 +170,48 @@ def batch_candidates(
         labels=flat["labels"] if entities is not None else None,
         too_wide=too_wide,
     )
+
+
+@dataclass
+class SpanWindow:
+    """One window of a text for the span head: the units it holds whole, and their entities.
+
+    ``firsts`` and ``lasts`` are as :func:`batch_candidates` takes them (counted from the
+    window's first token of text), ``units`` the text's units ``[u0, u1)`` the window holds,
+    ``tokens`` its tokens ``[a, b)`` of the text's encoding (special tokens not included), and
+    ``entities`` the text's entities lying whole in the window, in window units.
+    """
+
+    text: int
+    tokens: tuple[int, int]
+    units: tuple[int, int]
+    firsts: list[int]
+    lasts: list[int]
+    entities: list[tuple[int, int, int]]
+
+
+def span_windows(units: Units, length: int, max_length: int, stride: int, text: int = 0,
+                 entities: Sequence[tuple[int, int, int]] = ()) -> tuple[list[SpanWindow], int]:
+    """The windows of one text of ``length`` tokens (as the token head cuts them, see
+    ``tagtune.data.align.windows_of``), each with the units whose tokens lie whole in it, and
+    the number of ``entities`` (text units, end excluded) that no window holds whole.
+
+    A unit cut by a window's edge belongs to no candidate of that window, and an entity cut by
+    an edge is a label only in the windows that hold it whole: a window never learns "none" for
+    a span it sees only part of (every candidate of a window is whole in it).
+    """
+    first, last = np.asarray(units.first, dtype=np.int64), np.asarray(units.last, dtype=np.int64)
+    windows, held = [], np.zeros(len(entities), dtype=bool)
+    rows = np.asarray(entities, dtype=np.int64).reshape(-1, 3)
+    for a, b in windows_of(length, max_length, stride):
+        u0 = int(np.searchsorted(first, a, side="left"))  # units are in token order
+        u1 = int(np.searchsorted(last, b, side="left"))  # the units whose last token is before b
+        u1 = max(u0, u1)
+        whole = (rows[:, 0] >= u0) & (rows[:, 1] <= u1)
+        held |= whole
+        windows.append(SpanWindow(text, (a, b), (u0, u1), (first[u0:u1] - a).tolist(), (last[u0:u1] - a).tolist(),
+                                  [(i - u0, j - u0, y) for i, j, y in rows[whole].tolist()]))
+    return windows, int((~held).sum())
 
 
 def _check_width(max_width: int) -> None:
