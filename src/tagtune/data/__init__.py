@@ -1,2 +1,3 @@
 """Annotated text and its tags: the format readers, the tagging schemes, subword alignment and
-windows, batch packing and the entity metrics. No torch."""
+windows, batch packing, the span head's candidate spans and their decoding, and the entity
+metrics. No torch."""
