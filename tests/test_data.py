@@ -568,3 +568,19 @@ def test_wnut_file():
     assert [(first.text[s.start:s.end], s.label) for s in first.spans] == [
         ("Empire State Building", "facility"), ("ESB", "facility")]
     assert raw[14:17] == ["Empire\tB-facility", "State\tI-facility", "Building\tI-facility"]
+
+
+def test_tagtune_read_is_the_readers_of_train_and_evaluate(tmp_path):
+    """The public reader: what training reads, overlapping spans kept only when asked, and a
+    malformed record a TagtuneError naming its file and line."""
+    import tagtune
+
+    path = tmp_path / "nested.jsonl"
+    path.write_text('{"text": "University of Tokyo", "spans": [{"start": 0, "end": 19, "label": "ORG"}, '
+                    '{"start": 14, "end": 19, "label": "LOC"}]}\n{"text": "skip me", "skipped": true}\n',
+                    encoding="utf-8")
+    (example,) = tagtune.read(path, overlaps=True)
+    assert example.text == "University of Tokyo"
+    assert [(s.start, s.end, s.label) for s in example.spans] == [(0, 19, "ORG"), (14, 19, "LOC")]
+    with pytest.raises(tagtune.TagtuneError, match=r"nested\.jsonl:1: spans overlap.*--head span"):
+        tagtune.read(path)

@@ -31,7 +31,7 @@ from tagtune.errors import TagtuneError
 from tagtune.spans import Example, Span
 from tagtune.version import __version__
 
-__all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "__version__"]
+__all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "read", "__version__"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for type checkers and the annotations only: ``import tagtune`` loads none of these
@@ -141,6 +141,37 @@ def evaluate(directory: str | os.PathLike, path: str | os.PathLike, **options: A
     from tagtune.inference.evaluate import evaluate as run  # lazy: numpy, tokenizers and the tagger on first use
 
     return run(directory, path, **options)
+
+
+def read(path: str | os.PathLike, format: str | None = None, keyword_label: str = "KEY",
+         overlaps: bool = False) -> list[Example]:
+    """The annotated texts of a file, as ``train()`` and ``evaluate()`` read them.
+
+    Args:
+        path: The file: CoNLL, JSONL with spans or keywords, a Label Studio export or a doccano
+            export.
+        format: None to tell it from the file name and content, else "conll", "jsonl",
+            "keywords", "label-studio" or "doccano".
+        keyword_label: The label of the spans the ``keywords`` format marks.
+        overlaps: Keep overlapping and nested spans; without it they are an error (a tagger
+            that tags each word once cannot learn them).
+
+    Returns:
+        One Example per text, its spans sorted; records a file marks as skipped are left out.
+
+    Raises:
+        TagtuneError: When the file cannot be read or a record is malformed: the message names
+            the file and line.
+
+    Example:
+        ```python
+        gold = tagtune.read("dev.conll")
+        print(len(gold), sum(len(example.spans) for example in gold))
+        ```
+    """
+    from tagtune.data.formats import read_examples  # lazy: the readers are needed only when reading
+
+    return read_examples(path, format, keyword_label, overlaps=overlaps)
 
 
 def __getattr__(name):
