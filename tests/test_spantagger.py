@@ -163,19 +163,23 @@ def test_overlap_and_min_score_reach_the_decoding(trained, overlap, min_score):
             assert all(set(a) >= set(b) for a, b in zip(predicted, nested))
 
 
-def test_uncertainty_is_that_of_the_decoding(trained):
+@pytest.mark.parametrize("overlap", ["nested", "flat"])
+def test_uncertainty_is_that_of_the_decoding(trained, overlap):
     from tagtune.data.spandecode import chosen_candidates, span_uncertainty
 
     tagger = tagger_of(trained, max_length=24, stride=8)
     texts = [NESTED[0][0], LONG, "", "   "]
-    spans, unsure = tagger.predict_with_uncertainty(texts, overlap="flat")
-    assert spans == tagger.predict(texts, overlap="flat")
-    assert unsure == tagger.uncertainty(texts, overlap="flat")
+    spans, unsure = tagger.predict_with_uncertainty(texts, overlap=overlap)
+    assert spans == tagger.predict(texts, overlap=overlap)
+    assert unsure == tagger.uncertainty(texts, overlap=overlap)
     for found, value in zip(tagger.candidates(texts), unsure):
-        chosen = chosen_candidates(found.start, found.end, found.probs, "flat")
+        chosen = chosen_candidates(found.start, found.end, found.probs, overlap)
         assert value == pytest.approx(span_uncertainty(found.start, found.end, found.probs, chosen, len(found.units)))
     assert unsure[2:] == [0.0, 0.0]
-    assert 0 < unsure[0] < unsure[1] < 1  # the training text is surer than the unseen long one
+    if overlap == "nested":
+        assert 0 < unsure[0] < 0.2 < unsure[1] < 1  # the training text is surer than the unseen long one
+    else:  # a flat reading of "University of Tokyo" leaves out a span the head is sure of
+        assert unsure[0] > 0.4
 
 
 def test_empty_texts_and_calls_like_the_taggers(trained):
@@ -206,3 +210,12 @@ def test_runs_in_eval_mode_and_leaves_the_modes_as_they_were(trained):
         assert trained.model.training and not trained.head.training
     finally:
         trained.model.eval()
+
+
+def test_a_head_that_does_not_fit_the_labels_or_widths(trained):
+    with pytest.raises(ValueError, match="5 outputs, not none and the 5 labels"):
+        SpanTagger(trained.model, trained.head, trained.tokenizer, [*trained.labels, "EXTRA"], MAX_WIDTH)
+    with pytest.raises(ValueError, match="max_width must be from 1 to the head's 4"):
+        SpanTagger(trained.model, trained.head, trained.tokenizer, trained.labels, MAX_WIDTH + 1)
+    narrow = SpanTagger(trained.model, trained.head, trained.tokenizer, trained.labels, 2)
+    assert all(len(LONG[s.start:s.end].split()) <= 2 for s in narrow(LONG, overlap="any", min_score=0.0))
