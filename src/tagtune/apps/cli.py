@@ -325,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a linear-chain CRF on the classifier: learned tag transition scores (within the "
                         "scheme's rules), trained with the sequence likelihood and used in decoding; kept in "
                         "crf.json beside the weights")
+    p.add_argument("--head", choices=["token", "span"],
+                   help="token: a tag per word (flat spans); span: a label for every stretch of up to "
+                        "--max-span-words words, so overlapping and nested spans are learnt")
+    p.add_argument("--max-span-words", type=int, metavar="N", help="with --head span, the widest span in words "
+                   "(1 to 64)")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1; "
                    "only with a dev set of at least 20 entity spans")
     p.add_argument("--no-head-prior", dest="head_prior", action="store_const", const=False,

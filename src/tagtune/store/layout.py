@@ -5,7 +5,10 @@ weights (WEIGHT_FILES for PyTorch, or model.onnx that ``tagtune export`` wrote),
 files, and tagtune.json (TaggerSettings: how the labels map to spans). A tagger trained with a
 CRF (``"crf": true`` in tagtune.json) also has crf.json, its learned transition scores (CRF_FILE,
 see :func:`crf_files`), kept out of model.safetensors so that transformers still loads the
-folder as a plain token classifier. ``tagtune train`` writes
+folder as a plain token classifier. A tagger with the span head (``"head": "span"``) has instead
+the encoder alone (config.json and model.safetensors of the family's base model class) and the
+span head's weights in span_head.safetensors (SPAN_HEAD_FILE); tagtune.json then also holds
+the head's width and labels. ``tagtune train`` writes
 one, ``tagtune export`` copies one into an ONNX folder, and tagtune.inference.load opens one.
 This module does not import torch.
 """
@@ -37,6 +40,12 @@ past this, adding them to log-probabilities (a few tens) loses the emissions to 
 scores near float64's limit overflow to infinities, so every span would score 0 or 1."""
 # The weight files the PyTorch backend reads (tagtune.models.checkpoint reads them; named here so that
 # choosing a backend does not import torch).
+HEADS = ("token", "span")
+"""The heads a tagger may have (tagtune.json's ``head``)."""
+MAX_SPAN_WORDS = 64
+"""The widest candidate span a span head may take, in words."""
+SPAN_HEAD_FILE = "span_head.safetensors"
+"""The span head's weights (SpanHead.state_dict()), beside the encoder's."""
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -54,6 +63,13 @@ class TaggerSettings:
     """Tokens shared by consecutive windows of a long text."""
     crf: bool = False
     """True: decoded with the linear-chain CRF whose scores are in crf.json (``tagtune train --crf``)."""
+    head: str = "token"
+    """"token": the model's classifier tags each token (config.json's labels); "span": the span
+    head in span_head.safetensors labels candidate spans (``tagtune train --head span``)."""
+    max_span_words: int = 8
+    """Span head: the widest candidate span, in words."""
+    labels: list[str] | None = None
+    """Span head: its entity labels, sorted (label id i + 1 is ``labels[i]``, 0 is none)."""
 
     @classmethod
     def read(cls, directory: Path, labels: list[str], config=None) -> TaggerSettings:
@@ -66,7 +82,8 @@ class TaggerSettings:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         for name, kind, what in (("scheme", str, "a string"), ("all_subwords", bool, "true or false"),
                                  ("max_length", int, "an integer"), ("stride", int, "an integer"),
-                                 ("crf", bool, "true or false")):
+                                 ("crf", bool, "true or false"), ("head", str, "a string"),
+                                 ("max_span_words", int, "an integer")):
             value = known.get(name, getattr(cls, name))
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TagtuneError(f"{path}: {name} is {safejson.excerpt(value)}, not {what}")
@@ -76,14 +93,32 @@ class TaggerSettings:
         if not 3 <= settings.max_length <= 1_048_576 or not 0 <= settings.stride < window_size(settings.max_length):
             raise TagtuneError(f"{path}: max_length {settings.max_length} and stride {settings.stride} must be "
                                "3 <= max_length <= 1,048,576 and 0 <= stride < max_length - 2")
+        settings.check_head(path)
         if config is not None:
             config.check_window(settings.max_length, f"{path}: max_length")
         return settings
+
+    def check_head(self, path: Path) -> None:
+        """Check the head and, for the span head, its width and labels (``path`` names the file)."""
+        if self.head not in HEADS:
+            raise TagtuneError(f"{path}: head {safejson.excerpt(self.head)} is not one of {', '.join(HEADS)}")
+        if self.head != "span":
+            return
+        if not 1 <= self.max_span_words <= MAX_SPAN_WORDS:
+            raise TagtuneError(f"{path}: max_span_words {self.max_span_words} must be from 1 to {MAX_SPAN_WORDS}")
+        labels = self.labels
+        if (not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels)
+                or labels != sorted(set(labels))):
+            raise TagtuneError(f"{path}: labels {safejson.excerpt(labels)} must be the span head's entity labels, "
+                               "a non-empty sorted list of distinct strings")
 
     def to_json(self) -> str:
         values = asdict(self)
         if not self.crf:  # the folders of taggers without a CRF read as they always have
             del values["crf"]
+        if self.head == "token":  # and those of token taggers likewise
+            for name in ("head", "max_span_words", "labels"):
+                del values[name]
         return json.dumps(values, indent=2) + "\n"
 
 

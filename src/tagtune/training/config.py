@@ -8,7 +8,7 @@ from tagtune.data.align import windows_of
 from tagtune.data.schemes import SCHEMES
 from tagtune.errors import TagtuneError
 from tagtune.models.precision import check_bf16
-from tagtune.store.layout import TaggerSettings
+from tagtune.store.layout import HEADS, MAX_SPAN_WORDS, TaggerSettings
 
 
 CHECKPOINT = "checkpoint/state.pt"
@@ -121,6 +121,13 @@ class TrainConfig:
     scores where the scheme allows the step, trained with the sequence negative log-likelihood
     (per labelled token, as the cross-entropy it replaces), decoded by Viterbi with them, spans
     scored by the CRF's marginals. Kept in crf.json beside the weights."""
+    head: str = "token"
+    """What the tagger predicts: "token", a tag per word (flat spans, with ``scheme``); or "span",
+    a label (or none) for every stretch of up to ``max_span_words`` words (tagtune.models.spanhead),
+    so overlapping and nested spans are learnt and predicted."""
+    max_span_words: int = 8
+    """With ``head="span"``: the widest span, in words (1 to 64); wider entities are warned about
+    and not learnt."""
 
     RUN_FIELDS = ("overwrite", "resume", "progress", "device")  # may differ when resuming
     """The fields a resumed run takes as given rather than from the run's saved config."""
@@ -140,8 +147,10 @@ class TrainConfig:
             TagtuneError: When one is not, with a message that names it: an unknown scheme,
                 bf16 or save value, epochs or accumulation below 1, a learning rate that is not
                 positive, a window, token budget, stride or dev fraction out of range, or both
-                ``dev`` and ``dev_fraction``.
+                ``dev`` and ``dev_fraction``, an unknown head, a span width out of range, or
+                ``crf``, a scheme other than BIO or ``all_subwords`` with the span head.
         """
+        self.check_head()
         if self.scheme not in SCHEMES:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.save not in ("best", "last"):
@@ -164,6 +173,24 @@ class TrainConfig:
                 raise TagtuneError("pass --dev FILE or --dev-fraction, not both")
         windows_of(0, self.max_length, self.stride)  # checks the stride
 
+    def check_head(self) -> None:
+        """Check ``head`` and ``max_span_words``, and that the span head comes without the token
+        head's options (a CRF, a scheme, every subword labelled)."""
+        if self.head not in HEADS:
+            raise TagtuneError(f"head must be token or span, got {self.head!r}")
+        words = self.max_span_words
+        if isinstance(words, bool) or not isinstance(words, int) or not 1 <= words <= MAX_SPAN_WORDS:
+            raise TagtuneError(f"--max-span-words must be an integer from 1 to {MAX_SPAN_WORDS}, got {words!r}")
+        if self.head != "span":
+            return
+        for given, option in ((self.crf, "--crf"), (self.scheme != "BIO", f"--scheme {self.scheme}"),
+                              (self.all_subwords, "--all-subwords")):
+            if given:
+                raise TagtuneError(f"{option} is an option of the token head; --head span labels whole spans "
+                                   f"(drop {option.split()[0]}, or drop --head span)")
+
     def settings(self) -> TaggerSettings:
-        """The settings the trained tagger keeps in tagtune.json: scheme, subwords, window and CRF."""
-        return TaggerSettings(self.scheme, self.all_subwords, self.max_length, self.stride, self.crf)
+        """The settings the trained tagger keeps in tagtune.json: scheme, subwords, window, CRF
+        and head (the span head's labels are added once the data is read)."""
+        return TaggerSettings(self.scheme, self.all_subwords, self.max_length, self.stride, self.crf,
+                              head=self.head, max_span_words=self.max_span_words)

@@ -56,8 +56,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tagtune.data.align import IGNORE, AlignStats, token_labels, windows_of, with_specials
+from tagtune.data.align import IGNORE, AlignStats, token_labels, unit_spans, units_of, windows_of, with_specials
 from tagtune.data.batching import batch_indices, fill_batch, pack
+from tagtune.data.candidates import SpanWindow, span_windows
 from tagtune.data.formats import read_examples, split_dev, tag_line
 from tagtune.data.schemes import OUTSIDE, entity_type, guess_scheme, tag_names
 from tagtune.distributed import Group, device_for, from_environment, leave
@@ -86,10 +87,12 @@ from tagtune.training.runfolder import (RunFolder, check_destination, check_room
 
 
 def read_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """(train, dev): dev from its file, or dev_fraction of train held out, or empty."""
-    train = read_examples(config.train, config.format, config.keyword_label)
+    """(train, dev): dev from its file, or dev_fraction of train held out, or empty; with the
+    span head, overlapping and nested spans are kept."""
+    overlaps = config.head == "span"  # the span head learns overlapping and nested spans
+    train = read_examples(config.train, config.format, config.keyword_label, overlaps=overlaps)
     if config.dev:
-        dev = read_examples(config.dev, config.format, config.keyword_label)
+        dev = read_examples(config.dev, config.format, config.keyword_label, overlaps=overlaps)
     elif config.dev_fraction is not None:
         if len(train) < 2:
             raise TagtuneError(f"{config.train}: {len(train)} example; at least 2 are needed to hold out a dev set "
@@ -178,10 +181,12 @@ def one_edit(a: str, b: str) -> bool:
 
 
 def label_set(config: TrainConfig, train: list[Example], dev: list[Example]) -> list[str]:
+    """The labels the head learns: the token head's tags of the scheme, or the span head's
+    entity labels, sorted (its label id i + 1 is the i-th, 0 is none)."""
     types = sorted({s.label for ex in train + dev for s in ex.spans})
     if not types:
         raise TagtuneError(f"{config.train}: no annotated spans, so nothing to learn")
-    return tag_names(types, config.scheme)
+    return types if config.head == "span" else tag_names(types, config.scheme)
 
 
 def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
@@ -200,6 +205,66 @@ def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
             labels.append([IGNORE, *token_tags[a:b], IGNORE])
             edges.append((a == 0, b == len(enc)))
     return sequences, labels, stats, edges
+
+
+@dataclass
+class SpanData:
+    """The span head's training windows: each with its packed sequence's tokens, its units and
+    the entities whole in it, and what could not be learnt."""
+
+    sequences: list[list[int]]
+    """Each window's tokens, start and end tokens added."""
+    windows: list[SpanWindow]
+    stats: AlignStats
+    too_wide: int = 0
+    """Entities wider than max_span_words units: no candidate holds them."""
+    cut: int = 0
+    """Entities no window holds whole (cut by every window's edge)."""
+    examples: tuple[str, str] = ("", "")
+    """The source of a too-wide and of a cut entity, for the warning."""
+
+    def warning(self, settings: TaggerSettings) -> str | None:
+        """One line on the entities that are not learnt, or None when every one is."""
+        parts = []
+        for count, what, source, remedy in (
+                (self.too_wide, f"wider than --max-span-words {settings.max_span_words}", self.examples[0],
+                 "a larger --max-span-words learns them"),
+                (self.cut, "longer than a window holds whole", self.examples[1], "a larger --max-length learns them")):
+            if count:
+                where = f"e.g. {source}; " if source else ""
+                parts.append(f"{count} {'entity' if count == 1 else 'entities'} {what} ({where}{remedy})")
+        return f"not learnt: {'; '.join(parts)}" if parts else None
+
+
+def span_training_windows(examples: list[Example], tokenizer, labels: list[str], settings: TaggerSettings) -> SpanData:
+    """The span head's windows of every text (span_windows): those with at least one whole unit,
+    with the entities whole in each (label id i + 1 for ``labels[i]``); entities wider than
+    ``settings.max_span_words`` units and entities no window holds are counted."""
+    ids = {label: i + 1 for i, label in enumerate(labels)}
+    data = SpanData([], [], AlignStats())
+    wide_example, cut_example = "", ""
+    encodings = tokenizer.encode_batch([ex.text for ex in examples])
+    for t, (ex, enc) in enumerate(zip(examples, encodings)):
+        if not len(enc):
+            continue
+        units = units_of(enc)
+        found, text_stats = unit_spans(ex.spans, units, ex.source)
+        data.stats.add(text_stats)
+        entities = [(i, j, ids[label]) for i, j, label in found if j - i <= settings.max_span_words]
+        if len(entities) < len(found):
+            data.too_wide += len(found) - len(entities)
+            wide_example = wide_example or ex.source
+        windows, cut = span_windows(units, len(enc), settings.max_length, settings.stride, t, entities)
+        if cut:
+            data.cut += cut
+            cut_example = cut_example or ex.source
+        for window in windows:
+            if window.firsts:  # a window without a whole unit has no candidate
+                a, b = window.tokens
+                data.sequences.append(with_specials(enc.ids[a:b], tokenizer.cls_id, tokenizer.sep_id))
+                data.windows.append(window)
+    data.examples = (wide_example, cut_example)
+    return data
 
 
 def label_prior(labels: list[list[int]], num_labels: int) -> torch.Tensor:
@@ -473,6 +538,8 @@ def run_config(config: TrainConfig, group: Group, folder: RunFolder) -> TrainCon
         config = resumed_config(config, folder.work)
     config = config.normalised()
     config.check()
+    if config.head == "span":
+        raise TagtuneError("--head span: the span head cannot be trained yet; use --head token")
     if not config.resume:
         group.on_main(check_destination, config)
     return config

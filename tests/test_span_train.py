@@ -1,0 +1,137 @@
+"""tagtune train --head span: its options, the tagger folder's settings, training end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import run_main
+from tagtune.errors import TagtuneError
+from tagtune.store.layout import SETTINGS_FILE, TaggerSettings
+from tagtune.training.config import TrainConfig
+
+
+def config(**options) -> TrainConfig:
+    return TrainConfig(model="m", train="t.jsonl", out="o", **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(head="spans"), "head must be token or span, got 'spans'"),
+    (dict(head="span", max_span_words=0), "--max-span-words must be an integer from 1 to 64, got 0"),
+    (dict(head="span", max_span_words=65), "--max-span-words must be an integer from 1 to 64, got 65"),
+    (dict(head="span", crf=True), "--crf is an option of the token head; --head span labels whole spans "
+                                  "(drop --crf, or drop --head span)"),
+    (dict(head="span", scheme="BIOES"), "--scheme BIOES is an option of the token head; --head span labels "
+                                        "whole spans (drop --scheme, or drop --head span)"),
+    (dict(head="span", all_subwords=True), "--all-subwords is an option of the token head"),
+])
+def test_options_the_span_head_refuses(options, message):
+    with pytest.raises(TagtuneError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        config(**options).check()
+
+
+def test_span_options_checked_and_carried():
+    config(head="span", max_span_words=64).check()
+    config(max_span_words=3).check()  # the token head leaves it unused
+    settings = config(head="span", max_span_words=5, max_length=64).settings()
+    assert (settings.head, settings.max_span_words, settings.max_length) == ("span", 5, 64)
+
+
+def test_bad_flag_combinations_are_one_line(capsys, tmp_path):
+    data = tmp_path / "t.jsonl"
+    data.write_text(json.dumps({"text": "Tokyo", "spans": [[0, 5, "LOC"]]}) + "\n", encoding="utf-8")
+    for flags, message in ((["--crf"], "--crf is an option of the token head"),
+                           (["--max-span-words", "0"], "--max-span-words must be an integer from 1 to 64")):
+        result = run_main(capsys, "train", "--model", tmp_path, "--train", data, "--out", tmp_path / "out",
+                          "--head", "span", *flags)
+        assert result.returncode == 1 and result.stderr.startswith(f"tagtune: error: {message}")
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    result = run_main(capsys, "train", "--model", tmp_path, "--train", data, "--out", tmp_path / "out",
+                      "--head", "spans")
+    assert result.returncode == 2 and "invalid choice: 'spans'" in result.stderr
+
+
+def write_settings(folder, **values):
+    (folder / SETTINGS_FILE).write_text(json.dumps(values), encoding="utf-8")
+
+
+def test_span_settings_round_trip(tmp_path):
+    settings = TaggerSettings(max_length=64, head="span", max_span_words=5, labels=["LOC", "ORG"])
+    (tmp_path / SETTINGS_FILE).write_text(settings.to_json(), encoding="utf-8")
+    assert TaggerSettings.read(tmp_path, []) == settings
+    token = TaggerSettings(max_length=64)
+    assert set(json.loads(token.to_json())) == {"scheme", "all_subwords", "max_length", "stride"}
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(head="spans"), "head 'spans' is not one of token, span"),
+    (dict(head="span", max_span_words="8", labels=["A"]), "max_span_words is '8', not an integer"),
+    (dict(head="span", max_span_words=0, labels=["A"]), "max_span_words 0 must be from 1 to 64"),
+    (dict(head="span", labels=[]), "labels [] must be the span head's entity labels"),
+    (dict(head="span", labels=["B", "A"]), "labels ['B', 'A'] must be the span head's entity labels"),
+    (dict(head="span", labels=["A", "A"]), "labels ['A', 'A'] must be"),
+    (dict(head="span"), "labels None must be"),
+])
+def test_bad_span_settings_name_the_file(tmp_path, values, message):
+    write_settings(tmp_path, **values)
+    with pytest.raises(TagtuneError) as caught:
+        TaggerSettings.read(tmp_path, [])
+    assert str(caught.value).startswith(f"{tmp_path / SETTINGS_FILE}: ") and message in str(caught.value)
+
+
+def write_jsonl(path, records) -> str:
+    path.write_text("".join(json.dumps({"text": text, "spans": [list(s) for s in spans]}) + "\n"
+                            for text, spans in records), encoding="utf-8")
+    return str(path)
+
+
+NESTED_PAIR = [("University of Tokyo is big", [(0, 19, "ORG"), (14, 19, "LOC")])]
+
+
+def test_the_span_head_reads_nested_spans_and_the_token_head_names_it(tmp_path):
+    from tagtune.training.loop import read_data
+
+    path = write_jsonl(tmp_path / "nested.jsonl", NESTED_PAIR)
+    train, dev = read_data(TrainConfig(model="m", train=path, out="o", head="span"))
+    assert [(s.start, s.end, s.label) for s in train[0].spans] == [(0, 19, "ORG"), (14, 19, "LOC")] and dev == []
+    with pytest.raises(TagtuneError, match="--head span"):
+        read_data(TrainConfig(model="m", train=path, out="o"))
+
+
+def test_span_windows_of_the_training_texts(tiny_bert):
+    from tagtune.spans import Example, Span
+    from tagtune.text.tokenizer import load_tokenizer
+    from tagtune.training.loop import span_training_windows
+
+    tokenizer = load_tokenizer(tiny_bert)
+    text = "University of Tokyo is big and John Smith met Mary Jones in the city of Lisbon"
+    spans = [Span(0, 19, "ORG"), Span(14, 19, "LOC"), Span(31, 41, "PER"), Span(46, 56, "PER"),
+             Span(0, 41, "ORG")]  # the last: 7 words, wider than 4
+    examples = [Example(text, spans, "a.jsonl:1"), Example("", [], "a.jsonl:2"),
+                Example("Tokyo", [Span(0, 5, "LOC")], "a.jsonl:3")]
+    settings = TrainConfig(model="m", train="t", out="o", head="span", max_span_words=4, max_length=10,
+                           stride=4).settings()
+    data = span_training_windows(examples, tokenizer, ["LOC", "ORG", "PER"], settings)
+    # 16 words, a token each: windows of 8 tokens, 4 shared, then the second text's one window
+    assert [w.tokens for w in data.windows] == [(0, 8), (4, 12), (8, 16), (0, 1)]
+    assert [w.text for w in data.windows] == [0, 0, 0, 2]
+    assert all(len(seq) == w.tokens[1] - w.tokens[0] + 2 for seq, w in zip(data.sequences, data.windows))
+    assert data.sequences[-1] == [tokenizer.cls_id, *tokenizer.encode_batch(["Tokyo"])[0].ids, tokenizer.sep_id]
+    words = text.split()
+    for w in data.windows[:3]:  # each entity whole in its window, in window units, label ids 1..3
+        for i, j, label in w.entities:
+            u0 = w.units[0]
+            assert " ".join(words[u0 + i:u0 + j]) in {"University of Tokyo": 2, "Tokyo": 1, "John Smith": 3,
+                                                     "Mary Jones": 3}
+    assert data.windows[0].entities == [(0, 3, 2), (2, 3, 1), (6, 8, 3)]
+    assert data.windows[-1].entities == [(0, 1, 1)]
+    assert (data.too_wide, data.cut) == (1, 0)
+    assert data.warning(settings) == ("not learnt: 1 entity wider than --max-span-words 4 (e.g. a.jsonl:1; "
+                                      "a larger --max-span-words learns them)")
+    cut = span_training_windows([Example(text, [Span(0, 56, "ORG")], "b.jsonl:7")], tokenizer, ["ORG"],
+                                TrainConfig(model="m", train="t", out="o", head="span", max_span_words=64,
+                                            max_length=10, stride=4).settings())
+    assert (cut.too_wide, cut.cut) == (0, 1) and all(not w.entities for w in cut.windows)
+    assert cut.warning(settings) == ("not learnt: 1 entity longer than a window holds whole (e.g. b.jsonl:7; "
+                                     "a larger --max-length learns them)")
