@@ -7,6 +7,7 @@ import json
 import pytest
 
 from helpers import run_main
+from test_span_nested import NESTED as NESTED_TEXTS
 from tagtune.errors import TagtuneError
 from tagtune.store.layout import SETTINGS_FILE, TaggerSettings
 from tagtune.training.config import TrainConfig
@@ -135,3 +136,78 @@ def test_span_windows_of_the_training_texts(tiny_bert):
     assert (cut.too_wide, cut.cut) == (0, 1) and all(not w.entities for w in cut.windows)
     assert cut.warning(settings) == ("not learnt: 1 entity longer than a window holds whole (e.g. b.jsonl:7; "
                                      "a larger --max-length learns them)")
+
+
+NESTED = NESTED_TEXTS[:6]  # an organisation over its place, a person over a first name (and no emoji)
+SPAN_OPTIONS = dict(head="span", max_span_words=4, batch_size=1, bucket=False, lr=3e-3, warmup=0, progress=False,
+                    device="cpu")
+
+
+def span_config(tiny_bert, data, out, **options) -> TrainConfig:
+    return TrainConfig(model=str(tiny_bert), train=str(data), out=str(out), **{**SPAN_OPTIONS, **options})
+
+
+@pytest.fixture(scope="module")
+def nested_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("nested") / "nested.jsonl", NESTED)
+
+
+def read_tensors(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_the_folder_holds_the_encoder_transformers_loads_and_the_span_head(tiny_bert, nested_file, tmp_path):
+    import torch
+    import transformers
+
+    from tagtune.models.checkpoint import load_model
+    from tagtune.models.spanhead import SpanHead
+    from tagtune.training.loop import train
+
+    out = tmp_path / "span"
+    result = train(span_config(tiny_bert, nested_file, out, epochs=2, dev=nested_file, save="last"))
+    assert result["epoch"] == 2 and 0 <= result["f1"] <= 1 and set(result["per_label"]) <= {"FIRST", "LOC", "ORG", "PER"}
+    settings = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+    assert (settings["head"], settings["max_span_words"], settings["labels"]) == ("span", 4, ["FIRST", "LOC", "ORG", "PER"])
+    assert "crf" not in settings and not (out / "checkpoint").exists()
+
+    # the encoder alone, as transformers' base model class, nothing missing or unexpected
+    hf, info = transformers.AutoModel.from_pretrained(out, output_loading_info=True)
+    assert type(hf).__name__ == "BertModel"
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ours, _ = load_model(out)
+    assert ours.classifier is None
+    ids = torch.tensor([[101, 2118, 1997, 5522, 2003, 2502, 102]])
+    with torch.no_grad():
+        expected = hf(input_ids=ids).last_hidden_state[0]
+        got = ours.hidden_states(ids[0], torch.tensor([0, ids.shape[1]], dtype=torch.int32))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+    # the span head: its sizes read back from the shapes
+    state = read_tensors(out / "span_head.safetensors")
+    head = SpanHead(state["dense.weight"].shape[0], state["classifier.weight"].shape[0],
+                    state["width_embeddings.weight"].shape[0], state["width_embeddings.weight"].shape[1])
+    head.load_state_dict(state)
+    assert (head.hidden_size, head.num_labels, head.max_width) == (32, 5, 4)
+
+
+def test_a_resumed_span_run_ends_with_the_same_weights(tiny_bert, nested_file, tmp_path, monkeypatch):
+    import torch
+
+    from helpers import stop_in_epoch
+    from tagtune.training.loop import train
+
+    train(span_config(tiny_bert, nested_file, tmp_path / "whole", epochs=3))
+    stop_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(span_config(tiny_bert, nested_file, tmp_path / "stopped", epochs=3))
+    monkeypatch.undo()
+    train(TrainConfig(model=None, train=None, out=str(tmp_path / "stopped"), resume=True, progress=False))
+    for name in ("model.safetensors", "span_head.safetensors"):
+        whole, resumed = read_tensors(tmp_path / "whole" / name), read_tensors(tmp_path / "stopped" / name)
+        assert whole.keys() == resumed.keys()
+        for key in whole:
+            torch.testing.assert_close(resumed[key], whole[key], atol=0, rtol=0, msg=f"{name}: {key}")
+

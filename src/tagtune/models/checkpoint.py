@@ -43,7 +43,8 @@ BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Reading weights
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a one-line error when it cannot be read."""
     from safetensors.torch import load_file
 
     try:
@@ -84,9 +85,9 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The raw state dict of a checkpoint folder, keys as stored."""
     directory = Path(directory)
     if (directory / "model.safetensors").is_file():
-        return _read_safetensors(directory / "model.safetensors")
+        return read_safetensors(directory / "model.safetensors")
     if (directory / "model.safetensors.index.json").is_file():
-        return _read_sharded(directory / "model.safetensors.index.json", _read_safetensors)
+        return _read_sharded(directory / "model.safetensors.index.json", read_safetensors)
     if (directory / "pytorch_model.bin").is_file():
         return _read_bin(directory / "pytorch_model.bin")
     if (directory / "pytorch_model.bin.index.json").is_file():
@@ -143,8 +144,10 @@ def to_tagtune_names(state: dict, config: EncoderConfig, keep_classifier: bool):
     return out, dropped
 
 
-def to_checkpoint_names(state: dict, config: EncoderConfig) -> dict:
-    """tagtune keys -> the family's HF token-classification keys (the inverse of the above)."""
+def to_checkpoint_names(state: dict, config: EncoderConfig, encoder_only: bool = False) -> dict:
+    """tagtune keys -> the family's HF token-classification keys (the inverse of the above);
+    with ``encoder_only``, its base model class's keys (no encoder prefix)."""
+    prefix = "" if encoder_only else config.arch.prefix
     layer_prefix, table = checkpoint_layers(config.model_type)
     names = checkpoint_names(config.model_type)
     out = {}
@@ -153,7 +156,7 @@ def to_checkpoint_names(state: dict, config: EncoderConfig) -> dict:
             out[key] = tensor
         else:
             renamed = _rename_layer_key(key, TAGTUNE_LAYERS, layer_prefix, table)
-            out[config.arch.prefix + _rename_prefix(renamed, names)] = tensor
+            out[prefix + _rename_prefix(renamed, names)] = tensor
     return out
 
 
@@ -170,6 +173,10 @@ class LoadReport:
     """Checkpoint keys of other tasks' heads (and weights the config leaves unused), not used by a tagger."""
     new_head: bool = False
     """The classifier was initialised fresh (base checkpoint, or labels changed)."""
+    pooler: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The checkpoint's [CLS] pooler weights, named as in its base model class (``pooler.dense.weight``):
+    unused by a tagger, but kept for an encoder-only folder, so that transformers' base model
+    class (BertModel) finds every weight it has."""
 
 
 def is_token_classifier(config: EncoderConfig) -> bool:
@@ -196,7 +203,11 @@ def load_model(source: str | os.PathLike, labels: list[str] | None = None,
     if limit is not None:
         check_memory(config, str(directory / "config.json"), training=True, limit=limit)
     keep_head = bool(labels) and labels == own_labels
-    state, dropped = to_tagtune_names(read_weights(directory), config, keep_head)
+    raw = read_weights(directory)
+    pooler = {name: raw[key] for key in raw
+              if (name := key.removeprefix(config.arch.prefix)).startswith("pooler.")}
+    state, dropped = to_tagtune_names(raw, config, keep_head)
+    del raw
     model = TokenClassifier(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if not keep_head:
@@ -221,7 +232,8 @@ def load_model(source: str | os.PathLike, labels: list[str] | None = None,
         model.layout.init_head(model.head, model.config)
     model.load_state_dict(state, strict=False)
     model.eval()
-    return model, LoadReport(directory, dropped, new_head=model.classifier is not None and not keep_head)
+    return model, LoadReport(directory, dropped, new_head=model.classifier is not None and not keep_head,
+                             pooler=pooler)
 
 
 class _WriteRecorder:
@@ -294,15 +306,24 @@ def write_safetensors(path: str | os.PathLike, state: dict[str, torch.Tensor],
 
 
 def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
-                      extra_files: dict[str, str | bytes] | None = None) -> None:
+                      extra_files: dict[str, str | bytes] | None = None,
+                      pooler: dict[str, torch.Tensor] | None = None) -> None:
     """Write model.safetensors, the tokenizer files, ``extra_files`` and config.json into an
     existing folder, config.json last, so that a folder with the new config.json has the rest.
     Each file is written whole (an fsynced temporary file renamed over the old one); a failure
-    is a one-line TagtuneError naming the file."""
-    if model.classifier is None:
-        raise TagtuneError("the model has no labels; nothing to save as a token classifier")
+    is a one-line TagtuneError naming the file.
+
+    A model without a classifier (the encoder of a span tagger) is written as the family's
+    base model class (BertModel: no encoder prefix, no labels), with the ``pooler`` weights of
+    the checkpoint it came from (LoadReport.pooler), so that transformers' AutoModel loads the
+    folder with no weight missing or unexpected."""
     directory = Path(directory)
-    weights = to_checkpoint_names(model.state_dict(), model.config)
+    encoder_only = model.classifier is None
+    if encoder_only and model.head is not None:
+        raise TagtuneError("the model has a head transform but no classifier; nothing to save")
+    weights = to_checkpoint_names(model.state_dict(), model.config, encoder_only)
+    if encoder_only:
+        weights.update(pooler or {})
     write_safetensors(directory / "model.safetensors", weights, {"format": "pt"})
     if tokenizer is not None:
         try:
@@ -311,7 +332,8 @@ def write_model_files(model: TokenClassifier, tokenizer, directory: Path,
             raise write_error(e.filename or directory, e) from None
     for name, content in (extra_files or {}).items():
         atomic_write(directory / name, content)
-    atomic_write(directory / "config.json", json.dumps(model.config.to_hf_dict(), indent=2, ensure_ascii=False) + "\n")
+    config = model.config.to_hf_dict(encoder_only)
+    atomic_write(directory / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def save_model(model: TokenClassifier, tokenizer, out: str | os.PathLike, overwrite: bool = False,

@@ -173,10 +173,16 @@ class EncoderConfig:
         count = self.parameter_count()
         return None if count is None else count * BYTES_PER_PARAMETER * (TRAINING_COPIES if training else 1)
 
-    def to_hf_dict(self) -> dict:
-        """config.json for a token-classification checkpoint that transformers loads."""
+    def to_hf_dict(self, encoder_only: bool = False) -> dict:
+        """config.json for a token-classification checkpoint that transformers loads; with
+        ``encoder_only``, for the family's base model class (BertModel), without labels."""
         out = dict(self.raw)
         out["model_type"] = self.model_type
+        if encoder_only:
+            out["architectures"] = [self.arch.base_class]
+            for key in ("id2label", "label2id", "num_labels"):
+                out.pop(key, None)
+            return out
         out["architectures"] = [self.arch.token_class]
         out["id2label"] = {str(i): label for i, label in self.id2label.items()}
         out["label2id"] = self.label2id

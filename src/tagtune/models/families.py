@@ -67,6 +67,13 @@ class Architecture:
     """tagtune module names that sit beside the encoder's prefix in task checkpoints, not under it
     (the token-classification head; ModernBERT's pretrained ``head`` too)."""
 
+    @property
+    def base_class(self) -> str:
+        """The transformers class of the encoder alone, written to config.json ``architectures``
+        for a span tagger's encoder (BertForTokenClassification -> BertModel): every family's
+        token classifier is named after its base class."""
+        return self.token_class.removesuffix("ForTokenClassification") + "Model"
+
 
 OTHER_TASKS = ("pooler.", "qa_outputs.")
 """Heads any family's checkpoints may carry: the [CLS] pooler of sentence tasks, question answering."""

@@ -1,9 +1,11 @@
 """train(): annotations in, a trained tagger folder out.
 
-The loop reads top to bottom: read data, load the model with a head for the data's labels,
-cut texts into labelled windows, then per epoch: batches from (seed, epoch), forward, loss,
-backward, clip, step, schedule, log; evaluate on dev; keep the best model by entity F1; save a
-resumable checkpoint; stop early when dev F1 stops improving.
+The loop reads top to bottom: read data, load the model with a head for the data's labels (or
+the encoder alone and a span head beside it, see SpanModel), cut texts into labelled windows
+(the span head's: windows with their entities, see span_training_windows), then per epoch:
+batches from (seed, epoch), forward, loss, backward, clip, step, schedule, log; evaluate on dev;
+keep the best model by entity F1; save a resumable checkpoint; stop early when dev F1 stops
+improving.
 
 Without a dev set (no ``dev`` file and no ``dev_fraction``) every text is trained on, there is
 no per-epoch evaluation or early stopping, and the last epoch's model is kept. A dev set with
@@ -11,8 +13,9 @@ fewer than MIN_DEV_SPANS entity spans is scored every epoch but, its F1 being to
 compare epochs by, picks nothing: all epochs run and the last epoch's model is kept.
 
 The output folder, once the run is finished, holds the kept model (an HF token-classification
-folder plus tagtune.json, and crf.json with ``crf``), ``train_config.json``, ``metrics.jsonl``, ``report.html`` and
-``tagtune-run.json``. That last file is what makes a folder a tagtune run (tagtune.store.runs): it is
+folder plus tagtune.json, and crf.json with ``crf``; with ``head="span"``, the encoder alone as
+the family's base model class and the span head in span_head.safetensors),
+``train_config.json``, ``metrics.jsonl``, ``report.html`` and ``tagtune-run.json``. That last file is what makes a folder a tagtune run (tagtune.store.runs): it is
 written when the run starts, ``{"format": 1, "finished": false}``, and rewritten with
 ``"finished": true`` as the last step of the final save. A folder without it is never replaced,
 even with ``overwrite``.
@@ -50,15 +53,16 @@ import sys
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tagtune.data.align import IGNORE, AlignStats, token_labels, unit_spans, units_of, windows_of, with_specials
 from tagtune.data.batching import batch_indices, fill_batch, pack
-from tagtune.data.candidates import SpanWindow, span_windows
+from tagtune.data.candidates import SpanWindow, batch_candidates, candidate_labels, n_candidates, span_windows
 from tagtune.data.formats import read_examples, split_dev, tag_line
 from tagtune.data.schemes import OUTSIDE, entity_type, guess_scheme, tag_names
 from tagtune.distributed import Group, device_for, from_environment, leave
@@ -66,14 +70,16 @@ from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write, write_error
 from tagtune.inference.evaluate import evaluate_examples
 from tagtune.inference.load import check_vocab
+from tagtune.inference.spantagger import SpanTagger
 from tagtune.inference.tagger import Tagger
-from tagtune.models.checkpoint import load_model, write_model_files
+from tagtune.models.checkpoint import load_model, write_model_files, write_safetensors
 from tagtune.models.config import read_config
 from tagtune.models.crf import ChainCRF
 from tagtune.models.precision import describe, use_bf16
+from tagtune.models.spanhead import SpanHead, span_loss
 from tagtune.progress import Progress, duration
 from tagtune.spans import Example
-from tagtune.store.layout import SETTINGS_FILE, TaggerSettings, crf_files, settings_files
+from tagtune.store.layout import SETTINGS_FILE, SPAN_HEAD_FILE, TaggerSettings, crf_files, settings_files
 from tagtune.text.tokenizer import load_tokenizer
 from tagtune.training.config import CHECKPOINT, MIN_DEV_SPANS, TrainConfig
 from tagtune.training.optim import AdamW, LinearSchedule
@@ -222,6 +228,8 @@ class SpanData:
     """Entities no window holds whole (cut by every window's edge)."""
     examples: tuple[str, str] = ("", "")
     """The source of a too-wide and of a cut entity, for the warning."""
+    counts: list[int] = field(default_factory=list)
+    """Candidates of each label id over all windows (none first): the head's prior."""
 
     def warning(self, settings: TaggerSettings) -> str | None:
         """One line on the entities that are not learnt, or None when every one is."""
@@ -242,6 +250,7 @@ def span_training_windows(examples: list[Example], tokenizer, labels: list[str],
     ``settings.max_span_words`` units and entities no window holds are counted."""
     ids = {label: i + 1 for i, label in enumerate(labels)}
     data = SpanData([], [], AlignStats())
+    counts = np.zeros(len(labels) + 1, dtype=np.int64)
     wide_example, cut_example = "", ""
     encodings = tokenizer.encode_batch([ex.text for ex in examples])
     for t, (ex, enc) in enumerate(zip(examples, encodings)):
@@ -260,11 +269,39 @@ def span_training_windows(examples: list[Example], tokenizer, labels: list[str],
             cut_example = cut_example or ex.source
         for window in windows:
             if window.firsts:  # a window without a whole unit has no candidate
+                found = candidate_labels(len(window.firsts), settings.max_span_words, window.entities, ex.source)
+                counts += np.bincount(found.labels, minlength=len(labels) + 1)
                 a, b = window.tokens
                 data.sequences.append(with_specials(enc.ids[a:b], tokenizer.cls_id, tokenizer.sep_id))
                 data.windows.append(window)
     data.examples = (wide_example, cut_example)
+    data.counts = counts.tolist()
     return data
+
+
+def new_span_head(model, labels: list[str], max_width: int, counts: list[int] | None) -> SpanHead:
+    """A new span head for ``labels`` over ``model``'s hidden states, initialised as HF
+    initialises a head (with the model's initializer_range and head dropout); with ``counts``
+    (candidates per label id), its bias starts at their log frequencies (SpanHead.init_bias)."""
+    head = SpanHead(model.config.hidden_size, len(labels) + 1, max_width, dropout=model.config.head_dropout,
+                    initializer_range=model.config.initializer_range)
+    if counts is not None:
+        head.init_bias(counts)
+    return head
+
+
+class SpanModel(torch.nn.Module):
+    """The encoder and the span head as one module for the forward pass (and for
+    DistributedDataParallel, which then averages both their gradients)."""
+
+    def __init__(self, model: torch.nn.Module, head: SpanHead) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, input_ids, cu_seqlens, max_seqlen, start_token, end_token, width) -> torch.Tensor:
+        """A packed batch and its candidates (see SpanHead.forward) -> logits (C, L + 1), fp32."""
+        hidden = self.model.hidden_states(input_ids, cu_seqlens, max_seqlen)  # (T, H)
+        return self.head(hidden, start_token, end_token, width)
 
 
 def label_prior(labels: list[list[int]], num_labels: int) -> torch.Tensor:
@@ -291,13 +328,15 @@ ROW_GRADIENTS_MIN = 1 << 20
 (AdamW.keep_row_gradients): a vocabulary's, not the positions'."""
 
 
-def make_optimizer(model, config: TrainConfig, crf: ChainCRF | None = None, row_gradients: bool = False) -> AdamW:
-    """AdamW; weight decay on matrices only, never on biases and LayerNorm weights. A CRF's
-    scores are grouped as the classifier's are: its transition matrix with the decayed
-    weights, its start and end vectors with the biases. With ``row_gradients`` (one process on
-    the CPU), large embedding tables keep their gradients by rows."""
+def make_optimizer(model, config: TrainConfig, beside: torch.nn.Module | None = None,
+                   row_gradients: bool = False) -> AdamW:
+    """AdamW; weight decay on matrices only, never on biases and LayerNorm weights. The
+    parameters of a CRF or span head ``beside`` the model are grouped the same way (a CRF's
+    transition matrix with the decayed weights, its start and end vectors with the biases).
+    With ``row_gradients`` (one process on the CPU), large embedding tables keep their
+    gradients by rows."""
     decay, no_decay = [], []
-    named = [*model.named_parameters(), *(crf.named_parameters(prefix="crf") if crf is not None else [])]
+    named = [*model.named_parameters(), *(beside.named_parameters(prefix="beside") if beside is not None else [])]
     for name, p in named:
         (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -412,6 +451,10 @@ class Run:
     mode: str
     """The precision mode, see precision."""
     state: dict
+    span_windows: list[SpanWindow] | None = None
+    """The span head's training windows, one per sequence (their units and entities)."""
+    span_head: SpanHead | None = None
+    """The span head (``--head span``), beside the model, which then has no classifier."""
     crf: ChainCRF | None = None
     """The CRF on the classifier (``--crf``), outside the model so that its weights stay a plain
     token classifier's."""
@@ -420,10 +463,13 @@ class Run:
     checkpoint of the run resumed (see tagger_start, resumed_from)."""
     unsaved: bool = False
     """The last epoch is trained but not checkpointed: the final save follows (see finish)."""
-    tagger: Tagger | None = None
+    tagger: Tagger | SpanTagger | None = None
     ddp: torch.nn.Module | None = None
     """The model as the forward pass calls it: DistributedDataParallel under torchrun."""
     log: object = None
+    pooler: dict | None = None
+    """The base checkpoint's pooler weights, written unchanged beside a span tagger's encoder
+    (see write_model_files)."""
 
     @property
     def work(self) -> Path:
@@ -433,9 +479,14 @@ class Run:
     def show(self) -> bool:
         return self.config.progress and self.group.main
 
+    @property
+    def beside(self) -> torch.nn.Module | None:
+        """What is trained beside the model: the CRF or the span head, or None."""
+        return self.crf if self.crf is not None else self.span_head
+
     def parameters(self) -> list[torch.nn.Parameter]:
-        """Everything the optimizer trains: the model's parameters and the CRF's."""
-        return [*self.model.parameters(), *(self.crf.parameters() if self.crf is not None else [])]
+        """Everything the optimizer trains: the model's parameters and the CRF's or span head's."""
+        return [*self.model.parameters(), *(self.beside.parameters() if self.beside is not None else [])]
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -480,8 +531,18 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     device = device_for(group, config.device)
     settings = config.settings()
 
-    model, tokenizer, new_head, start = load_base_model(config, labels, device)
-    sequences, seq_labels, stats, edges = training_windows(train_examples, tokenizer, model.config.label2id, settings)
+    model, tokenizer, new_head, start, pooler = load_base_model(config, labels, device)
+    span = None
+    if config.head == "span":
+        settings = replace(settings, labels=labels)
+        span = span_training_windows(train_examples, tokenizer, labels, settings)
+        sequences, seq_labels, stats, edges = span.sequences, [], span.stats, []
+        unlearnt = span.warning(settings)
+        if unlearnt and group.main:
+            warnings.warn(f"{config.train}: {unlearnt}", stacklevel=3)
+    else:
+        sequences, seq_labels, stats, edges = training_windows(train_examples, tokenizer, model.config.label2id,
+                                                               settings)
     if stats.message() and group.main:
         warnings.warn(f"{config.train}: {stats.message()}", stacklevel=3)
     if not sequences:
@@ -494,7 +555,13 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
         folder.work = Path(group.on_main(folder.make, config))
 
     lengths = [len(s) for s in sequences]
-    labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
+    if span is not None:  # a batch's loss is the mean over its candidates
+        labelled = [n_candidates(len(w.firsts), settings.max_span_words) for w in span.windows]
+        span_head = new_span_head(model, labels, settings.max_span_words, span.counts if config.head_prior else None)
+        span_head.to(device)
+    else:
+        labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
+        span_head = None
     if config.head_prior and new_head:
         with torch.no_grad():
             model.classifier.bias.copy_(label_prior(seq_labels, len(labels)).to(device))
@@ -503,10 +570,11 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     batch_size, max_tokens, batches_per_epoch = batch_plan(config, lengths)
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
     crf = ChainCRF(labels, config.scheme).to(device) if config.crf else None
-    optimizer = make_optimizer(model, config, crf, row_gradients=device.type == "cpu" and not group.active)
+    beside = crf if crf is not None else span_head
+    optimizer = make_optimizer(model, config, beside, row_gradients=device.type == "cpu" and not group.active)
     schedule = make_schedule(optimizer, config, total_steps)
     mode = group.on_main(precision, config, device)  # measured on one process, the same for all
-    state = start_state(config, group, folder, model, optimizer, schedule, device, crf)
+    state = start_state(config, group, folder, model, optimizer, schedule, device, beside)
     if config.resume:
         start = resumed_from(folder.name, state, config.epochs)
     run = Run(config=config, group=group, folder=folder, device=device, model=model, tokenizer=tokenizer,
@@ -515,16 +583,22 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
               choose=choose, keeps_best=keeps_best, sequences=sequences, seq_labels=seq_labels, lengths=lengths,
               labelled=labelled, edges=edges, batch_size=batch_size, max_tokens=max_tokens,
               batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state,
-              crf=crf, start=start)
+              span_windows=span.windows if span is not None else None, span_head=span_head, crf=crf,
+              start=start, pooler=pooler)
     if group.main:
         atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
         run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
     describe_run(run)
-    run.tagger = Tagger(model, tokenizer, settings, device, transitions=crf.transitions() if crf else None)
-    run.ddp = model
+    if span_head is not None:
+        run.tagger = SpanTagger(model, span_head, tokenizer, labels, settings.max_span_words, settings.max_length,
+                                settings.stride, device)
+        run.ddp = SpanModel(model, span_head)
+    else:
+        run.tagger = Tagger(model, tokenizer, settings, device, transitions=crf.transitions() if crf else None)
+        run.ddp = model
     if group.active:
         run.ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            run.ddp, device_ids=[device.index] if device.type == "cuda" else None)
     return run
 
 
@@ -538,25 +612,27 @@ def run_config(config: TrainConfig, group: Group, folder: RunFolder) -> TrainCon
         config = resumed_config(config, folder.work)
     config = config.normalised()
     config.check()
-    if config.head == "span":
-        raise TagtuneError("--head span: the span head cannot be trained yet; use --head token")
     if not config.resume:
         group.on_main(check_destination, config)
     return config
 
 
 def load_base_model(config: TrainConfig, labels: list[str], device: torch.device):
-    """(model, tokenizer, new_head, start): the base model with a head for ``labels``, on
-    ``device``, and its tokenizer; ``new_head`` when the head was made here rather than loaded;
-    ``start`` a line on the trained tagger it is, or None (see tagger_start)."""
+    """(model, tokenizer, new_head, start, pooler): the base model with a head for ``labels``
+    (the encoder alone for the span head), on ``device``, and its tokenizer; ``new_head`` when
+    the head was made here rather than loaded; ``start`` a line on the trained tagger it is, or
+    None (see tagger_start); ``pooler`` the checkpoint's pooler weights (LoadReport.pooler)."""
     torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
-    model, report = load_model(config.model, labels=labels, train_on=device)
+    span = config.head == "span"
+    model, report = load_model(config.model, labels=[] if span else labels, train_on=device)
+    if span:  # the encoder alone: a checkpoint's token head and head transform are left out
+        model.head = None
     model.config.check_window(config.max_length, "--max-length")
     tokenizer = load_tokenizer(report.directory)
     check_vocab(tokenizer, model.config, report.directory)
     model.to(device)
     start = None if config.resume else tagger_start(config, report.directory, labels, report.new_head)
-    return model, tokenizer, report.new_head, start
+    return model, tokenizer, report.new_head, start, report.pooler
 
 
 def tagger_start(config: TrainConfig, directory: Path, labels: list[str], new_head: bool) -> str | None:
@@ -568,7 +644,9 @@ def tagger_start(config: TrainConfig, directory: Path, labels: list[str], new_he
     own = read_config(directory).labels
     own_types, types = entity_types(own), entity_types(labels)
     start = f"{config.model} is a trained tagger ({listing(own_types)}): training continues from"
-    if not new_head:
+    if config.head == "span":
+        start += " its encoder's weights with a new span head"
+    elif not new_head:
         start += " its weights and head"
     else:
         added, lacking = [t for t in types if t not in own_types], [t for t in own_types if t not in types]
@@ -620,7 +698,7 @@ def batch_plan(config: TrainConfig, lengths: list[int]) -> tuple[int | None, int
 
 
 def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, optimizer: AdamW,
-                schedule: LinearSchedule, device: torch.device, crf: ChainCRF | None = None) -> dict:
+                schedule: LinearSchedule, device: torch.device, beside: torch.nn.Module | None = None) -> dict:
     """The loop's state (epoch, step, best F1 so far, history): restored with the weights,
     optimizer, schedule and random streams from the checkpoint when resuming, else new and
     written as the first checkpoint, before the first step, so that a run stopped in its first
@@ -628,14 +706,14 @@ def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, opt
     if not config.resume:
         state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False,
                  "history": []}
-        save_checkpoint(folder.work, model, optimizer, schedule, state, device, group, crf)
+        save_checkpoint(folder.work, model, optimizer, schedule, state, device, group, beside)
         folder.checkpointed()
         return state
     saved = torch.load(folder.work / CHECKPOINT, map_location="cpu", weights_only=True)
     weights = epoch_weights(folder.work, saved["state"]["epoch"])
     if not weights.is_file():
         raise TagtuneError(f"{weights}: missing, but the checkpoint needs it; the run cannot be resumed")
-    load_epoch_weights(weights, model, crf, device)
+    load_epoch_weights(weights, model, beside, device)
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
     rngs = saved.get("rngs") or [saved["rng"]]
@@ -652,8 +730,9 @@ def describe_run(run: Run) -> None:
     if run.start:
         run.say(f"tagtune: {run.start}")
     run.say(f"tagtune: {run.data_line}")
-    run.say(f"tagtune: {len(run.sequences)} windows, {len(run.labels)} tags"
-            + (" with a CRF" if config.crf else "") + f", {epochs} epoch{'s' * (epochs > 1)} x "
+    what = (f"{len(run.labels)} labels with a span head of up to {config.max_span_words} words"
+            if run.span_head is not None else f"{len(run.labels)} tags" + (" with a CRF" if config.crf else ""))
+    run.say(f"tagtune: {len(run.sequences)} windows, {what}" + f", {epochs} epoch{'s' * (epochs > 1)} x "
             f"{batches} batch{'es' * (batches > 1)} "
             + (f"of up to {run.max_tokens} tokens" if run.max_tokens else f"of {run.batch_size} windows")
             + (" (length-bucketed)" if config.bucket else "")
@@ -722,18 +801,28 @@ def forward_backward(run: Run, indices: list[int], stepping: bool) -> torch.Tens
     share = indices[group.rank::group.world]
     mine = share or indices[:1]  # a process with no share runs a window with weight 0
     weight = 1.0 if share else 0.0
-    batch = pack([run.sequences[i] for i in mine], [run.seq_labels[i] for i in mine], mine)
+    span = run.span_windows is not None
+    batch = pack([run.sequences[i] for i in mine], None if span else [run.seq_labels[i] for i in mine], mine)
     if run.mode == "bf16":
         batch = fill_batch(batch)
+    if span:  # the candidates of the batch's windows (filler sequences have none)
+        windows = [run.span_windows[i] for i in mine]
+        found = batch_candidates([w.firsts for w in windows], [w.lasts for w in windows],
+                                 batch.cu_seqlens[:len(mine)].tolist(), run.span_head.max_width,
+                                 [w.entities for w in windows])
+        candidates = [torch.as_tensor(a, device=device)
+                      for a in (found.start_token, found.end_token, found.width, found.labels)]
     batch = batch.to(device)
-    # The loss of the whole batch is the mean over its labelled tokens; each process
-    # takes its tokens' share, scaled by the number of processes DDP averages over.
+    # The loss of the whole batch is the mean over its labelled tokens (or candidates); each
+    # process takes its share, scaled by the number of processes DDP averages over.
     count = sum(run.labelled[i] for i in indices)
     sync = run.ddp.no_sync() if group.active and not stepping else contextlib.nullcontext()
     with sync:
         with torch.autocast(device.type, dtype=run.amp, enabled=run.amp is not None):
-            logits = run.ddp(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
-        if run.crf is not None:  # summed over the sequences' chains, in fp32 (filler sequences have none)
+            logits = run.ddp(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, *candidates[:3] if span else ())
+        if span:  # fp32 logits (C, L + 1)
+            total = span_loss(logits, candidates[3], reduction="sum")
+        elif run.crf is not None:  # summed over the sequences' chains, in fp32 (filler sequences have none)
             opens, closes = edge_flags([run.edges[i] for i in mine], len(batch.cu_seqlens) - 1, device)
             total = run.crf.nll(logits.float(), batch.labels, batch.cu_seqlens, opens, closes).sum()
         else:
@@ -794,7 +883,7 @@ def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
     if stop or epoch + 1 == config.epochs:
         run.unsaved = True  # the final save follows: no checkpoint unless it fails (save_last_epoch)
     else:
-        save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group, run.crf,
+        save_checkpoint(run.work, run.model, run.optimizer, run.schedule, state, run.device, run.group, run.beside,
                         run.keeps_best)
     run.folder.keep()
     return line, stop
@@ -811,7 +900,7 @@ def finish(run: Run) -> dict:
     if run.group.main:
         if kept != state["epoch"]:  # the model holds the last epoch's weights; the best is an earlier one
             run.unsaved = False  # the last epoch's weights are gone: a failure resumes from the checkpoint
-            load_epoch_weights(epoch_weights(work, kept), run.model, run.crf, run.device)
+            load_epoch_weights(epoch_weights(work, kept), run.model, run.beside, run.device)
         files = settings_files(run.settings)
         if run.crf is not None:
             files.update(crf_files(run.crf.transitions(), run.labels))
@@ -819,7 +908,9 @@ def finish(run: Run) -> dict:
         def write_files(folder: Path) -> None:
             write_report(folder, state["history"], run.labels, kept_epoch=kept, data=run.data_line,
                          note=run.small_dev)
-            write_model_files(run.model, run.tokenizer, folder, files)
+            if run.span_head is not None:  # beside the encoder, before its config.json
+                write_safetensors(folder / SPAN_HEAD_FILE, run.span_head.state_dict(), {"format": "pt"})
+            write_model_files(run.model, run.tokenizer, folder, files, run.pooler)
 
         run.folder.finish(write_files)
     run.group.barrier()  # every process returns once the folder is complete
@@ -838,4 +929,4 @@ def save_last_epoch(run: Run) -> None:
     if run.unsaved and not run.group.active:
         with contextlib.suppress(Exception):
             save_checkpoint(run.work, run.model, run.optimizer, run.schedule, run.state, run.device, run.group,
-                            run.crf, run.keeps_best)
+                            run.beside, run.keeps_best)

@@ -226,20 +226,29 @@ def epoch_weights(work: Path, epoch: int) -> Path:
 
 CRF_PREFIX = "crf."
 """Epoch weights hold a CRF's scores under this prefix, beside the model's (whose names never start so)."""
+SPAN_HEAD_PREFIX = "span_head."
+"""Epoch weights hold the span head's weights under this prefix, beside the encoder's."""
 
 
-def save_epoch_weights(work: Path, model, epoch: int, crf: ChainCRF | None = None) -> None:
+def prefix_of(beside: torch.nn.Module) -> str:
+    """The prefix of the weights of ``beside``, a CRF or span head trained beside the model."""
+    return CRF_PREFIX if isinstance(beside, ChainCRF) else SPAN_HEAD_PREFIX
+
+
+def save_epoch_weights(work: Path, model, epoch: int, beside: torch.nn.Module | None = None) -> None:
+    """Write the model's weights for ``epoch``, with those of a CRF or span head ``beside`` it."""
     weights = dict(model.state_dict())
-    if crf is not None:
-        weights.update({CRF_PREFIX + k: v for k, v in crf.state_dict().items()})
+    if beside is not None:
+        weights.update({prefix_of(beside) + k: v for k, v in beside.state_dict().items()})
     write_safetensors(epoch_weights(work, epoch), weights)
 
 
-def load_epoch_weights(path: Path, model, crf: ChainCRF | None, device: torch.device) -> None:
-    """Load what save_epoch_weights wrote into ``model`` (and ``crf``)."""
+def load_epoch_weights(path: Path, model, beside: torch.nn.Module | None, device: torch.device) -> None:
+    """Load what save_epoch_weights wrote into ``model`` (and the CRF or span head ``beside`` it)."""
     weights = load_file(path, device=str(device))
-    if crf is not None:
-        crf.load_state_dict({k[len(CRF_PREFIX):]: weights.pop(k) for k in list(weights) if k.startswith(CRF_PREFIX)})
+    if beside is not None:
+        prefix = prefix_of(beside)
+        beside.load_state_dict({k[len(prefix):]: weights.pop(k) for k in list(weights) if k.startswith(prefix)})
     model.load_state_dict(weights)
 
 
@@ -252,9 +261,10 @@ def remove_other_epoch_weights(work: Path, keep: set[int]) -> None:
 
 
 def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: torch.device,
-                    group: Group | None = None, crf: ChainCRF | None = None, keeps_best: bool = False) -> None:
-    """Everything needed to continue exactly, written by rank 0: the epoch's weights (and the
-    CRF's scores, whose optimizer state is in the optimizer's), then state.pt, each to a
+                    group: Group | None = None, beside: torch.nn.Module | None = None,
+                    keeps_best: bool = False) -> None:
+    """Everything needed to continue exactly, written by rank 0: the epoch's weights (and those
+    of the CRF or span head ``beside`` the model, whose optimizer state is in the optimizer's), then state.pt, each to a
     temporary file then renamed, so a failed save leaves the previous checkpoint. The random
     states of all processes are kept. Then the epoch weights that neither this checkpoint nor
     the best epoch (``keeps_best``) needs are deleted."""
@@ -268,7 +278,7 @@ def save_checkpoint(out: Path, model, optimizer, schedule, state: dict, device: 
         path.parent.mkdir(exist_ok=True)
     except OSError as e:
         raise write_error(path.parent, e) from None
-    save_epoch_weights(out, model, state["epoch"], crf)
+    save_epoch_weights(out, model, state["epoch"], beside)
     payload = {
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
