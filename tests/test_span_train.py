@@ -211,3 +211,62 @@ def test_a_resumed_span_run_ends_with_the_same_weights(tiny_bert, nested_file, t
         for key in whole:
             torch.testing.assert_close(resumed[key], whole[key], atol=0, rtol=0, msg=f"{name}: {key}")
 
+
+def test_train_evaluate_and_predict_nested_spans_from_the_command_line(tiny_bert, nested_file, tmp_path, capsys):
+    """tagtune train --head span learns the nested spans (F1 1.0 on its training texts by
+    tagtune evaluate, which reads the nested gold spans), and predict prints them nested."""
+    out = tmp_path / "tagger"
+    result = run_main(capsys, "train", "--model", tiny_bert, "--train", nested_file, "--out", out, "--head", "span",
+                      "--max-span-words", "4", "--epochs", "20", "--batch-size", "1", "--no-bucket", "--lr", "5e-3",
+                      "--warmup", "0", "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    scores = run_main(capsys, "evaluate", out, nested_file, "--device", "cpu", "--quiet")
+    assert scores.returncode == 0, scores.stderr
+    assert json.loads(scores.stdout)["f1"] == 1.0 and json.loads(scores.stdout)["support"] == 17
+    texts = tmp_path / "texts.txt"
+    texts.write_text("University of Tokyo is big\nJohn Smith met Mary Jones\n", encoding="utf-8")
+    printed = run_main(capsys, "predict", out, texts, "--device", "cpu", "--quiet")
+    assert printed.returncode == 0, printed.stderr
+    found = [[(s["text"], s["label"]) for s in json.loads(line)["spans"]] for line in printed.stdout.splitlines()]
+    assert found == [[("University of Tokyo", "ORG"), ("Tokyo", "LOC")],
+                     [("John", "FIRST"), ("John Smith", "PER"), ("Mary", "FIRST"), ("Mary Jones", "PER")]]
+    flat = run_main(capsys, "predict", out, texts, "--device", "cpu", "--quiet", "--overlap", "flat")
+    assert all(a["end"] <= b["start"] for line in flat.stdout.splitlines()
+               for a, b in zip(json.loads(line)["spans"], json.loads(line)["spans"][1:]))
+    onnx = run_main(capsys, "predict", out, texts, "--backend", "onnx", "--quiet")
+    assert onnx.returncode == 1 and onnx.stderr.strip().splitlines() == [
+        f"tagtune: error: {out}: a span tagger (--head span) runs on the PyTorch backend only, not on ONNX "
+        "Runtime; use --backend torch"]
+
+
+def ls_region(start, end, label):
+    return {"id": f"r{start}", "from_name": "label", "to_name": "text", "type": "labels",
+            "value": {"start": start, "end": end, "labels": [label]}}
+
+
+@pytest.mark.parametrize("export", ["label-studio", "doccano"])
+def test_exports_with_overlapping_regions_train(export, tiny_bert, tmp_path):
+    from tagtune.training.loop import train
+
+    if export == "label-studio":
+        path = tmp_path / "export.json"
+        path.write_text(json.dumps([{"id": i, "data": {"text": text},
+                                     "annotations": [{"result": [ls_region(*span) for span in spans]}]}
+                                    for i, (text, spans) in enumerate(NESTED)]), encoding="utf-8")
+    else:
+        path = tmp_path / "export.jsonl"
+        path.write_text("".join(json.dumps({"text": text, "label": [list(s) for s in spans]}) + "\n"
+                                for text, spans in NESTED), encoding="utf-8")
+    with pytest.raises(TagtuneError, match="spans overlap.*--head span"):
+        train(TrainConfig(model=str(tiny_bert), train=str(path), out=str(tmp_path / "token"), progress=False))
+    train(span_config(tiny_bert, path, tmp_path / "span", epochs=1))
+    assert json.loads((tmp_path / "span" / SETTINGS_FILE).read_text())["labels"] == ["FIRST", "LOC", "ORG", "PER"]
+
+
+def test_the_token_heads_overlap_error_names_the_span_head(tiny_bert, nested_file, tmp_path, capsys):
+    result = run_main(capsys, "train", "--model", tiny_bert, "--train", nested_file, "--out", tmp_path / "out",
+                      "--device", "cpu", "--quiet")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"tagtune: error: {nested_file}:1: spans overlap: ORG [0, 19) 'University of "
+                                    "Tokyo' and LOC [14, 19) 'Tokyo'; a tagger with --head span learns")
+    assert not (tmp_path / "out").exists()

@@ -125,7 +125,8 @@ def cmd_predict(args) -> int:
     keep_freed_memory()
     predict_file(args.model_dir, args.input, args.output, device=args.device, batch_texts=args.batch_texts,
                  progress=not args.quiet, argmax=args.argmax, overwrite=args.overwrite, backend=args.backend,
-                 format=args.format, min_score=args.min_score, bf16=args.bf16)
+                 format=args.format, min_score="auto" if args.min_score is None else args.min_score, bf16=args.bf16,
+                 overlap=args.overlap)
     return 0
 
 
@@ -375,9 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-texts", type=int, default=parameter_default(predict_file, "batch_texts"), metavar="N",
                    help="texts (lines, records or sentences) read and tagged at a time")
     p.add_argument("--argmax", action="store_true", help="per-token argmax instead of constrained decoding")
-    p.add_argument("--min-score", type=float, default=parameter_default(predict_file, "min_score"), metavar="P",
+    p.add_argument("--min-score", type=float, metavar="P",
                    help="leave out spans whose score, the probability that the span is an entity of its label, "
-                        "is below P (0 to 1)")
+                        "is below P (0 to 1; default 0.5 for a span tagger, 0 for a token tagger)")
+    p.add_argument("--overlap", choices=["nested", "flat", "any"], default="nested",
+                   help="a span tagger's spans: nested (disjoint or one within another), flat (disjoint) or any "
+                        "(every span scoring at least --min-score); a token tagger's never overlap")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="PyTorch or ONNX Runtime (default auto: ONNX for a folder with model.onnx and no weights)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

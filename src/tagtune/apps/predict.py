@@ -40,6 +40,7 @@ from pathlib import Path
 from tagtune.apps._pool import (INPUT_FORMATS, UNITS, count_records, probe_lines, check_output, decoded_lines,
                                 detect_format, read_records)
 from tagtune.data.decode import check_min_score
+from tagtune.data.spandecode import check_overlap
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.files import open_input, umask
@@ -53,12 +54,15 @@ INTERACTIVE_HINT = "tagtune: type a text per line, Ctrl-D to end"
 
 def predict_file(model_dir: str, input: str = "-", output: str = "-", device: str | None = None,
                  batch_texts: int = 512, progress: bool = True, argmax: bool = False, overwrite: bool = False,
-                 backend: str = "auto", format: str | None = None, min_score: float = 0.0, bf16: str = "auto") -> int:
+                 backend: str = "auto", format: str | None = None, min_score: float | str = "auto",
+                 bf16: str = "auto", overlap: str = "nested") -> int:
     """Tag every text of ``input`` and write ``{"text", "spans", ...}`` lines to ``output``.
     ``backend``: "torch", "onnx" or "auto" (tagtune.inference.load.choose_backend). ``format``: one of
     :data:`INPUT_FORMATS`, or None to detect it (:func:`detect_format`). ``min_score``: spans whose
-    score (their probability) is below it are left out. ``bf16``: "auto", "on" or "off", as
-    :class:`tagtune.inference.tagger.Tagger` takes it. Returns the number of texts.
+    score (their probability) is below it are left out; "auto": 0 for a token tagger, 0.5 for a
+    span tagger. ``bf16``: "auto", "on" or "off", as :class:`tagtune.inference.tagger.Tagger`
+    takes it. ``overlap``: a span tagger's overlap rule, "nested", "flat" or "any". Returns the
+    number of texts.
 
     When ``input`` is stdin and stdin is a terminal, each text is tagged and written as soon as its
     line is entered (a hint goes to stderr first, unless ``progress`` is off). Otherwise texts are
@@ -72,7 +76,9 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
         raise TagtuneError(f"unknown input format {format!r}; the formats are: {', '.join(INPUT_FORMATS)}")
     if batch_texts < 1:
         raise TagtuneError(f"batch size must be positive, got {batch_texts}")
-    min_score = check_min_score(min_score, "min-score")
+    if min_score != "auto":
+        min_score = check_min_score(min_score, "min-score")
+    check_overlap(overlap)
     check_bf16(bf16)
     if input == "-":
         if sys.stdin is None:
@@ -94,7 +100,7 @@ def predict_file(model_dir: str, input: str = "-", output: str = "-", device: st
             if backend != "onnx":
                 device = str(device_for(group, device))
         return _predict(model_dir, input, output, device, batch_texts, progress and group.main, argmax, backend,
-                        format, group, min_score, bf16)
+                        format, group, min_score, bf16, overlap)
     finally:
         leave(group)
 
@@ -113,11 +119,11 @@ def _open_input(input: str):
 
 
 def _predict(model_dir, input, output, device, batch_texts, progress, argmax, backend, format, group: Group,
-             min_score: float = 0.0, bf16: str = "auto") -> int:
+             min_score: float | str = "auto", bf16: str = "auto", overlap: str = "nested") -> int:
     if group.active and bf16 == "auto" and backend != "onnx":  # one measurement, the same choice for all
         agree_cpu_bf16_speedup(group.on_main(cpu_bf16_speedup))
     tagger = Tagger.load(model_dir, device=device, constrained=not argmax, backend=backend, min_score=min_score,
-                         bf16=bf16)
+                         bf16=bf16, overlap=overlap)
     name = "stdin" if input == "-" else input
     interactive = input == "-" and _isatty(sys.stdin)
     source = _open_input(input)

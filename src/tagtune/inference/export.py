@@ -33,7 +33,7 @@ from tagtune.data.formats import read_examples
 from tagtune.errors import TagtuneError
 from tagtune.files import new_folder_beside, replace_folder
 from tagtune.inference.evaluate import evaluate_examples
-from tagtune.inference.load import locate, open_folder
+from tagtune.inference.load import head_of, locate, open_folder
 from tagtune.inference.onnx_backend import INPUT_NAMES, OUTPUT_NAME, OnnxModel
 from tagtune.inference.tagger import Tagger
 from tagtune.models.bert import fused_attention_weights
@@ -169,6 +169,9 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
     ``progress``, each stage is announced on stderr once the input is checked."""
     say = (lambda msg: print(f"tagtune: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     source = locate(model_dir)
+    if head_of(source) == "span":
+        raise TagtuneError(f"{source}: a span tagger (--head span) cannot be exported to ONNX; it runs on the "
+                           "PyTorch backend")
     out = Path(out)
     _check_output(source, out, overwrite)
     examples = None

@@ -17,7 +17,8 @@ from tagtune.data.decode import Transitions
 from tagtune.errors import TagtuneError
 from tagtune.inference.onnx_backend import OnnxModel
 from tagtune.store.hub import resolve
-from tagtune.store.layout import ONNX_FILE, WEIGHT_FILES, TaggerSettings, read_crf
+from tagtune import safejson
+from tagtune.store.layout import ONNX_FILE, SETTINGS_FILE, SPAN_HEAD_FILE, WEIGHT_FILES, TaggerSettings, read_crf
 from tagtune.store.runs import check_finished
 from tagtune.text.tokenizer import load_tokenizer
 
@@ -77,6 +78,38 @@ class TaggerFolder:
     labels: list[str]
     transitions: Transitions | None = None
     """The CRF's scores (crf.json) when the tagger was trained with one."""
+    span_head: object = None
+    """The span head (a tagtune.models.spanhead.SpanHead on the CPU, in eval mode) of a tagger
+    trained with ``--head span``; ``model`` is then its encoder and ``labels`` its entity labels."""
+
+
+def head_of(folder: Path) -> str:
+    """The head tagtune.json names, "token" without one (checked in full by TaggerSettings.read)."""
+    path = folder / SETTINGS_FILE
+    head = safejson.read_object(path).get("head", "token") if path.is_file() else "token"
+    return head if isinstance(head, str) else "token"
+
+
+def load_span_head(folder: Path):
+    """The span head of ``folder`` (span_head.safetensors), its sizes read from the shapes
+    (tagtune.models.spanhead); a one-line error when the file is missing or unreadable, or its
+    weights are not a span head's."""
+    from tagtune.models.checkpoint import read_safetensors
+    from tagtune.models.spanhead import SpanHead
+
+    path = folder / SPAN_HEAD_FILE
+    if not path.is_file():
+        raise TagtuneError(f"{folder}: tagtune.json says the tagger has a span head, but there is no {SPAN_HEAD_FILE}")
+    state = read_safetensors(path)
+    try:
+        width = state["width_embeddings.weight"]
+        head = SpanHead(state["dense.weight"].shape[0], state["classifier.weight"].shape[0], width.shape[0],
+                        width.shape[1])
+        head.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TagtuneError(f"{path}: not the weights of a span head ({first})") from None
+    return head.eval()
 
 
 def locate(source) -> Path:
@@ -95,6 +128,10 @@ def open_folder(source, backend: str = "auto", check_window: bool = True, locate
     ``check_window``, tagtune.json's window is checked to fit the model's positions."""
     folder = source if located else locate(source)
     backend = choose_backend(folder, backend)
+    span = head_of(folder) == "span"
+    if span and backend == "onnx":
+        raise TagtuneError(f"{folder}: a span tagger (--head span) runs on the PyTorch backend only, "
+                           "not on ONNX Runtime; use --backend torch")
     if backend == "onnx":
         model = OnnxModel.load(folder)
         if not model.config.num_labels:
@@ -106,11 +143,18 @@ def open_folder(source, backend: str = "auto", check_window: bool = True, locate
             raise TagtuneError(f"{folder}: the PyTorch backend needs torch, which cannot be imported "
                                f"(export the tagger with `tagtune export --onnx` for the ONNX backend)") from None
         model, _ = load_model(folder)
-        if model.classifier is None:
+        if model.classifier is None and not span:
             raise not_a_token_classifier(folder)
     tokenizer = load_tokenizer(folder)
     check_vocab(tokenizer, model.config, folder)
     labels = model.config.labels
     settings = TaggerSettings.read(folder, labels, model.config if check_window else None)
+    if span:
+        head = load_span_head(folder)
+        if head.num_labels != len(settings.labels) + 1 or head.max_width < settings.max_span_words:
+            raise TagtuneError(f"{folder}: {SPAN_HEAD_FILE} has {head.num_labels} outputs and widths up to "
+                               f"{head.max_width}, but tagtune.json names {len(settings.labels)} labels (and none) "
+                               f"and spans of up to {settings.max_span_words} words")
+        return TaggerFolder(folder, backend, model, tokenizer, settings, settings.labels, span_head=head)
     transitions = read_crf(folder, labels, settings.scheme) if settings.crf else None
     return TaggerFolder(folder, backend, model, tokenizer, settings, labels, transitions)

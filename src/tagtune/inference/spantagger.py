@@ -28,7 +28,7 @@ from tagtune.data.spandecode import (
     span_uncertainty,
 )
 from tagtune.errors import TagtuneError
-from tagtune.inference.tagger import BATCH_TOKENS, release_freed_memory
+from tagtune.inference.runtime import BATCH_TOKENS, release_freed_memory
 from tagtune.spans import Span
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class SpanTagger:
         stride: Tokens shared by consecutive windows.
         device: Where the model and head run, a torch.device.
         batch_tokens: Real tokens per forward pass.
+        overlap: The overlap rule of a call that names none ("nested", "flat" or "any").
+        min_score: The least score of a span, for a call that names none.
 
     Example:
         ```python
@@ -78,14 +80,18 @@ class SpanTagger:
 
     def __init__(self, model: TokenClassifier, head: SpanHead, tokenizer: Tokenizer, labels: list[str],
                  max_width: int, max_length: int = 128, stride: int = 32, device: str | torch.device = "cpu",
-                 batch_tokens: int = BATCH_TOKENS):
+                 batch_tokens: int = BATCH_TOKENS, overlap: str = "nested", min_score: float = 0.5):
         """A span tagger over a loaded encoder and span head, both moved to ``device``.
 
         Raises:
             ValueError: When the head's outputs are not "none" and the ``labels``, or
                 ``max_width`` is wider than the head's widths.
+            TagtuneError: When ``overlap`` or ``min_score`` is out of range.
         """
         import torch
+
+        check_overlap(overlap)
+        self.overlap, self.min_score = overlap, check_min_score(min_score)
 
         if head.num_labels != len(labels) + 1:
             raise ValueError(f"the span head has {head.num_labels} outputs, not none and the {len(labels)} labels")
@@ -101,21 +107,21 @@ class SpanTagger:
         self.stride = stride
         self.batch_tokens = batch_tokens
 
-    def __call__(self, texts: str | list[str], overlap: str = "nested",
-                 min_score: float = 0.5) -> list[Span] | list[list[Span]]:
+    def __call__(self, texts: str | list[str], overlap: str | None = None,
+                 min_score: float | None = None) -> list[Span] | list[list[Span]]:
         """Spans of one text, or of each text of a list (see :meth:`predict`)."""
         if isinstance(texts, str):
             return self.predict([texts], overlap, min_score)[0]
         return self.predict(list(texts), overlap, min_score)
 
-    def predict(self, texts: list[str], overlap: str = "nested", min_score: float = 0.5) -> list[list[Span]]:
+    def predict(self, texts: list[str], overlap: str | None = None, min_score: float | None = None) -> list[list[Span]]:
         """Spans of each text.
 
         Args:
             texts: The texts; an empty one, or one without units, has no spans.
             overlap: "nested" (spans disjoint or one within another), "flat" (disjoint) or
-                "any" (every candidate scoring at least ``min_score``).
-            min_score: The least probability (0 to 1) of a span's label.
+                "any" (every candidate scoring at least ``min_score``); None: the tagger's.
+            min_score: The least probability (0 to 1) of a span's label; None: the tagger's.
 
         Returns:
             One list of spans per text, in order, each sorted by (start, end).
@@ -126,16 +132,17 @@ class SpanTagger:
         """
         return self.predict_with_uncertainty(texts, overlap, min_score)[0]
 
-    def uncertainty(self, texts: list[str], overlap: str = "nested", min_score: float = 0.5) -> list[float]:
+    def uncertainty(self, texts: list[str], overlap: str | None = None, min_score: float | None = None) -> list[float]:
         """How unsure the decoding of each text is, 0 to 1 (tagtune.data.spandecode.span_uncertainty);
         0 for a text without units."""
         return self.predict_with_uncertainty(texts, overlap, min_score)[1]
 
-    def predict_with_uncertainty(self, texts: list[str], overlap: str = "nested",
-                                 min_score: float = 0.5) -> tuple[list[list[Span]], list[float]]:
+    def predict_with_uncertainty(self, texts: list[str], overlap: str | None = None,
+                                 min_score: float | None = None) -> tuple[list[list[Span]], list[float]]:
         """What :meth:`predict` and :meth:`uncertainty` give, from one pass through the model."""
+        overlap = self.overlap if overlap is None else overlap
         check_overlap(overlap)
-        min_score = check_min_score(min_score)
+        min_score = check_min_score(self.min_score if min_score is None else min_score)
         spans, unsure = [], []
         for found in self.candidates(texts):
             chosen = chosen_candidates(found.start, found.end, found.probs, overlap, min_score)

@@ -14,8 +14,6 @@ an exported folder is served where torch is not installed.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +30,7 @@ from tagtune.data.decode import (
 )
 from tagtune.errors import TagtuneError
 from tagtune.inference.load import open_folder
+from tagtune.inference.runtime import BATCH_TOKENS, release_freed_memory
 from tagtune.models.precision import check_bf16, describe, use_bf16
 from tagtune.spans import Span
 from tagtune.store.layout import TaggerSettings
@@ -42,6 +41,7 @@ if TYPE_CHECKING:  # for the annotations only: torch is imported where the PyTor
     import torch
 
     from tagtune.inference.onnx_backend import OnnxModel
+    from tagtune.inference.spantagger import SpanTagger
     from tagtune.models.packed import TokenClassifier
     from tagtune.progress import Progress
     from tagtune.text.tokenizer import Tokenizer
@@ -53,9 +53,6 @@ def default_device():
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-BATCH_TOKENS = 2048
-"""Real tokens per forward pass of the PyTorch backend, by default."""
 
 ONNX_BATCH_TOKENS = 512
 """The same for the ONNX backend. Tagging 2,048 WNUT tweets on 2 Intel Xeon cores, alternating
@@ -162,7 +159,8 @@ class Tagger:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device | None = None, constrained: bool = True,
-             backend: str = "auto", min_score: float = 0.0, bf16: str = "auto") -> Tagger:
+             backend: str = "auto", min_score: float | str = "auto", bf16: str = "auto",
+             overlap: str = "nested") -> Tagger | SpanTagger:
         """Load a tagger from a folder, or from the Hugging Face Hub.
 
         The folder is one that ``tagtune train`` or ``tagtune export`` wrote, or any Hugging
@@ -177,14 +175,18 @@ class Tagger:
                 unit's argmax (``tagtune predict --argmax``).
             backend: "torch", "onnx", or "auto": ONNX when the folder has model.onnx and no
                 PyTorch weights (or both, and torch cannot be imported), else PyTorch.
-            min_score: Spans scoring below it (0 to 1) are dropped, unless a call passes its own.
+            min_score: Spans scoring below it (0 to 1) are dropped, unless a call passes its own;
+                "auto": 0 for a token tagger, 0.5 for a span tagger.
             bf16: "auto" runs the encoder in bf16 where the hardware multiplies bf16 natively and
                 faster than fp32 (CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX whose bf16
                 matrix products measure faster), else in fp32; "on" in bf16, "off" in fp32. The
                 classifier and the decoding stay fp32; the ONNX backend runs as exported.
+            overlap: For a span tagger, which of its spans are kept: "nested", "flat" or "any"
+                (tagtune.inference.spantagger.SpanTagger.predict); a token tagger's never overlap.
 
         Returns:
-            The tagger, its model in eval mode on ``device``.
+            The tagger, its model in eval mode on ``device``: a SpanTagger (PyTorch backend
+            only) for a folder trained with ``--head span``.
 
         Raises:
             TagtuneError: When ``directory`` is neither a folder nor a Hub repo id that can be
@@ -201,9 +203,14 @@ class Tagger:
             hub = Tagger.load("org/name@v1.0")
             ```
         """
-        min_score = check_min_score(min_score)  # before the model is loaded
+        auto = isinstance(min_score, str) and min_score == "auto"
+        if not auto:
+            min_score = check_min_score(min_score)  # before the model is loaded
         check_bf16(bf16)
         opened = open_folder(directory, backend)
+        if opened.span_head is not None:
+            return _span_tagger(opened, device, overlap, 0.5 if auto else min_score, bf16)
+        min_score = 0.0 if auto else min_score
         if opened.backend == "onnx":
             return cls(opened.model, opened.tokenizer, opened.settings, device, constrained, min_score=min_score,
                        transitions=opened.transitions, bf16="off" if bf16 == "auto" else bf16)
@@ -433,26 +440,21 @@ def _above(spans: list[list[Span]], min_score: float) -> list[list[Span]]:
     return [[s for s in found if s.score >= min_score] for found in spans] if min_score > 0 else spans
 
 
-@functools.lru_cache(maxsize=None)
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+def _span_tagger(opened, device, overlap: str, min_score: float, bf16: str) -> SpanTagger:
+    """The SpanTagger of an opened span tagger folder, on ``device`` (None: CUDA when available),
+    its encoder in bf16 where ``bf16`` chooses it (the span head stays fp32)."""
+    import torch
 
+    from tagtune.inference.spantagger import SpanTagger
 
-def release_freed_memory() -> bool:
-    """Give the pages the C heap holds free back to the system (glibc's malloc_trim, well under
-    a millisecond); False where there is no such call. PyTorch's CPU tensors come from malloc,
-    and glibc keeps the holes that batches of ever-different shapes leave: without this, the
-    resident memory between chunks of 512 tweets crept from 521 MB after the first to 585 MB
-    after the 18th; with it, 429-440 MB over 60 chunks."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
+    device = _torch_device(device) if device is not None else default_device()
+    settings = opened.settings
+    tagger = SpanTagger(opened.model.eval(), opened.span_head, opened.tokenizer, opened.labels,
+                        settings.max_span_words, settings.max_length, settings.stride, device,
+                        overlap=overlap, min_score=min_score)
+    if use_bf16(bf16, device):
+        opened.model.use_low_precision(torch.bfloat16)
+    return tagger
 
 
 def _torch_device(device):
