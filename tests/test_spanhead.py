@@ -213,9 +213,8 @@ def test_learns_a_synthetic_task():
     held_out = synthetic(40, 4, 16, generator)
     torch.manual_seed(5)
     head = SpanHead(hidden_size=16, num_labels=5, max_width=4, width_size=8, dropout=0.0)
-    seconds = train(head, head, data)
+    train(head, head, data)
     assert accuracy(head, held_out) >= 0.99
-    assert seconds < 5
     # The hidden layer is what learns it: one linear layer over the same concatenation cannot.
     linear = torch.nn.Linear(16 + 16 + 8, 5)
 
