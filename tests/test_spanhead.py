@@ -3,7 +3,6 @@ concatenation, gradients by finite differences, the loss against a per-candidate
 hidden states, the label prior of init_bias, and a small synthetic task it must learn."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -187,17 +186,15 @@ def synthetic(n: int, k: int, size: int, generator) -> tuple:
     return hidden, i + 1, j + 1, width, labels
 
 
-def train(head, forward, data, steps: int = 300) -> float:
-    """``steps`` of Adam (lr 1e-2) on the candidates of ``data`` in turn; the seconds taken."""
+def train(head, forward, data, steps: int = 300) -> None:
+    """``steps`` of Adam (lr 1e-2) on the candidates of ``data`` in turn."""
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-    began = time.perf_counter()
     for step in range(steps):
         hidden, start, end, width, labels = data[step % len(data)]
         loss = span_loss(forward(hidden, start, end, width), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - began
 
 
 def accuracy(forward, data) -> float:
@@ -213,9 +210,8 @@ def test_learns_a_synthetic_task():
     held_out = synthetic(40, 4, 16, generator)
     torch.manual_seed(5)
     head = SpanHead(hidden_size=16, num_labels=5, max_width=4, width_size=8, dropout=0.0)
-    seconds = train(head, head, data)
+    train(head, head, data)
     assert accuracy(head, held_out) >= 0.99
-    assert seconds < 5
     # The hidden layer is what learns it: one linear layer over the same concatenation cannot.
     linear = torch.nn.Linear(16 + 16 + 8, 5)
 
