@@ -237,6 +237,14 @@ def test_train_evaluate_and_predict_nested_spans_from_the_command_line(tiny_bert
     assert onnx.returncode == 1 and onnx.stderr.strip().splitlines() == [
         f"tagtune: error: {out}: a span tagger (--head span) runs on the PyTorch backend only, not on ONNX "
         "Runtime; use --backend torch"]
+    for command in (["select", out, texts, "-n", "1", "-o", tmp_path / "chosen.jsonl"],
+                    ["annotate", texts, "--model", out, "--out", tmp_path / "answers.jsonl", "--port", "0"]):
+        refused = run_main(capsys, *command, "--device", "cpu")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().splitlines()[-1] == (
+            f"tagtune: error: {out}: a span tagger (--head span); {'select' if command[0] == 'select' else 'annotate --model'}"
+            " works with token taggers only")
+    assert not (tmp_path / "chosen.jsonl").exists() and not (tmp_path / "answers.jsonl").exists()
 
 
 def ls_region(start, end, label):

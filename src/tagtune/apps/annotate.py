@@ -82,7 +82,7 @@ from tagtune.errors import TagtuneError
 from tagtune.files import fsync_folder, write_error
 from tagtune.files import open_input, read_bytes
 from tagtune.inference.rank import score
-from tagtune.inference.tagger import Tagger
+from tagtune.inference.tagger import Tagger, token_tagger_only
 from tagtune.safejson import excerpt
 from tagtune.spans import Span
 
@@ -782,6 +782,7 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
     tagger = None
     if model is not None:
         tagger = Tagger.load(model, device=device, bf16=bf16)
+        token_tagger_only(tagger, model, "annotate --model")
         found = entity_labels(list(tagger.labels))
         unused = [label for label in found if label_list is not None and label not in label_list]
         if label_list is None:

@@ -60,7 +60,7 @@ from tagtune.errors import TagtuneError
 from tagtune.files import open_input
 from tagtune.files import umask, write_error, write_file
 from tagtune.inference.rank import score
-from tagtune.inference.tagger import Tagger
+from tagtune.inference.tagger import Tagger, token_tagger_only
 from tagtune.spans import Span
 
 OUTPUT_FORMATS = ("jsonl", "label-studio", "doccano")
@@ -295,6 +295,7 @@ def select(model_dir, pool, n: int, out, format: str = "jsonl", overwrite: bool 
     if progress:
         print(f"tagtune: {pool}: {len(texts):,} texts", file=sys.stderr, flush=True)
     tagger = Tagger.load(model_dir, device=device, bf16=bf16)
+    token_tagger_only(tagger, model_dir, "select")
     chosen = choose(tagger, texts, n, max_similarity, progress)
     now = check_output(out, overwrite)
     if before is None and now is not None:

@@ -461,3 +461,10 @@ def _torch_device(device):
     import torch
 
     return torch.device(device)
+
+
+def token_tagger_only(tagger, source, what: str) -> None:
+    """A one-line error when ``tagger`` (from ``source``) is a span tagger, for ``what`` works
+    with token taggers only."""
+    if not isinstance(tagger, Tagger):
+        raise TagtuneError(f"{source}: a span tagger (--head span); {what} works with token taggers only")
