@@ -164,4 +164,15 @@ def _japanese(results, work, hub):
         {c["architectures"][0] for c in configs}
 
 
-CHECKS = {"guides/english-ner.md": _english_ner, "guides/japanese-keywords.md": _japanese}
+def _nested(results, work, hub):
+    nested, flat = [v for r in results for v in json_values(r.stdout) if isinstance(v, dict) and "spans" in v]
+    for answer in (nested, flat):
+        assert all(answer["text"][s["start"]:s["end"]] == s["text"] for s in answer["spans"])
+    spans = [(s["start"], s["end"]) for s in nested["spans"]]
+    assert any(a <= c and d <= b and (a, b) != (c, d) for a, b in spans for c, d in spans), "nothing nested"
+    kept = [(s["start"], s["end"]) for s in flat["spans"]]
+    assert all(b <= c for (_, b), (c, _) in zip(kept, kept[1:])), "flat spans overlap"
+
+
+CHECKS = {"guides/english-ner.md": _english_ner, "guides/japanese-keywords.md": _japanese,
+          "guides/nested-spans.md": _nested}
