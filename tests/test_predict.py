@@ -388,7 +388,7 @@ def test_prediction_gives_freed_memory_back(tagger, monkeypatch):
     long prediction's resident memory stays flat (bench/scale_bench.py measures it)."""
     import platform
 
-    from tagtune.inference import tagger as module
+    from tagtune.inference import runtime as module
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert module.release_freed_memory() is True

@@ -54,10 +54,10 @@ def keep_freed_memory() -> None:
     blocks over a moving threshold (at most 32 MB) are mapped and unmapped on every allocation,
     and free memory at the top of the heap is trimmed on free; a training step of MiniLM then
     took some thousands of page faults. Here every block comes from the heap and nothing is
-    trimmed on free (Tagger still hands free pages back once per chunk of texts, see
-    tagger.release_freed_memory): peak memory is the same (the freed blocks are reused), the
-    process's system time fell by a third and an fp32 MiniLM epoch ran 1-2% faster. Elsewhere
-    than glibc this does nothing."""
+    trimmed on free (the taggers still hand free pages back once per chunk of texts, see
+    inference.runtime.release_freed_memory): peak memory is the same (the freed blocks are
+    reused), the process's system time fell by a third and an fp32 MiniLM epoch ran 1-2%
+    faster. Elsewhere than glibc this does nothing."""
     import ctypes
 
     try:

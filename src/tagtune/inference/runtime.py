@@ -1,9 +1,14 @@
-"""What the token and span taggers share when they run: the batch size and giving freed memory back."""
+"""What the token and span taggers share when they run on PyTorch: the batch size, packed
+batches of their windows, evaluation mode, and giving freed memory back. torch is imported only
+when a batch is run, so the ONNX backend can import this module."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+
+from tagtune.data.batching import batch_indices, fill_batch, pack
 
 BATCH_TOKENS = 2048
 """Real tokens per forward pass of the PyTorch backend, by default."""
@@ -29,3 +34,34 @@ def release_freed_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+@contextlib.contextmanager
+def evaluating(modules, device):
+    """``modules`` in eval mode under ``torch.inference_mode()``, their training modes restored
+    afterwards; on the CPU, freed memory given back at the end (release_freed_memory)."""
+    import torch
+
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    if device.type == "cpu":
+        release_freed_memory()
+
+
+def packed_batches(sequences: list[list[int]], batch_tokens: int, device):
+    """``(batch, packed)`` for batches of ``sequences`` of up to ``batch_tokens`` tokens (sorted
+    by length): the indices of its sequences, and them packed on ``device``. On the CPU a batch
+    is filled up to a few shapes (fill_batch), so oneDNN's kernel cache stays small; the filler
+    sequences come after the batch's own."""
+    for batch in batch_indices([len(x) for x in sequences], max_tokens=batch_tokens):
+        packed = pack([sequences[i] for i in batch], indices=batch)
+        if device.type == "cpu":
+            packed = fill_batch(packed)
+        yield batch, packed.to(device)

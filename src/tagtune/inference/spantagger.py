@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tagtune.data.align import Units, units_of, with_specials
-from tagtune.data.batching import batch_indices, fill_batch, pack
 from tagtune.data.candidates import SpanWindow, batch_candidates, span_windows
 from tagtune.data.decode import check_min_score
 from tagtune.data.spandecode import (
@@ -28,7 +27,7 @@ from tagtune.data.spandecode import (
     span_uncertainty,
 )
 from tagtune.errors import TagtuneError
-from tagtune.inference.runtime import BATCH_TOKENS, release_freed_memory
+from tagtune.inference.runtime import BATCH_TOKENS, evaluating, packed_batches
 from tagtune.spans import Span
 
 if TYPE_CHECKING:
@@ -189,32 +188,19 @@ class SpanTagger:
         run = [w for w, window in enumerate(windows) if window.firsts]
         sequences = [with_specials(ids[windows[w].text][slice(*windows[w].tokens)], self.tokenizer.cls_id,
                                    self.tokenizer.sep_id) for w in run]
-        was_training = self.model.training, self.head.training
-        self.model.eval()
-        self.head.eval()
-        try:
-            with torch.inference_mode():
-                for batch in batch_indices([len(x) for x in sequences], max_tokens=self.batch_tokens):
-                    packed = pack([sequences[i] for i in batch], indices=batch)
-                    if self.device.type == "cpu":  # few shapes: oneDNN's kernel cache stays small
-                        packed = fill_batch(packed)
-                    mine = [windows[run[i]] for i in batch]
-                    found = batch_candidates([w.firsts for w in mine], [w.lasts for w in mine],
-                                             packed.cu_seqlens[:len(batch)].tolist(), self.max_width)
-                    packed = packed.to(self.device)
-                    hidden = self.model.hidden_states(packed.input_ids, packed.cu_seqlens, packed.max_seqlen)  # (T, H)
-                    start, end, width = (torch.as_tensor(a, device=self.device)
-                                         for a in (found.start_token, found.end_token, found.width))
-                    probs = span_probabilities(self.head(hidden, start, end, width)).cpu().numpy()  # (C, L+1)
-                    cuts = np.cumsum(np.bincount(found.window, minlength=len(batch)))[:-1]
-                    for i, s, e, p in zip(batch, np.split(found.start_unit, cuts), np.split(found.end_unit, cuts),
-                                          np.split(probs, cuts)):
-                        scored[run[i]] = (s, e, p)
-        finally:
-            self.model.train(was_training[0])
-            self.head.train(was_training[1])
-        if self.device.type == "cpu":
-            release_freed_memory()
+        with evaluating([self.model, self.head], self.device):
+            for batch, packed in packed_batches(sequences, self.batch_tokens, self.device):
+                mine = [windows[run[i]] for i in batch]
+                found = batch_candidates([w.firsts for w in mine], [w.lasts for w in mine],
+                                         packed.cu_seqlens[:len(batch)].tolist(), self.max_width)
+                hidden = self.model.hidden_states(packed.input_ids, packed.cu_seqlens, packed.max_seqlen)  # (T, H)
+                start, end, width = (torch.as_tensor(a, device=self.device)
+                                     for a in (found.start_token, found.end_token, found.width))
+                probs = span_probabilities(self.head(hidden, start, end, width)).cpu().numpy()  # (C, L+1)
+                cuts = np.cumsum(np.bincount(found.window, minlength=len(batch)))[:-1]
+                for i, s, e, p in zip(batch, np.split(found.start_unit, cuts), np.split(found.end_unit, cuts),
+                                      np.split(probs, cuts)):
+                    scored[run[i]] = (s, e, p)
         return scored
 
     def _spans(self, found: TextCandidates, chosen: np.ndarray) -> list[Span]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tagtune.data.align import Units, merge_windows, units_of, windows_of, with_specials
-from tagtune.data.batching import batch_indices, fill_batch, pack, pad
+from tagtune.data.batching import batch_indices, pad
 from tagtune.data.decode import (
     Transitions,
     as_array,
@@ -30,7 +30,7 @@ from tagtune.data.decode import (
 )
 from tagtune.errors import TagtuneError
 from tagtune.inference.load import open_folder
-from tagtune.inference.runtime import BATCH_TOKENS, release_freed_memory
+from tagtune.inference.runtime import BATCH_TOKENS, evaluating, packed_batches
 from tagtune.models.precision import check_bf16, describe, use_bf16
 from tagtune.spans import Span
 from tagtune.store.layout import TaggerSettings
@@ -312,28 +312,15 @@ class Tagger:
 
     def _torch_logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
         """Per sequence: logits (length - 2, labels) without the start and end tokens."""
-        import torch
-
         outputs: list[np.ndarray | None] = [None] * len(sequences)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for batch in batch_indices([len(x) for x in sequences], max_tokens=self.batch_tokens):
-                    packed = pack([sequences[i] for i in batch], indices=batch)
-                    if self.device.type == "cpu":  # few shapes: oneDNN's kernel cache stays small
-                        packed = fill_batch(packed)
-                    packed = packed.to(self.device)
-                    logits = self.model(packed.input_ids, packed.cu_seqlens, packed.max_seqlen).float().cpu().numpy()
-                    cu = packed.cu_seqlens.tolist()
-                    for k, i in enumerate(batch):
-                        outputs[i] = logits[cu[k] + 1:cu[k + 1] - 1]  # drop the start and end tokens
-                    if progress is not None:
-                        progress.update(len(batch))
-        finally:
-            self.model.train(was_training)
-        if self.device.type == "cpu":
-            release_freed_memory()
+        with evaluating([self.model], self.device):
+            for batch, packed in packed_batches(sequences, self.batch_tokens, self.device):
+                logits = self.model(packed.input_ids, packed.cu_seqlens, packed.max_seqlen).float().cpu().numpy()
+                cu = packed.cu_seqlens.tolist()
+                for k, i in enumerate(batch):
+                    outputs[i] = logits[cu[k] + 1:cu[k + 1] - 1]  # drop the start and end tokens
+                if progress is not None:
+                    progress.update(len(batch))
         return outputs
 
     def _onnx_logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
