@@ -219,55 +219,39 @@ def _text(value: bytes) -> str:
         raise ProtoError("a string that is not UTF-8") from None
 
 
+def _float32(value: bytes) -> float:
+    return struct.unpack("<f", value)[0]
+
+
+# The fields tagtune reads of each message: field number -> (attribute, wire type, conversion).
+# Wire types: 0 varint, 2 bytes, 5 fixed 32 bits.
+_PIECE = {1: ("text", 2, _text), 2: ("score", 5, _float32), 3: ("type", 0, _int32)}
+_TRAINER = {
+    3: ("model_type", 0, _int32), 4: ("vocab_size", 0, _int32), 40: ("unk_id", 0, _int32),
+    41: ("bos_id", 0, _int32), 42: ("eos_id", 0, _int32), 43: ("pad_id", 0, _int32),
+    45: ("unk_piece", 2, _text), 46: ("bos_piece", 2, _text), 47: ("eos_piece", 2, _text),
+    48: ("pad_piece", 2, _text), 22: ("split_by_whitespace", 0, bool),
+    24: ("treat_whitespace_as_suffix", 0, bool), 35: ("byte_fallback", 0, bool),
+}
+_NORMALIZER = {
+    1: ("name", 2, _text), 2: ("precompiled_charsmap", 2, bytes), 3: ("add_dummy_prefix", 0, bool),
+    4: ("remove_extra_whitespaces", 0, bool), 5: ("escape_whitespaces", 0, bool),
+}
+
+
+def _merge(data: bytes, into, fields: dict, message: str):
+    """``into`` with the ``fields`` of the message ``data`` set; other fields are passed over (a
+    message given twice is merged, as protobuf does)."""
+    for number, wire, value in _fields(data):
+        if number in fields:
+            name, expected, convert = fields[number]
+            _expect(number, wire, expected, message)
+            setattr(into, name, convert(value))
+    return into
+
+
 def _piece(data: bytes) -> Piece:
-    piece = Piece("")
-    for number, wire, value in _fields(data):
-        if number == 1:
-            _expect(number, wire, 2, "piece")
-            piece.text = _text(value)
-        elif number == 2:
-            _expect(number, wire, 5, "piece")
-            piece.score = struct.unpack("<f", value)[0]
-        elif number == 3:
-            _expect(number, wire, 0, "piece")
-            piece.type = _int32(value)
-    return piece
-
-
-_TRAINER_INTS = {3: "model_type", 4: "vocab_size", 40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}
-_TRAINER_TEXTS = {45: "unk_piece", 46: "bos_piece", 47: "eos_piece", 48: "pad_piece"}
-_TRAINER_FLAGS = {22: "split_by_whitespace", 24: "treat_whitespace_as_suffix", 35: "byte_fallback"}
-
-
-def _trainer(data: bytes, spec: TrainerSpec) -> TrainerSpec:
-    """``spec`` with the fields of ``data`` set (a message given twice is merged, as protobuf does)."""
-    for number, wire, value in _fields(data):
-        if number in _TRAINER_INTS:
-            _expect(number, wire, 0, "trainer_spec")
-            setattr(spec, _TRAINER_INTS[number], _int32(value))
-        elif number in _TRAINER_TEXTS:
-            _expect(number, wire, 2, "trainer_spec")
-            setattr(spec, _TRAINER_TEXTS[number], _text(value))
-        elif number in _TRAINER_FLAGS:
-            _expect(number, wire, 0, "trainer_spec")
-            setattr(spec, _TRAINER_FLAGS[number], bool(value))
-    return spec
-
-
-def _normalizer(data: bytes, spec: NormalizerSpec) -> NormalizerSpec:
-    """``spec`` with the fields of ``data`` set (a message given twice is merged, as protobuf does)."""
-    for number, wire, value in _fields(data):
-        if number == 1:
-            _expect(number, wire, 2, "normalizer_spec")
-            spec.name = _text(value)
-        elif number == 2:
-            _expect(number, wire, 2, "normalizer_spec")
-            spec.precompiled_charsmap = bytes(value)
-        elif number in (3, 4, 5):
-            _expect(number, wire, 0, "normalizer_spec")
-            name = {3: "add_dummy_prefix", 4: "remove_extra_whitespaces", 5: "escape_whitespaces"}[number]
-            setattr(spec, name, bool(value))
-    return spec
+    return _merge(data, Piece(""), _PIECE, "piece")
 
 
 def parse_model(data: bytes, max_pieces: int = MAX_PIECES) -> SpmModel:
@@ -289,9 +273,9 @@ def parse_model(data: bytes, max_pieces: int = MAX_PIECES) -> SpmModel:
             if len(pieces) > max_pieces:
                 raise TooManyPieces(f"more than {max_pieces:,} pieces")
         elif number == 2:
-            model.trainer = _trainer(value, model.trainer)
+            model.trainer = _merge(value, model.trainer, _TRAINER, "trainer_spec")
         elif number == 3:
-            model.normalizer = _normalizer(value, model.normalizer)
+            model.normalizer = _merge(value, model.normalizer, _NORMALIZER, "normalizer_spec")
     if 1 not in seen:
         raise ProtoError("no pieces")
     missing = [name for number, name in ((2, "trainer"), (3, "normaliser")) if number not in seen]
