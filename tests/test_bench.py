@@ -152,3 +152,11 @@ def test_plots_of_the_results_and_a_file_missing_a_field(tmp_path, capsys):
     # left out of train-speed.png only: that plot is the one of the other file alone, train-wall.png is not
     speed, wall, _ = plots.write_plots(alone, tmp_path / "alone-plots")
     assert written[0].read_bytes() == speed.read_bytes() and written[1].read_bytes() != wall.read_bytes()
+
+
+def test_span_bench_smoke(tmp_path):
+    out = smoke("span_bench.py", "--json", tmp_path / "span.json")
+    assert "span/token" in out and "predict_tokens_per_second" in out
+    results = json.loads((tmp_path / "span.json").read_text())
+    assert list(results["medians"]) == ["token", "span"]
+    assert all(r["train_tokens_per_second"] > 0 and r["peak_rss_mb"] > 0 for rs in results["runs"].values() for r in rs)
