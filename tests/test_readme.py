@@ -19,7 +19,7 @@ def test_the_readme_is_short_and_links_into_the_site():
         assert (ROOT / link).is_file(), f"README links to {link}, which does not exist"
 
 
-def test_the_readme_blocks_run_and_the_shown_keywords_are_found(stand_in_hub, tweets, trained_tagger, tmp_path):
+def test_the_readme_blocks_run_and_the_shown_spans_are_found(stand_in_hub, tweets, trained_tagger, tmp_path):
     page = read_page(README)
     work = tmp_path / "work"
     work.mkdir()
@@ -27,11 +27,15 @@ def test_the_readme_blocks_run_and_the_shown_keywords_are_found(stand_in_hub, tw
     results = run_page(page, work, stand_in_hub.url)
 
     text = README.read_text(encoding="utf-8")
-    shown = json.loads(re.compile(r"^```json\n(.*?)^```$", re.M | re.S).search(text).group(1))
     printed = [v for r in results for v in json_values(r.stdout) if isinstance(v, dict)]
-    answer = next(v for v in printed if v.get("text") == shown["text"])
-    assert [(s["start"], s["end"], s["label"], s["text"]) for s in answer["spans"]] == \
-        [(s["start"], s["end"], s["label"], s["text"]) for s in shown["spans"]]
+    shown = [json.loads(block) for block in re.compile(r"^```json\n(.*?)^```$", re.M | re.S).findall(text)]
+    assert len(shown) == 2, "the keyword example's answer and the nested one's"
+    for answer_shown in shown:  # the spans each example shows are the ones its commands print
+        answer = next(v for v in printed if v.get("text") == answer_shown["text"])
+        assert [(s["start"], s["end"], s["label"], s["text"]) for s in answer["spans"]] == \
+            [(s["start"], s["end"], s["label"], s["text"]) for s in answer_shown["spans"]]
+    nested = [(s["start"], s["end"]) for s in shown[1]["spans"]]
+    assert any(a <= c and d <= b and (a, b) != (c, d) for a, b in nested for c, d in nested), "nothing nested"
     assert "model.safetensors" in stand_in_hub.downloads("sentence-transformers/all-MiniLM-L6-v2")
     evaluation = next(v for v in printed if {"precision", "recall", "f1", "support"} <= set(v))
     assert evaluation["support"] > 0 and 0 <= evaluation["f1"] <= 1
