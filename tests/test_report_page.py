@@ -239,3 +239,16 @@ def test_report_shows_the_kept_epochs_span_scores(dev_predictions):
         .replace('<ul class="labels"><li>O</li><li>B-x</li><li>I-x</li></ul>', '<ul class="labels"><li>O</li></ul>') \
         .replace("Tags (3):", "Tags (1):")
     assert "Span scores" not in render(history, ["O"])
+
+
+def test_a_span_runs_report_names_labels_and_its_head():
+    epoch = {"epoch": 1, "step": 4, "train_loss": 0.5, "tokens_per_second": 1.0}
+    scored = {**epoch, "dev": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "macro_f1": 0.6667},
+              "dev_per_label": {"LOC": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}}}
+    for history, summary in (([epoch], "No dev set: the saved model (span head, up to 8 words) is the last epoch's"),
+                             ([scored], "The saved model (span head, up to 8 words) is epoch 1's: best dev F1 0.6667")):
+        page = render(history, ["LOC", "ORG"], span_words=8)
+        assert "<p>Labels (2):</p>" in page and "Tags (" not in page and summary in page
+        token = render(history, ["O", "B-LOC", "I-LOC"])
+        assert "<p>Tags (3):</p>" in token and "span head" not in token
+    assert "<tr><td>LOC</td><td>1.0000</td><td>0.5000</td><td>0.6667</td><td>2</td></tr>" in page

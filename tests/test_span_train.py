@@ -233,18 +233,6 @@ def test_train_evaluate_and_predict_nested_spans_from_the_command_line(tiny_bert
     flat = run_main(capsys, "predict", out, texts, "--device", "cpu", "--quiet", "--overlap", "flat")
     assert all(a["end"] <= b["start"] for line in flat.stdout.splitlines()
                for a, b in zip(json.loads(line)["spans"], json.loads(line)["spans"][1:]))
-    onnx = run_main(capsys, "predict", out, texts, "--backend", "onnx", "--quiet")
-    assert onnx.returncode == 1 and onnx.stderr.strip().splitlines() == [
-        f"tagtune: error: {out}: a span tagger (--head span) runs on the PyTorch backend only, not on ONNX "
-        "Runtime; use --backend torch"]
-    for command in (["select", out, texts, "-n", "1", "-o", tmp_path / "chosen.jsonl"],
-                    ["annotate", texts, "--model", out, "--out", tmp_path / "answers.jsonl", "--port", "0"]):
-        refused = run_main(capsys, *command, "--device", "cpu")
-        assert refused.returncode == 1 and "Traceback" not in refused.stderr
-        assert refused.stderr.strip().splitlines()[-1] == (
-            f"tagtune: error: {out}: a span tagger (--head span); {'select' if command[0] == 'select' else 'annotate --model'}"
-            " works with token taggers only")
-    assert not (tmp_path / "chosen.jsonl").exists() and not (tmp_path / "answers.jsonl").exists()
 
 
 def ls_region(start, end, label):
@@ -278,3 +266,116 @@ def test_the_token_heads_overlap_error_names_the_span_head(tiny_bert, nested_fil
     assert result.stderr.startswith(f"tagtune: error: {nested_file}:1: spans overlap: ORG [0, 19) 'University of "
                                     "Tokyo' and LOC [14, 19) 'Tokyo'; a tagger with --head span learns")
     assert not (tmp_path / "out").exists()
+
+
+# -- a span tagger trained on: its encoder and span head, or a new head and why -----------------
+
+
+@pytest.fixture(scope="module")
+def span_tagger(tiny_bert, nested_file, tmp_path_factory):
+    """A span tagger of the tiny BERT, 3 epochs on the nested texts, scored on them as dev."""
+    from tagtune.training.loop import train
+
+    out = tmp_path_factory.mktemp("span-tagger") / "tagger"
+    train(span_config(tiny_bert, nested_file, out, epochs=3, dev=nested_file, save="last"))
+    return out
+
+
+def start_weights(tagger, data, out, monkeypatch, **options) -> dict:
+    """The weights a run from ``tagger`` starts with: its first checkpoint, written before the
+    first step (the run is stopped there)."""
+    from helpers import stop_in_epoch
+    from tagtune.training.loop import train
+
+    stop_in_epoch(monkeypatch, 0)
+    with pytest.raises(KeyboardInterrupt):
+        train(span_config(tagger, data, out, epochs=1, **options))
+    monkeypatch.undo()
+    return read_tensors(out / "checkpoint" / "model-epoch-0.safetensors")
+
+
+def test_a_span_tagger_trained_on_starts_from_its_span_head(span_tagger, nested_file, tmp_path, monkeypatch):
+    import torch
+
+    saved = read_tensors(span_tagger / "span_head.safetensors")
+    start = start_weights(span_tagger, nested_file, tmp_path / "on", monkeypatch)
+    assert {k.removeprefix("span_head.") for k in start if k.startswith("span_head.")} == set(saved)
+    for key, value in saved.items():
+        torch.testing.assert_close(start[f"span_head.{key}"], value, atol=0, rtol=0, msg=key)
+    encoder = read_tensors(span_tagger / "model.safetensors")
+    torch.testing.assert_close(start["embeddings.word_embeddings.weight"], encoder["embeddings.word_embeddings.weight"],
+                               atol=0, rtol=0)
+
+    # other labels: a new head, the encoder's weights kept
+    fewer = write_jsonl(tmp_path / "fewer.jsonl",
+                        [(text, [s for s in spans if s[2] != "FIRST"]) for text, spans in NESTED])
+    start = start_weights(span_tagger, fewer, tmp_path / "fewer", monkeypatch)
+    assert start["span_head.classifier.weight"].shape[0] == 4 and saved["classifier.weight"].shape[0] == 5
+    torch.testing.assert_close(start["embeddings.word_embeddings.weight"], encoder["embeddings.word_embeddings.weight"],
+                               atol=0, rtol=0)
+    # other widths: a new head
+    start = start_weights(span_tagger, nested_file, tmp_path / "wider", monkeypatch, max_span_words=5)
+    assert start["span_head.width_embeddings.weight"].shape[0] == 5
+
+
+def test_where_a_run_from_a_tagger_starts_is_said(span_tagger, tiny_bert, tmp_path):
+    from tagtune.training.loop import tagger_start
+
+    labels = ["FIRST", "LOC", "ORG", "PER"]
+    fresh = f"; to start fresh from its base model instead, pass --model {tiny_bert}"
+    said = (f"{span_tagger} is a trained span tagger (FIRST, LOC, ORG, PER): training continues from its "
+            "encoder's weights")
+
+    def start(labels, **options):
+        return tagger_start(span_config(span_tagger, "t", "o", **options), span_tagger, labels, True)
+
+    assert start(labels) == (f"{said} and span head{fresh}", True)
+    assert start(["LOC", "ORG", "TOWN"]) == (
+        f"{said} with a new span head, as its span head does not fit (this data has labels it lacks: TOWN; it has "
+        f"labels this data lacks: FIRST, PER){fresh}", False)
+    assert start(labels, max_span_words=8) == (
+        f"{said} with a new span head, as its span head does not fit (it takes spans of up to 4 words, this run up "
+        f"to 8; --max-span-words 4 keeps it){fresh}", False)
+    assert start(["O", "B-LOC", "I-LOC"], head="token") == (
+        f"{said} with a new token head, as its head is a span head (pass --head span to train a span head){fresh}",
+        False)
+
+
+def test_a_span_tagger_trains_a_token_head_and_a_token_tagger_a_span_head(span_tagger, tiny_bert, nested_file,
+                                                                          tmp_path, capsys):
+    """From the command line: a token head on the span tagger's encoder (on flat spans), then a
+    span head on that token tagger's encoder; each says where it starts in one line."""
+    flat = write_jsonl(tmp_path / "flat.jsonl", [(text, [s for s in spans if s[2] in ("ORG", "PER")])
+                                                 for text, spans in NESTED])
+    common = ["--epochs", "1", "--batch-size", "2", "--device", "cpu", "--bf16", "off"]
+    token = run_main(capsys, "train", "--model", span_tagger, "--train", flat, "--out", tmp_path / "token", *common)
+    assert token.returncode == 0, token.stderr
+    assert [line for line in token.stderr.splitlines() if "trained span tagger" in line] == [
+        f"tagtune: {span_tagger} is a trained span tagger (FIRST, LOC, ORG, PER): training continues from its "
+        f"encoder's weights with a new token head, as its head is a span head (pass --head span to train a span "
+        f"head); to start fresh from its base model instead, pass --model {tiny_bert}"]
+    assert json.loads((tmp_path / "token" / "config.json").read_text())["id2label"] == {
+        "0": "O", "1": "B-ORG", "2": "I-ORG", "3": "B-PER", "4": "I-PER"}
+
+    span = run_main(capsys, "train", "--model", tmp_path / "token", "--train", nested_file, "--out", tmp_path / "span",
+                    "--head", "span", "--max-span-words", "4", *common)
+    assert span.returncode == 0, span.stderr
+    assert [line for line in span.stderr.splitlines() if "trained tagger" in line] == [
+        f"tagtune: {tmp_path / 'token'} is a trained tagger (ORG, PER): training continues from its encoder's weights "
+        f"with a new span head; to start fresh from its base model instead, pass --model {span_tagger}"]
+    assert read_tensors(tmp_path / "span" / "span_head.safetensors")["classifier.weight"].shape[0] == 5
+    assert not any(key.startswith("classifier.") for key in read_tensors(tmp_path / "span" / "model.safetensors"))
+
+
+def test_the_report_of_a_span_run_names_its_labels_and_head(span_tagger):
+    import re
+
+    page = (span_tagger / "report.html").read_text(encoding="utf-8")
+    assert "<p>Labels (4):</p>" in page and "Tags (" not in page
+    assert re.findall(r"<li>([^<]*)</li>", page) == ["FIRST", "LOC", "ORG", "PER"]
+    assert re.search(r"<p>The saved model \(span head, up to 4 words\) is epoch 3's: (best )?dev F1 [0-9.]+, "
+                     "train loss", page)
+    assert "<h2>Per label, epoch 3 (dev, exact character spans)</h2>" in page
+    rows = re.findall(r"<tr><td>([A-Z]+)</td>(?:<td>[0-9.]+</td>){3}<td>(\d+)</td></tr>", page)
+    assert rows == [("FIRST", "4"), ("LOC", "6"), ("ORG", "3"), ("PER", "4")]  # every gold span of the dev texts
+    assert "<h2>Span scores (dev, epoch 3)</h2>" in page and 'data-chart="reliability"' in page

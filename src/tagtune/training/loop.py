@@ -1,7 +1,8 @@
 """train(): annotations in, a trained tagger folder out.
 
 The loop reads top to bottom: read data, load the model with a head for the data's labels (or
-the encoder alone and a span head beside it, see SpanModel), cut texts into labelled windows
+the encoder alone and a span head beside it, see SpanModel; a span tagger's own span head when
+its labels and width are the run's, see tagger_start), cut texts into labelled windows
 (the span head's: windows with their entities, see span_training_windows), then per epoch:
 batches from (seed, epoch), forward, loss, backward, clip, step, schedule, log; evaluate on dev;
 keep the best model by entity F1; save a resumable checkpoint; stop early when dev F1 stops
@@ -69,7 +70,7 @@ from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write, write_error
 from tagtune.inference.evaluate import evaluate_examples
-from tagtune.inference.load import check_vocab
+from tagtune.inference.load import check_vocab, head_of, load_span_head
 from tagtune.inference.spantagger import SpanTagger
 from tagtune.inference.tagger import Tagger
 from tagtune.models.checkpoint import load_model, write_model_files, write_safetensors
@@ -531,7 +532,8 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     device = device_for(group, config.device)
     settings = config.settings()
 
-    model, tokenizer, new_head, start, pooler = load_base_model(config, labels, device)
+    base = load_base_model(config, labels, device)
+    model, tokenizer, start = base.model, base.tokenizer, base.start
     span = None
     if config.head == "span":
         settings = replace(settings, labels=labels)
@@ -557,12 +559,13 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     lengths = [len(s) for s in sequences]
     if span is not None:  # a batch's loss is the mean over its candidates
         labelled = [n_candidates(len(w.firsts), settings.max_span_words) for w in span.windows]
-        span_head = new_span_head(model, labels, settings.max_span_words, span.counts if config.head_prior else None)
+        span_head = base.span_head or new_span_head(model, labels, settings.max_span_words,
+                                                    span.counts if config.head_prior else None)
         span_head.to(device)
     else:
         labelled = [sum(t != IGNORE for t in labs) for labs in seq_labels]
         span_head = None
-    if config.head_prior and new_head:
+    if config.head_prior and base.new_head:
         with torch.no_grad():
             model.classifier.bias.copy_(label_prior(seq_labels, len(labels)).to(device))
     if group.active:
@@ -584,7 +587,7 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
               labelled=labelled, edges=edges, batch_size=batch_size, max_tokens=max_tokens,
               batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state,
               span_windows=span.windows if span is not None else None, span_head=span_head, crf=crf,
-              start=start, pooler=pooler)
+              start=start, pooler=base.pooler)
     if group.main:
         atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
         run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
@@ -617,11 +620,25 @@ def run_config(config: TrainConfig, group: Group, folder: RunFolder) -> TrainCon
     return config
 
 
-def load_base_model(config: TrainConfig, labels: list[str], device: torch.device):
-    """(model, tokenizer, new_head, start, pooler): the base model with a head for ``labels``
-    (the encoder alone for the span head), on ``device``, and its tokenizer; ``new_head`` when
-    the head was made here rather than loaded; ``start`` a line on the trained tagger it is, or
-    None (see tagger_start); ``pooler`` the checkpoint's pooler weights (LoadReport.pooler)."""
+@dataclass
+class Base:
+    """The model a run starts from (see load_base_model)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    new_head: bool
+    """The token head was made here rather than loaded."""
+    start: str | None
+    """A line on the trained tagger the run continues from, or None (see tagger_start)."""
+    pooler: dict
+    """The checkpoint's pooler weights (LoadReport.pooler)."""
+    span_head: SpanHead | None = None
+    """The span head of the span tagger the run continues from, when it fits (see tagger_start)."""
+
+
+def load_base_model(config: TrainConfig, labels: list[str], device: torch.device) -> Base:
+    """The base model with a head for ``labels`` (the encoder alone for the span head, and the
+    span head of a span tagger that fits), on ``device``, and its tokenizer."""
     torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
     span = config.head == "span"
     model, report = load_model(config.model, labels=[] if span else labels, train_on=device)
@@ -631,32 +648,68 @@ def load_base_model(config: TrainConfig, labels: list[str], device: torch.device
     tokenizer = load_tokenizer(report.directory)
     check_vocab(tokenizer, model.config, report.directory)
     model.to(device)
-    start = None if config.resume else tagger_start(config, report.directory, labels, report.new_head)
-    return model, tokenizer, report.new_head, start, report.pooler
+    start, keeps_span_head = (None, False) if config.resume else tagger_start(config, report.directory, labels,
+                                                                               report.new_head)
+    head = trained_span_head(report.directory, model, labels, config.max_span_words) if keeps_span_head else None
+    return Base(model, tokenizer, report.new_head, start, report.pooler, head)
 
 
-def tagger_start(config: TrainConfig, directory: Path, labels: list[str], new_head: bool) -> str | None:
-    """When --model is a trained tagger (it has tagtune.json): that training continues from its
-    weights, with its head when this run's tags are its tags, else with a new head; and how to
-    start from its base model instead. None for any other checkpoint."""
+def trained_span_head(directory: Path, model, labels: list[str], max_width: int) -> SpanHead:
+    """The span head of the span tagger ``directory``, to train on: its weights in a head made as
+    new_span_head makes one (with the model's head dropout)."""
+    head = new_span_head(model, labels, max_width, None)
+    try:
+        head.load_state_dict(load_span_head(directory).state_dict())
+    except RuntimeError:
+        raise TagtuneError(f"{directory / SPAN_HEAD_FILE}: its shapes do not fit the {len(labels)} labels and spans "
+                           f"of up to {max_width} words its tagtune.json names") from None
+    return head
+
+
+def tagger_start(config: TrainConfig, directory: Path, labels: list[str], new_head: bool) -> tuple[str | None, bool]:
+    """When --model is a trained tagger (it has tagtune.json): a line saying that training
+    continues from its weights, with its head when this run's head, labels (and for the span
+    head, span width) are its own, else with a new head and why; and how to start from its base
+    model instead; and whether the run trains on from a span tagger's span head. (None, False)
+    for any other checkpoint."""
     if not (directory / SETTINGS_FILE).is_file():
-        return None
-    own = read_config(directory).labels
-    own_types, types = entity_types(own), entity_types(labels)
-    start = f"{config.model} is a trained tagger ({listing(own_types)}): training continues from"
-    if config.head == "span":
+        return None, False
+    span = head_of(directory) == "span"
+    settings = TaggerSettings.read(directory, []) if span else None
+    own_types = settings.labels if span else entity_types(read_config(directory).labels)
+    types = labels if config.head == "span" else entity_types(labels)
+    kind = "span tagger" if span else "tagger"
+    start = f"{config.model} is a trained {kind} ({listing(own_types)}): training continues from"
+    keeps = False
+    if span and config.head == "span":
+        why = misfit(own_types, types)
+        if not why and settings.max_span_words != config.max_span_words:
+            why = (f"it takes spans of up to {settings.max_span_words} words, this run up to "
+                   f"{config.max_span_words}; --max-span-words {settings.max_span_words} keeps it")
+        keeps = not why
+        start += (" its encoder's weights and span head" if keeps else
+                  f" its encoder's weights with a new span head, as its span head does not fit ({why})")
+    elif span:
+        start += (" its encoder's weights with a new token head, as its head is a span head (pass --head span to "
+                  "train a span head)")
+    elif config.head == "span":
         start += " its encoder's weights with a new span head"
     elif not new_head:
         start += " its weights and head"
     else:
-        added, lacking = [t for t in types if t not in own_types], [t for t in own_types if t not in types]
-        why = "; ".join([*([f"this data has labels it lacks: {listing(added)}"] if added else []),
-                         *([f"it has labels this data lacks: {listing(lacking)}"] if lacking else [])])
-        why = why or f"its tags are {guess_scheme(own)}, this run's {config.scheme}"
+        own = read_config(directory).labels
+        why = misfit(own_types, types) or f"its tags are {guess_scheme(own)}, this run's {config.scheme}"
         start += f" its encoder's weights with a new head, as its head does not fit ({why})"
     base = base_model_of(directory)
     return start + (f"; to start fresh from its base model instead, pass --model {base}" if base else
-                    "; to start fresh, pass its base model as --model (it is not recorded in the tagger)")
+                    "; to start fresh, pass its base model as --model (it is not recorded in the tagger)"), keeps
+
+
+def misfit(own: list[str], types: list[str]) -> str:
+    """How a tagger's entity labels ``own`` differ from this run's ``types``; "" when they are the same."""
+    added, lacking = [t for t in types if t not in own], [t for t in own if t not in types]
+    return "; ".join([*([f"this data has labels it lacks: {listing(added)}"] if added else []),
+                      *([f"it has labels this data lacks: {listing(lacking)}"] if lacking else [])])
 
 
 def listing(names: list[str], limit: int = 8) -> str:
@@ -906,8 +959,9 @@ def finish(run: Run) -> dict:
             files.update(crf_files(run.crf.transitions(), run.labels))
 
         def write_files(folder: Path) -> None:
+            span_words = run.settings.max_span_words if run.span_head is not None else None
             write_report(folder, state["history"], run.labels, kept_epoch=kept, data=run.data_line,
-                         note=run.small_dev)
+                         note=run.small_dev, span_words=span_words)
             if run.span_head is not None:  # beside the encoder, before its config.json
                 write_safetensors(folder / SPAN_HEAD_FILE, run.span_head.state_dict(), {"format": "pt"})
             write_model_files(run.model, run.tokenizer, folder, files, run.pooler)

@@ -205,12 +205,13 @@ def calibration_section(calibration: dict, epoch) -> str:
 
 def render(history: list[dict], labels: list[str], title: str = "tagtune training report",
            kept_epoch: int | None = None, data: str | None = None, note: str | None = None,
-           calibration: dict | None = None) -> str:
+           calibration: dict | None = None, span_words: int | None = None) -> str:
     """The page. ``kept_epoch``: the epoch whose model the folder holds (default: the best by dev
     F1, or the last without dev scores); ``data``: a line on the train and dev texts; ``note``: a
     remark on the dev set (e.g. that it is too small to pick the best epoch); ``calibration``: the
     kept model's dev predictions summed up by tagtune.data.metrics.calibration (default: the kept epoch
-    entry's ``dev_calibration``, if any)."""
+    entry's ``dev_calibration``, if any); ``span_words``: the run trained a span head of spans
+    of up to that many words (``--head span``), whose ``labels`` are entity labels, not tags."""
     epochs = [h for h in history if "train_loss" in h]
     with_dev = [h for h in epochs if "dev" in h]
     if kept_epoch is None and epochs:
@@ -227,14 +228,15 @@ def render(history: list[dict], labels: list[str], title: str = "tagtune trainin
     else:
         f1_chart = _chart("dev entity F1", "f1", [], [])
 
+    model = "saved model" + (f" (span head, up to {span_words} words)" if span_words else "")
     if kept is None:
         summary = "No epoch finished yet."
     elif "dev" in kept:
         how = "best dev F1" if kept is max(with_dev, key=lambda h: h["dev"]["f1"]) else "dev F1"
-        summary = (f"The saved model is epoch {kept['epoch']}'s: {how} {_f(kept['dev']['f1'])}, "
+        summary = (f"The {model} is epoch {kept['epoch']}'s: {how} {_f(kept['dev']['f1'])}, "
                    f"train loss {_f(kept['train_loss'])}.")
     else:
-        summary = (f"No dev set: the saved model is the last epoch's (epoch {kept['epoch']}), train loss "
+        summary = (f"No dev set: the {model} is the last epoch's (epoch {kept['epoch']}), train loss "
                    f"{_f(kept['train_loss'])}. Score it on annotated text with "
                    "<code>tagtune evaluate MODEL_DIR FILE</code>.")
 
@@ -292,7 +294,7 @@ td:first-child, th:first-child {{ text-align: left; }} tr.total td, tr.kept td {
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 {paragraphs}<p>{summary}</p>
-<p>Tags ({len(labels)}):</p>
+<p>{"Labels" if span_words else "Tags"} ({len(labels)}):</p>
 <ul class="labels">{chips}</ul>
 {loss_chart}
 {f1_chart}
@@ -306,8 +308,10 @@ td:first-child, th:first-child {{ text-align: left; }} tr.total td, tr.kept td {
 
 
 def write_report(directory: Path, history: list[dict], labels: list[str], kept_epoch: int | None = None,
-                 data: str | None = None, note: str | None = None, calibration: dict | None = None) -> Path:
+                 data: str | None = None, note: str | None = None, calibration: dict | None = None,
+                 span_words: int | None = None) -> Path:
+    """report.html in ``directory`` (see render)."""
     path = Path(directory) / "report.html"
     atomic_write(path, render(history, labels, kept_epoch=kept_epoch, data=data, note=note,
-                              calibration=calibration))
+                              calibration=calibration, span_words=span_words))
     return path
