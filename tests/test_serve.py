@@ -251,6 +251,10 @@ def test_bad_json_is_400(client, tagger, texts):
     ({"texts": ["a"], "min_score": "0.5"}, '"min_score" must be a number from 0 to 1, got a string'),
     ({"texts": ["a"], "min_score": True}, '"min_score" must be a number from 0 to 1, got a boolean'),
     ({"texts": ["a"], "min_score": None}, '"min_score" must be a number from 0 to 1, got null'),
+    ({"texts": ["a"], "overlap": "any"}, '"overlap": "any" needs a span tagger (--head span); this server\'s token '
+                                         'tagger gives spans side by side, never overlapping'),
+    ({"texts": ["a"], "overlap": "Flat"}, '"overlap" must be "nested", "flat" or "any", got \'Flat\''),
+    ({"texts": ["a"], "overlap": 1}, '"overlap" must be "nested", "flat" or "any", got a number'),
 ])
 def test_wrong_fields_are_422(client, tagger, texts, body, fragment):
     if isinstance(body, str):  # a lone surrogate, which json.dumps would escape the same way
@@ -261,6 +265,48 @@ def test_wrong_fields_are_422(client, tagger, texts, body, fragment):
     assert response.status_code == 422, response.text
     assert fragment in response.json()["error"]
     assert_still_serving(client, tagger, texts)
+
+
+def test_flat_and_nested_change_nothing_for_a_token_tagger(client, tagger, texts):
+    """A token tagger's spans never overlap: a request asking for "flat" or "nested" spans (as one
+    written for a span tagger does) gets the spans it gets without."""
+    plain = extract(client, texts[:8])
+    assert sum(map(len, plain)) > 0
+    for overlap in ("flat", "nested"):
+        response = client.post("/v1/extract", json={"texts": texts[:8], "overlap": overlap})
+        assert response.status_code == 200, response.text
+        assert_same_spans([r["spans"] for r in response.json()["results"]], plain, tagger.precision)
+    health, schema = client.get("/health").json(), client.get("/openapi.json").json()
+    assert health["head"] == "token" and "a token tagger" in schema["info"]["description"]
+    assert schema["components"]["schemas"]["ExtractRequest"]["properties"]["overlap"]["enum"] == ["nested", "flat"]
+
+
+def test_requests_asking_for_other_options_never_share_a_batch():
+    """Each batch runs with its requests' options (a span tagger's overlap and min_score): the oldest
+    request's, joined by the later ones with the same, the others keeping their order."""
+    import asyncio
+
+    from tagtune.apps.serve import Batcher
+
+    calls = []
+
+    def predict(texts, *options):
+        calls.append((list(texts), options))
+        return [[] for _ in texts]
+
+    async def main():
+        batcher = Batcher(predict, batch_wait=0.2)
+        batcher.start()
+        asked = [("a", ("flat", 0.5)), ("b", ("nested", 0.5)), ("c", ("flat", 0.5)), ("d", ("nested", 0.9)),
+                 ("e", ("nested", 0.5))]
+        pending = [batcher.submit([text], options) for text, options in asked]  # all queued before the first batch
+        await asyncio.gather(*(batcher.wait(p, timeout=60) for p in pending))
+        await batcher.stop()
+        return batcher.stats()
+
+    stats = asyncio.run(main())
+    assert calls == [(["a", "c"], ("flat", 0.5)), (["b", "e"], ("nested", 0.5)), (["d"], ("nested", 0.9))]
+    assert stats["requests"] == 5 and stats["batches"] == 3
 
 
 def filtered(spans, floor):

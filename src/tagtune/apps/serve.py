@@ -9,6 +9,12 @@ texts unless their batch had started. Offsets in responses are Python ``str`` in
 code points) into each text as sent. A span's ``score`` is its probability (tagtune.data.decode); spans
 scoring below the request's ``min_score``, or the server's when the request has none, are left out.
 
+A span tagger (``--head span``) gives spans that may nest or overlap: a request's ``overlap``
+("nested", the default, "flat" or "any", as ``tagtune predict --overlap``) says which it keeps, and
+its ``min_score`` is the least score of a span the decoding considers. Requests asking for other
+decodings never share a batch. A token tagger's spans never overlap: "nested" and "flat" give the
+same spans, "any" is refused (422).
+
 The API needs no token and changes no state on the server. Listening on a loopback address (the
 default), the server answers only requests whose ``Host`` is a loopback name or address
 (localhost, 127.0.0.1, [::1]): a web page whose owner points its own name at 127.0.0.1 (DNS
@@ -35,7 +41,9 @@ from tagtune.apps._http import (ApiError, excerpt, Refusing, _version, bind, cli
                                 error_handlers, loopback, loopback_hosts, page_html, read_body,
                                 require_server_packages, run_app)
 from tagtune.data.decode import check_min_score
+from tagtune.data.spandecode import OVERLAPS
 from tagtune.errors import TagtuneError
+from tagtune.inference.spantagger import SpanTagger
 from tagtune.inference.tagger import Tagger
 from tagtune.models.precision import check_bf16
 
@@ -85,10 +93,11 @@ class Stopping(Exception):
 class Pending:
     """One request's texts in the queue, and the future its answer arrives on."""
 
-    __slots__ = ("texts", "chars", "future", "arrived")
+    __slots__ = ("texts", "chars", "future", "arrived", "options")
 
-    def __init__(self, texts: list[str], future: asyncio.Future):
+    def __init__(self, texts: list[str], future: asyncio.Future, options: tuple = ()):
         self.texts = texts
+        self.options = options
         self.chars = sum(map(len, texts))
         self.future = future
         self.arrived = time.monotonic()
@@ -99,7 +108,9 @@ class Batcher:
 
     A batch starts with the oldest waiting request and takes more, in order, while they fit in
     ``batch_texts`` texts and ``batch_chars`` characters, waiting at most ``batch_wait`` seconds
-    after the first one arrived. A request larger than the budget runs alone.
+    after the first one arrived. A request larger than the budget runs alone. Each request carries
+    the ``options`` its texts are predicted with, ``predict(texts, *options)``: only requests with
+    the oldest one's options join its batch (the others keep their places in the queue).
 
     At most ``max_queue`` texts wait (a request is always let into an empty queue); a request
     that would pass that is refused at once with QueueFull. A request that gives up waiting
@@ -142,12 +153,12 @@ class Batcher:
             _resolve(self.waiting.popleft().future, error=Stopping("the server is stopping"))
         self.executor.shutdown(wait=True)
 
-    def submit(self, texts: list[str]) -> Pending:
-        """Queue ``texts``; QueueFull if the queue has no room for them."""
+    def submit(self, texts: list[str], options: tuple = ()) -> Pending:
+        """Queue ``texts``, to be predicted with ``options``; QueueFull if the queue has no room for them."""
         if self.waiting and self.waiting_texts + len(texts) > self.max_queue:
             self.counts["rejected"] += 1
             raise QueueFull(self.waiting_texts, self.max_queue, self.retry_after())
-        pending = Pending(texts, asyncio.get_running_loop().create_future())
+        pending = Pending(texts, asyncio.get_running_loop().create_future(), options)
         self.waiting.append(pending)
         self.waiting_texts += len(texts)
         self.waiting_chars += pending.chars
@@ -235,29 +246,38 @@ class Batcher:
             await self._predict(self._take())
 
     def _take(self) -> list[Pending]:
-        """The batch that starts now, out of the queue: the oldest requests that fit in the budget."""
+        """The batch that starts now, out of the queue: the oldest requests with the oldest one's
+        options that fit in the budget."""
         batch: list[Pending] = []
+        others: deque[Pending] = deque()  # the requests left in the queue, in order
+        options = self.waiting[0].options
         n_texts = n_chars = 0
         while self.waiting:
-            item = self.waiting[0]
+            item = self.waiting.popleft()
+            if item.options != options:
+                others.append(item)
+                continue
             if batch and (n_texts + len(item.texts) > self.batch_texts or n_chars + item.chars > self.batch_chars):
+                others.append(item)
                 break
-            self.waiting.popleft()
             self.waiting_texts -= len(item.texts)
             self.waiting_chars -= item.chars
             batch.append(item)
             n_texts += len(item.texts)
             n_chars += item.chars
+        others.extend(self.waiting)
+        self.waiting = others
         return batch
 
     async def _predict(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
         texts = [text for item in batch for text in item.texts]
+        options = batch[0].options
         self.requests_per_batch[len(batch)] += 1
         self.texts_per_batch[len(texts)] += 1
         start = time.monotonic()
         try:
-            spans = await loop.run_in_executor(self.executor, self.predict, texts)
+            spans = await loop.run_in_executor(self.executor, self.predict, texts, *options)
             if len(spans) != len(texts):
                 raise RuntimeError(f"the model answered {len(spans)} rows for {len(texts)} texts")
         except Exception as e:  # noqa: BLE001 - every failure becomes an answer, never a dead server
@@ -324,14 +344,16 @@ class ExtractRequest:
     texts: list[str]
     min_score: float | None = None
     """Spans scoring below this are left out; None: the server's default."""
+    overlap: str | None = None
+    """Which of a span tagger's spans are kept: "nested", "flat" or "any"; None: the tagger's."""
 
 
-FIELDS = ("texts", "min_score")
+FIELDS = ("texts", "min_score", "overlap")
 
 
-def parse_request(body: bytes, limits: Limits) -> ExtractRequest:
-    """The texts (and min_score) of an extract request, or ApiError 400 (not JSON), 422 (wrong
-    shape or value), 413 (too large)."""
+def parse_request(body: bytes, limits: Limits, head: str = "token") -> ExtractRequest:
+    """The texts (and min_score, overlap) of an extract request to a tagger of ``head`` ("token"
+    or "span"), or ApiError 400 (not JSON), 422 (wrong shape or value), 413 (too large)."""
     try:
         data = json.loads(body, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except UnicodeDecodeError:
@@ -348,7 +370,7 @@ def parse_request(body: bytes, limits: Limits) -> ExtractRequest:
     if unknown:
         shown = ", ".join(map(excerpt, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise ApiError(422, f"unknown field{'s' if len(unknown) > 1 else ''} {shown}; "
-                            'the request is {"texts": [...]}, with "min_score" optional')
+                            'the request is {"texts": [...]}, with "min_score" and "overlap" optional')
     if "texts" not in data:
         raise ApiError(422, 'missing field "texts" (a list of strings)')
     texts = data["texts"]
@@ -377,7 +399,20 @@ def parse_request(body: bytes, limits: Limits) -> ExtractRequest:
                 else _json_type(min_score)
             raise ApiError(422, f'"min_score" must be a number from 0 to 1, got {shown}')
         min_score = float(min_score)
-    return ExtractRequest(texts, min_score)
+    return ExtractRequest(texts, min_score, _overlap(data, head))
+
+
+def _overlap(data: dict, head: str) -> str | None:
+    if "overlap" not in data:
+        return None
+    overlap = data["overlap"]
+    if overlap not in OVERLAPS:
+        shown = excerpt(overlap) if isinstance(overlap, str) else _json_type(overlap)
+        raise ApiError(422, f'"overlap" must be "nested", "flat" or "any", got {shown}')
+    if head == "token" and overlap == "any":
+        raise ApiError(422, '"overlap": "any" needs a span tagger (--head span); this server\'s token tagger gives '
+                            'spans side by side, never overlapping: ask for "flat" or "nested", or leave it out')
+    return overlap
 
 
 def _json_type(value) -> str:
@@ -386,19 +421,37 @@ def _json_type(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0) -> dict:
-    """The OpenAPI 3 description of the endpoints."""
+HEADS = {
+    "token": "Character spans from a fine-tuned tagger, a token tagger: a tag per word, so spans lie side by "
+             "side and never overlap.",
+    "span": "Character spans from a fine-tuned tagger, a span tagger: spans may nest or overlap (an "
+            "organisation over the place in its name); the request's \"overlap\" says which are kept.",
+}
+"""The first sentence of the API's description, by the tagger's head."""
+
+OVERLAP_HELP = {
+    "token": "Accepted for requests written for span taggers: a token tagger's spans never overlap, so "
+             "\"nested\" and \"flat\" give the same spans; \"any\" is refused (422)",
+    "span": "Which spans are kept: \"nested\" (the default: side by side or one inside another), \"flat\" "
+            "(side by side only) or \"any\" (every span scoring at least min_score, overlapping or not); "
+            "the most probable set under the first two rules",
+}
+
+
+def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0, head: str = "token") -> dict:
+    """The OpenAPI 3 description of the endpoints, for a tagger of ``head`` ("token" or "span")."""
     error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
     def err(description):
         return dict(error, description=description)
 
+    overlaps = list(OVERLAPS) if head == "span" else ["nested", "flat"]
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "tagtune",
             "version": _version(),
-            "description": "Character spans from a fine-tuned token tagger. Offsets are Python str indices "
+            "description": HEADS[head] + " Offsets are Python str indices "
                            "(Unicode code points) into each text as sent; in JavaScript, index "
                            "Array.from(text), not the UTF-16 string, when a text has characters outside "
                            "the Basic Multilingual Plane (emoji).",
@@ -419,8 +472,9 @@ def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0) ->
                                    f"number longer than {MAX_NUMBER_CHARS} characters or out of range"),
                         "413": err(f"Too large: more than {limits.max_body} bytes, {limits.max_texts} texts, "
                                    f"{limits.max_chars} characters in a text or {limits.max_total_chars} in all"),
-                        "422": err('Not {"texts": [strings], "min_score": number}: a missing or unknown '
-                                   'field, a wrong type, or a min_score outside 0..1'),
+                        "422": err('Not {"texts": [strings], "min_score": number, "overlap": string}: a '
+                                   'missing or unknown field, a wrong type, a min_score outside 0..1, or an '
+                                   f'overlap other than {" or ".join(overlaps)}'),
                         "500": err("Prediction failed; the server keeps serving"),
                         "503": dict(err("Busy: the queue is full, or no answer within the timeout"),
                                     headers={"Retry-After": {"description": "Seconds to wait before retrying",
@@ -464,7 +518,10 @@ def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0) ->
                                              "items": {"type": "string", "maxLength": limits.max_chars}},
                                    "min_score": {"type": "number", "minimum": 0, "maximum": 1,
                                                  "description": "Leave out spans whose score is below this "
-                                                                f"(default: the server's, {min_score:g})"}},
+                                                                f"(default: the server's, {min_score:g})"},
+                                   "overlap": {"type": "string",
+                                               "enum": overlaps,
+                                               "description": OVERLAP_HELP[head]}},
                 },
                 "Span": {
                     "type": "object",
@@ -490,14 +547,16 @@ def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0) ->
                 },
                 "Health": {
                     "type": "object",
-                    "required": ["status", "model", "labels", "tags", "limits", "batching"],
+                    "required": ["status", "model", "head", "labels", "tags", "limits", "batching"],
                     "properties": {
                         "status": {"type": "string", "enum": ["ok"]},
                         "model": {"type": "string", "description": "Name of the tagger folder"},
+                        "head": {"type": "string", "enum": ["token", "span"],
+                                 "description": "token: spans side by side; span: spans may nest or overlap"},
                         "labels": {"type": "array", "items": {"type": "string"},
                                    "description": "Entity labels the spans can carry"},
                         "tags": {"type": "array", "items": {"type": "string"},
-                                 "description": "The model's tags (O, B-..., I-...)"},
+                                 "description": "The model's tags (O, B-..., I-...); a span tagger's labels"},
                         "device": {"type": "string"},
                         "precision": {"type": "string", "enum": ["fp32", "bf16", "onnx"],
                                       "description": "How the model multiplies (--bf16), or onnx: as exported"},
@@ -517,14 +576,16 @@ def openapi_schema(labels: list[str], limits: Limits, min_score: float = 0.0) ->
 
 def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch_texts: int = 256,
                batch_wait: float = 0.005, timeout: float | None = 30.0, max_queue: int = 1024,
-               min_score: float = 0.0, listening: str | None = None):
-    """The Starlette app serving ``tagger`` (anything with ``predict(texts)`` and ``labels``).
+               min_score: float | None = None, listening: str | None = None):
+    """The Starlette app serving ``tagger``: a SpanTagger, or anything with ``predict(texts)`` and
+    ``labels`` (a token tagger, whose tags the labels are).
 
     A request gets 503 when its answer is not ready ``timeout`` seconds (None: no limit) after its
     texts were queued, or at once when ``max_queue`` texts already wait. Of the spans the tagger
-    returns, those scoring below the request's ``min_score`` (default: ``min_score``) are left out.
-    ``listening``: the address the server listens on; when it is a loopback one, a request whose
-    ``Host`` is not a loopback name or address gets 403 (:func:`loopback_hosts`)."""
+    returns, those scoring below the request's ``min_score`` (default: ``min_score``; None: the
+    tagger's own, or 0) are left out; a span tagger decodes with that ``min_score`` and the
+    request's ``overlap``. ``listening``: the address the server listens on; when it is a loopback
+    one, a request whose ``Host`` is not a loopback name or address gets 403 (:func:`loopback_hosts`)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.requests import ClientDisconnect, Request
@@ -534,12 +595,13 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
     limits = limits or Limits()
     limits.check()
     check_queue(timeout, max_queue)
-    min_score = check_min_score(min_score, "min-score")
+    min_score = check_min_score(getattr(tagger, "min_score", 0.0) if min_score is None else min_score, "min-score")
     timeout = timeout or None
     batcher = Batcher(tagger.predict, batch_texts=batch_texts, batch_chars=limits.max_total_chars,
                       batch_wait=batch_wait, max_queue=max_queue)
-    labels = entity_labels(list(tagger.labels))
-    schema = openapi_schema(labels, limits, min_score)
+    head = "span" if isinstance(tagger, SpanTagger) else "token"
+    labels = list(tagger.labels) if head == "span" else entity_labels(list(tagger.labels))
+    schema = openapi_schema(labels, limits, min_score, head)
     page = page_html()
 
     def error(status: int, message: str, headers: dict | None = None):
@@ -547,7 +609,7 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
 
     async def extract(request: Request):
         try:
-            asked = parse_request(await read_body(request, limits.max_body), limits)
+            asked = parse_request(await read_body(request, limits.max_body), limits, head)
         except ApiError as e:
             return error(e.status, e.message)
         except ClientDisconnect:  # nobody to answer; the server sends nothing on a closed connection
@@ -558,8 +620,10 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
         floor = min_score if asked.min_score is None else asked.min_score
         if not texts:
             return JSONResponse({"results": []})
+        # a span tagger decodes with the request's rule and floor: predict(texts, overlap, min_score)
+        options = (asked.overlap or tagger.overlap, floor) if head == "span" else ()
         try:
-            pending = batcher.submit(texts)
+            pending = batcher.submit(texts, options)
             spans = await batcher.wait(pending, timeout, client_gone(request.receive))
         except QueueFull as e:
             return error(503, str(e), {"Retry-After": str(e.retry_after)})
@@ -579,7 +643,8 @@ def create_app(tagger, name: str = "tagger", limits: Limits | None = None, batch
                                          for text, row in zip(texts, spans)]})
 
     async def health(request: Request):
-        return JSONResponse({"status": "ok", "model": name, "labels": labels, "tags": list(tagger.labels),
+        return JSONResponse({"status": "ok", "model": name, "head": head, "labels": labels,
+                             "tags": list(tagger.labels),
                              "device": str(getattr(tagger, "device", "")),
                              "precision": getattr(tagger, "precision", None), "limits": asdict(limits),
                              "batching": batcher.stats(), "min_score": min_score,
@@ -622,10 +687,11 @@ def check_queue(timeout: float | None, max_queue: int) -> None:
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits | None = None,
           device: str | None = None, batch_texts: int = 256, batch_wait: float = 0.005,
           access_log: bool = False, timeout: float | None = 30.0, max_queue: int = 1024,
-          min_score: float = 0.0, bf16: str = "auto") -> None:
+          min_score: float | str = "auto", bf16: str = "auto") -> None:
     """Load the tagger, open the port, serve until interrupted. Prints the address once listening.
-    ``min_score``: spans scoring below it are left out, unless a request gives its own. ``bf16``:
-    "auto", "on" or "off", as :class:`tagtune.inference.tagger.Tagger` takes it."""
+    ``min_score``: spans scoring below it are left out, unless a request gives its own; "auto": 0
+    for a token tagger, 0.5 for a span tagger. ``bf16``: "auto", "on" or "off", as
+    :class:`tagtune.inference.tagger.Tagger` takes it."""
     require_server_packages()
     limits = limits or Limits()
     limits.check()
@@ -634,9 +700,9 @@ def serve(model_dir, host: str = "127.0.0.1", port: int = 8080, limits: Limits |
     if batch_wait < 0:
         raise TagtuneError(f"batch wait must not be negative, got {batch_wait}")
     check_queue(timeout, max_queue)
-    min_score = check_min_score(min_score, "min-score")
+    min_score = None if min_score == "auto" else check_min_score(min_score, "min-score")
     check_bf16(bf16)
-    tagger = Tagger.load(model_dir, device=device, bf16=bf16)
+    tagger = Tagger.load(model_dir, device=device, bf16=bf16)  # its min_score the head's: 0, or 0.5
     sock = bind(host, port)
     app = create_app(tagger, Path(model_dir).resolve().name, limits, batch_texts, batch_wait, timeout, max_queue,
                      min_score, listening=sock.getsockname()[0])
