@@ -332,3 +332,63 @@ def test_select_in_a_new_process(keyword_tagger, pool, tmp_path):
     assert [t["predictions"][0]["model_version"] for t in tasks] == ["kw-tagger"] * 3
     scores = [t["predictions"][0]["score"] for t in tasks]
     assert scores == sorted(scores)  # least confident first
+
+
+# --------------------------------------------------------------------------- a span tagger
+
+
+SPAN_POOL = [
+    "University of Tokyo is big",
+    "the sofa is red",
+    "Mary Jones met John Smith in Lisbon",
+    "UNIVERSITY of Tokyo is big!",  # a near-duplicate of the first
+    "Bank of Tokyo hired Anna Lee",
+    "the weather is nice today",
+    "We saw Peter Jones at the University of Lisbon",
+]
+
+
+@pytest.fixture(scope="module")
+def span_tagger(tiny_bert, tmp_path_factory):
+    """The tiny BERT with a span head, 20 steps on nested texts: sure of some texts, unsure of others."""
+    from test_span_nested import NESTED
+    from test_span_train import span_config, write_jsonl
+
+    from tagtune import train
+
+    folder = tmp_path_factory.mktemp("select-span")
+    data = write_jsonl(folder / "nested.jsonl", NESTED)
+    train(span_config(tiny_bert, data, folder / "span-tagger", epochs=20, batch_size=8, lr=1e-2, bf16="off"))
+    return folder / "span-tagger"
+
+
+def test_select_ranks_a_span_taggers_texts_by_its_uncertainty(cli, span_tagger, tmp_path):
+    from tagtune import Tagger
+
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(SPAN_POOL) + "\n", encoding="utf-8")
+    out = tmp_path / "chosen.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        result = cli("select", span_tagger, pool, "-n", len(SPAN_POOL), "-o", out, "--device", "cpu", "--bf16", "off")
+    assert result.returncode == 0, result.stderr
+    assert f"-n {len(SPAN_POOL)} but the pool has {len(SPAN_POOL)} texts (1 left out as near-duplicates)" in result.stderr
+
+    tagger = Tagger.load(span_tagger, device="cpu", bf16="off")
+    unsure = tagger.uncertainty(SPAN_POOL)
+    assert len(set(np.round(unsure, 4))) == len(SPAN_POOL) and max(unsure) > 2 * min(unsure)  # the texts do differ
+    order = sorted(range(len(SPAN_POOL)), key=lambda i: -unsure[i])
+    duplicate = max(order.index(0), order.index(3))  # of the two, the one ranked later is left out
+    expected = [i for k, i in enumerate(order) if k != duplicate]
+    chosen = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [c["text"] for c in chosen] == [SPAN_POOL[i] for i in expected]
+    assert [c["uncertainty"] for c in chosen] == [round(unsure[i], 4) for i in expected]
+
+    # the tagger's spans, nested ones included, as pre-annotations that train --head span reads back
+    spans = tagger.predict([SPAN_POOL[i] for i in expected])
+    assert [c["spans"] for c in chosen] == [[s.to_dict(SPAN_POOL[i]) for s in found]
+                                             for i, found in zip(expected, spans)]
+    assert any(a.end > b.start for found in spans for a, b in zip(found, found[1:]))  # some spans nest
+    examples = read_examples(out, overlaps=True)
+    assert [[(s.start, s.end, s.label) for s in e.spans] for e in examples] == [
+        [(s.start, s.end, s.label) for s in found] for found in spans]

@@ -13,6 +13,12 @@ score from the spans alone, it also counts the units the tagger reads as outside
 yet hesitates over (the entities it may have missed), and a text without spans can rank first.
 Its cost is one forward-backward pass over the lattice, as small as the span scores' own.
 
+A span tagger (``--head span``) ranks by its own uncertainty
+(:meth:`tagtune.inference.spantagger.SpanTagger.uncertainty`): each candidate span is a decision,
+its label where the decoding kept it, "none" where not; a unit's uncertainty is 1 - the
+probability of the least sure decision among the candidates over it, and the text's the mean
+over its units. Its spans, nested ones included, are the pre-annotations.
+
 Near-duplicates (:class:`NearDuplicates`): texts are compared after normalisation (NFKC, case
 folded, words joined by single spaces). A text whose normalised form equals a chosen one's is
 left out at once; otherwise its character 5-grams are compared with those of the chosen texts
@@ -26,7 +32,7 @@ in tagtune:
 
 ``jsonl``
     tagtune's spans JSONL, ``{"text", "spans": [{"start", "end", "label", "text", "score"}],
-    "uncertainty"}``, which ``tagtune train`` reads as it is.
+    "uncertainty"}``, which ``tagtune train`` reads as it is (nested spans with ``--head span``).
 ``doccano``
     doccano's JSONL import, ``{"text", "label": [[start, end, label], ...]}``.
 ``label-studio``
@@ -60,7 +66,7 @@ from tagtune.errors import TagtuneError
 from tagtune.files import open_input
 from tagtune.files import umask, write_error, write_file
 from tagtune.inference.rank import score
-from tagtune.inference.tagger import Tagger, token_tagger_only
+from tagtune.inference.tagger import Tagger
 from tagtune.spans import Span
 
 OUTPUT_FORMATS = ("jsonl", "label-studio", "doccano")
@@ -73,7 +79,7 @@ class SelectWarning(UserWarning):
 @dataclass
 class Choice:
     """A chosen text: its place in the pool's texts, the text, the tagger's spans and its
-    uncertainty (0..1, the expected share of its units tagged wrong)."""
+    uncertainty (0..1; a token tagger's is the expected share of its units tagged wrong)."""
 
     index: int
     text: str
@@ -295,7 +301,6 @@ def select(model_dir, pool, n: int, out, format: str = "jsonl", overwrite: bool 
     if progress:
         print(f"tagtune: {pool}: {len(texts):,} texts", file=sys.stderr, flush=True)
     tagger = Tagger.load(model_dir, device=device, bf16=bf16)
-    token_tagger_only(tagger, model_dir, "select")
     chosen = choose(tagger, texts, n, max_similarity, progress)
     now = check_output(out, overwrite)
     if before is None and now is not None:
