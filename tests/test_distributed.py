@@ -94,6 +94,34 @@ def test_two_processes_train_like_one(still_bert, wnut_files, tmp_path, batching
         assert np.nanmax(np.abs(np.array(crf[0]["transitions"], dtype=float))) > 0  # the scores did train
 
 
+def test_two_processes_train_the_span_head_like_one(still_bert, tmp_path):
+    """--head span: the encoder and the span head (its gradients averaged with the encoder's)
+    end as one process leaves them, and so do the dev scores."""
+    from test_span_nested import NESTED
+    from test_span_train import write_jsonl
+
+    data = write_jsonl(tmp_path / "nested.jsonl", NESTED)
+    common = ["train", "--model", str(still_bert), "--train", data, "--dev", data, "--head", "span",
+              "--max-span-words", "4", "--epochs", "2", "--lr", "5e-3", "--batch-size", "4", "--no-bucket",
+              "--bf16", "off", "--seed", "3", "--save", "last", "--quiet"]
+    one = tagtune(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, *common, "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    start = load_file(still_bert / "model.safetensors")
+    for name in ("model.safetensors", "span_head.safetensors"):
+        a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+    trained = load_file(tmp_path / "one" / "model.safetensors")
+    assert sum(not torch.equal(trained[key], start[key]) for key in start) > 10  # the encoder did train
+    scores = [dev_scores(tmp_path / side) for side in ("one", "two")]
+    assert len(scores[1]) == 2
+    for (e1, loss1, dev1), (e2, loss2, dev2) in zip(*scores):
+        assert e1 == e2 and loss1 == pytest.approx(loss2, rel=1e-4) and dev1 == pytest.approx(dev2, abs=1e-9)
+
+
 def test_sharded_prediction_writes_the_same_file(trained_tagger, tweets, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(" ".join(tokens) + "\n" for tokens, _ in tweets[900:1000]), encoding="utf-8")
