@@ -230,6 +230,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_label(args) -> int:
+    from tagtune.apps.label import label
+
+    label(args.texts, args.output, labels=args.labels, llm=args.llm, model=args.llm_model, guide=args.guide,
+          examples=args.examples, k=args.k, examples_format=args.examples_format, format=args.format,
+          head=args.head, concurrency=args.concurrency, max_requests=args.max_requests, timeout=args.timeout,
+          retries=args.retries, temperature=args.temperature, dry_run=args.dry_run, overwrite=args.overwrite,
+          input_format=args.input_format, progress=not args.quiet)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from tagtune.apps.score import score_files
+
+    scores = score_files(args.gold, args.pred, gold_format=args.gold_format or args.format,
+                         pred_format=args.pred_format or args.format, missing=args.missing)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
 DESCRIPTION = "Fine-tune BERT-family encoders into token taggers (entities, keywords, any spans) and run them."
 EPILOG = """examples:
   tagtune train --model bert-base-cased --train train.conll --out my-tagger
@@ -238,6 +258,8 @@ EPILOG = """examples:
   tagtune annotate texts.txt --labels PER,ORG --out annotations.jsonl
   tagtune select my-tagger pool.txt -n 200 -o tasks.json --format label-studio
   tagtune export my-tagger --onnx my-tagger-onnx --int8
+  tagtune label texts.txt -o teacher.jsonl --labels PER,ORG --llm http://localhost:11434/v1 --llm-model qwen2.5:7b
+  tagtune score gold.conll teacher.jsonl
 
 Run 'tagtune COMMAND --help' for the options of a command."""
 
@@ -477,6 +499,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
     p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("label", help="label texts with a teacher language model behind an OpenAI-compatible API "
+                       "(Ollama, vLLM, llama.cpp, OpenAI), into spans to review and train on",
+                       formatter_class=_ShowDefaults)
+    from tagtune.apps.label import FORMATS as LABEL_FORMATS
+    from tagtune.apps.label import label
+
+    def label_default(name):
+        return parameter_default(label, name)
+
+    p.add_argument("texts", help="texts to label: a text per line, JSONL with a \"text\" field (and an optional "
+                   "\"id\"), or CoNLL (a token per line, a blank line between sentences)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="file the labels go to; an earlier run's is continued (texts it holds are not asked "
+                        "again), and OUT.llm-cache beside it keeps every reply, so a rerun sends nothing it has")
+    p.add_argument("--labels", metavar="A,B,...", help="the labels to ask for, comma-separated "
+                   "(default: those of --guide)")
+    p.add_argument("--llm", metavar="URL", help="the server's base URL, e.g. http://localhost:11434/v1 (Ollama), "
+                   "http://localhost:8000/v1 (vLLM), https://api.openai.com/v1 (default: OPENAI_BASE_URL); "
+                   "OPENAI_API_KEY is sent as the key where set")
+    p.add_argument("--llm-model", metavar="NAME", required=True, help="the model as the server names it, "
+                   "e.g. qwen2.5:7b; the records' \"source\" is llm:NAME")
+    p.add_argument("--guide", metavar="FILE", help="a line 'LABEL: what it covers' for each label, told to the model")
+    p.add_argument("--examples", metavar="GOLD", help="annotated file (any format train reads) whose texts are "
+                   "shown to the model as worked examples")
+    p.add_argument("-k", type=int, default=label_default("k"), metavar="N",
+                   help="worked examples from --examples: first texts that show a label not yet shown, then the "
+                        "earliest")
+    p.add_argument("--examples-format", choices=FORMATS, help="format of --examples (default: detected)")
+    p.add_argument("--format", choices=LABEL_FORMATS, default=label_default("format"),
+                   help="jsonl (tagtune's spans), label-studio (JSON import with the spans as predictions) or "
+                        "doccano (JSONL import)")
+    p.add_argument("--input-format", choices=INPUT_FORMATS,
+                   help="read TEXTS as text, jsonl or conll (default: detected from the name and first lines)")
+    p.add_argument("--head", choices=["token", "span"], default=label_default("head"),
+                   help="token: of overlapping spans the longer is kept, as the token head learns; span: all are "
+                        "kept, for train --head span")
+    p.add_argument("--concurrency", type=int, default=label_default("concurrency"), metavar="N",
+                   help="requests in flight at once")
+    p.add_argument("--max-requests", type=int, metavar="N", help="send at most N requests in this run (the "
+                   "cache answers the rest it has); run again to go on")
+    p.add_argument("--timeout", type=float, default=label_default("timeout"), metavar="SECONDS",
+                   help="a request without an answer after this long is tried again")
+    p.add_argument("--retries", type=int, default=label_default("retries"), metavar="N",
+                   help="retries of a request after a timeout, a dropped connection, 429 (after its Retry-After) "
+                        "or 5xx, with exponential backoff; then the run stops, its answers kept")
+    p.add_argument("--temperature", type=float, default=label_default("temperature"), metavar="T",
+                   help="sampling temperature asked for")
+    p.add_argument("--dry-run", action="store_true", help="print the first request as JSON and send nothing")
+    p.add_argument("--overwrite", action="store_true", help="start OUT again from nothing (the cache still answers "
+                   "the texts it has)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("score", help="entity precision, recall and F1 of an annotation file against a gold one, "
+                       "per label and micro (no model needed); prints JSON", formatter_class=_ShowDefaults)
+    p.add_argument("gold", help="the gold annotated file")
+    p.add_argument("pred", help="the annotated file to score (a teacher's labels, a tagger's predictions, another "
+                   "labeller's answers); its texts are paired with GOLD's by text")
+    p.add_argument("--format", choices=FORMATS, help="format of both files (default: detected)")
+    p.add_argument("--gold-format", choices=FORMATS, help="format of GOLD, where it differs")
+    p.add_argument("--pred-format", choices=FORMATS, help="format of PRED, where it differs")
+    from tagtune.apps.score import MISSING
+
+    p.add_argument("--missing", choices=MISSING, default=MISSING[0],
+                   help="a GOLD text that PRED lacks: error, empty (scored as predicted without spans) or skip "
+                        "(left out); PRED texts that GOLD lacks are left out and counted")
+    p.set_defaults(func=cmd_score)
     for p in sub.choices.values():
         p.set_defaults(command_parser=p)
     return parser
