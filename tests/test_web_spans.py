@@ -1,10 +1,13 @@
 """A span tagger (--head span) on the web pages: `tagtune serve` answers its nested spans, a
 request's overlap and min_score deciding which it keeps, and its page draws spans that nest on
-levels below the text. Screenshots are written to test-artifacts/."""
+levels below the text; `tagtune annotate --overlaps` keeps answers whose spans nest or overlap,
+and `annotate --model` with a span tagger suggests its nested spans. Screenshots are written to
+test-artifacts/."""
 
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -13,7 +16,9 @@ pytest.importorskip("uvicorn")
 
 from helpers import BROWSER_ARGS, chromium  # noqa: E402
 from tagtune import Tagger  # noqa: E402
-from test_page import ARTIFACTS  # noqa: E402
+from tagtune.apps.annotate import rank  # noqa: E402
+from tagtune.data.formats import read_examples  # noqa: E402
+from test_annotate import ARTIFACTS, annotating, drag, lines, next_item, one_line_error, page_client  # noqa: E402
 from test_serve import running_server  # noqa: E402
 from test_span_nested import NESTED as NESTED_TEXTS  # noqa: E402
 
@@ -200,3 +205,114 @@ def test_the_page_draws_nested_spans_on_levels(server, client):
         marks = page.eval_on_selector_all("#result mark.ent", "ms => ms.map(m => m.dataset.label)")
         assert marks == [s[2] for s in triples(extract(client, {"texts": [text], "overlap": "flat"}))[0]]
         browser.close()
+
+
+# --------------------------------------------------------------------------- annotate
+
+
+def write_texts(path, texts):
+    path.write_text("".join(text + "\n" for text in texts), encoding="utf-8")
+    return path
+
+
+def post_answer(client, index, spans):
+    return client.post("/api/answer", json={"index": index, "spans": [dict(zip(("start", "end", "label"), s))
+                                                                       for s in spans]})
+
+
+def test_annotate_overlaps_keeps_nested_and_crossing_spans(tmp_path, cli):
+    texts = write_texts(tmp_path / "texts.txt", TEXTS[:3])
+    out = tmp_path / "answers.jsonl"
+    options = [texts, "--labels", "ORG,LOC,PER,FIRST", "--out", out, "--port", "0"]
+    with annotating(tmp_path / "1.log", *options) as (url, _), page_client(url) as c:
+        # without --overlaps, as before: refused
+        refused = post_answer(c, 0, [(0, 19, "ORG"), (14, 19, "LOC")])
+        assert refused.status_code == 422 and refused.json()["error"].startswith("spans overlap: [0, 19)")
+        assert "--overlaps" in refused.json()["error"] and out.read_bytes() == b""
+        assert c.get("/api/info").json()["overlaps"] is False
+    with annotating(tmp_path / "2.log", *options, "--overlaps") as (url, _), page_client(url) as c:
+        info = c.get("/api/info").json()
+        assert info["overlaps"] is True
+        assert shlex.split(info["train_command"])[-2:] == ["--head", "span"]
+        assert post_answer(c, 0, [(14, 19, "LOC"), (0, 19, "ORG"), (14, 19, "LOC")]).status_code == 200
+        # crossing spans too (Bank of | of Lisbon)
+        assert post_answer(c, 1, [(0, 7, "ORG"), (5, 14, "LOC")]).status_code == 200
+        two_labels = post_answer(c, 2, [(0, 4, "FIRST"), (0, 4, "PER")])
+        assert two_labels.status_code == 422
+        assert two_labels.json()["error"] == ("spans mark the same characters [0, 4) 'John' with two labels, FIRST "
+                                              "and PER; a span has one label")
+        progress = post_answer(c, 2, [(0, 10, "PER"), (0, 4, "FIRST")]).json()["progress"]
+        assert progress["spans"] == {"ORG": 2, "LOC": 2, "PER": 1, "FIRST": 1}
+        assert next_item(c, "a")["item"] is None
+        assert c.get("/api/texts/0").json()["item"]["spans"] == [
+            {"start": 0, "end": 19, "label": "ORG", "text": "University of Tokyo"},
+            {"start": 14, "end": 19, "label": "LOC", "text": "Tokyo"}]
+    # the file holds both spans of each answer (a duplicate once) and reads back with overlaps
+    assert [len(record["spans"]) for record in lines(out)] == [2, 2, 2]
+    examples = read_examples(out, overlaps=True)
+    assert [[(s.start, s.end, s.label) for s in e.spans] for e in examples] == [
+        [(0, 19, "ORG"), (14, 19, "LOC")], [(0, 7, "ORG"), (5, 14, "LOC")], [(0, 4, "FIRST"), (0, 10, "PER")]]
+    # continued without --overlaps: one line that says how to go on
+    one_line_error(cli("annotate", *options), f"{out}:1: spans overlap: [0, 19) 'University of Tokyo' and "
+                                              "[14, 19) 'Tokyo'; the answers were given with --overlaps: add "
+                                              "--overlaps to go on with them")
+
+
+def test_annotate_with_a_span_tagger_suggests_nested_spans_most_uncertain_first(tmp_path, span_tagger, tagger):
+    texts = write_texts(tmp_path / "texts.txt", TEXTS)
+    out = tmp_path / "answers.jsonl"
+    with annotating(tmp_path / "1.log", texts, "--out", out, "--model", span_tagger, "--port", "0", "--device",
+                    "cpu", "--bf16", "off", "--quiet") as (url, _), page_client(url) as c:
+        assert "span tagger" in (tmp_path / "1.log").read_text()
+        info = c.get("/api/info").json()
+        assert info["overlaps"] is True and [x["label"] for x in info["labels"]] == tagger.labels
+        assert shlex.split(info["train_command"])[-2:] == ["--head", "span"]
+        order = [next_item(c, f"page{k}")["item"] for k in range(len(TEXTS))]
+    spans = tagger.predict(TEXTS, "nested")
+    assert [item["index"] for item in order] == rank(tagger.uncertainty(TEXTS, "nested"))
+    for item in order:
+        assert item["suggested"] == bool(spans[item["index"]])
+        assert [(s["start"], s["end"], s["label"]) for s in item["spans"]] == \
+            [(s.start, s.end, s.label) for s in spans[item["index"]]]
+    assert any(nested([(s["start"], s["end"]) for s in item["spans"]]) for item in order)
+
+
+def test_the_annotate_page_marks_a_span_inside_another(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    browser_path = chromium()  # skips, or fails under CI, where there is none
+    texts = write_texts(tmp_path / "texts.txt", ["We met at the University of Tokyo in May"])
+    out = tmp_path / "answers.jsonl"
+    with sync_playwright() as p, annotating(tmp_path / "1.log", texts, "--labels", "ORG,LOC", "--out", out,
+                                            "--port", "0", "--overlaps") as (url, _):
+        browser = p.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 900, "height": 600})
+        page.goto(url + "/")
+        page.wait_for_selector("#text:not(:empty)")
+        assert page.is_visible("#overlaps-hint")
+        drag(page, "University of Tokyo")  # ORG, the first label
+        page.wait_for_selector("#text mark")
+        page.keyboard.press("2")
+        drag(page, "Tokyo")  # inside it: marked too, both drawn on levels
+        page.wait_for_selector("#text .lv-bar")
+        drawn = drawn_spans(page, "#text")
+        assert [(d["text"], d["label"]) for d in drawn] == [("University of Tokyo", "ORG"), ("Tokyo", "LOC")]
+        assert apart(*drawn) and page.text_content("#text") == "We met at the University of Tokyo in May"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "annotate-nested.png"), full_page=True)
+        drag(page, "Tokyo")  # the same span again: not added twice
+        assert "already" in page.text_content("#message") and len(drawn_spans(page, "#text")) == 2
+        # removing the outer span leaves the inner one, highlighted as a lone span is
+        page.click("#text .lv-bar[data-label=ORG].lv-first")
+        assert page.eval_on_selector_all("#text mark", "ms => ms.map(m => [m.textContent, m.dataset.label])") == \
+            [["Tokyo", "LOC"]]
+        page.keyboard.press("1")
+        drag(page, "University of Tokyo")
+        page.wait_for_selector("#text .lv-bar")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('message').textContent.startsWith('Saved')")
+        browser.close()
+    assert lines(out)[-1]["spans"] == [{"start": 14, "end": 33, "label": "ORG", "text": "University of Tokyo"},
+                                       {"start": 28, "end": 33, "label": "LOC", "text": "Tokyo"}]
+    (example,) = read_examples(out, overlaps=True)
+    assert [(s.start, s.end, s.label) for s in example.spans] == [(14, 33, "ORG"), (28, 33, "LOC")]

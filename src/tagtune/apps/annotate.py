@@ -55,6 +55,13 @@ converts the UTF-16 offsets of its selections before sending them, and the serve
 span's ``text`` against the code points it names. With a tagger (``model``) its spans are shown
 as suggestions, and texts come most uncertain first (:func:`rank`); without one, in file order.
 
+Spans side by side only, as a token tagger learns them, unless ``overlaps`` (``--overlaps``, on
+with a span tagger's ``--model``, whose nested spans it suggests): then a span may lie inside
+another or across one, as ``tagtune train --head span`` learns them, and the page draws spans
+that nest or overlap on levels below the text. An exact duplicate (same characters, same label)
+counts once; the same characters with another label are one span relabelled, never two (a span
+has one label, as the readers of tagtune.data.formats require).
+
 Needs the ``serve`` extra (uvicorn, starlette).
 """
 
@@ -65,6 +72,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -82,7 +90,8 @@ from tagtune.errors import TagtuneError
 from tagtune.files import fsync_folder, write_error
 from tagtune.files import open_input, read_bytes
 from tagtune.inference.rank import score
-from tagtune.inference.tagger import Tagger, token_tagger_only
+from tagtune.inference.spantagger import SpanTagger
+from tagtune.inference.tagger import Tagger
 from tagtune.safejson import excerpt
 from tagtune.spans import Span
 
@@ -102,6 +111,9 @@ TOKEN_HEADER = "X-Tagtune-Token"
 """The header in which every API request carries the server's token."""
 TOKEN_SLOT = 'content="TAGTUNE-TOKEN"'
 """Where annotate.html's ``<meta name="tagtune-token">`` gets the token."""
+SHARED_BLOCK = re.compile(r'<(style|script) id="(span-levels[a-z-]*)">(.*?)</\1>', re.S)
+"""The style and script blocks that draw spans on levels: written once, in the page of tagtune serve
+(index.html); annotate.html has them empty, filled from there when served."""
 
 
 class Conflict(ApiError):
@@ -183,11 +195,13 @@ def _text_record(path: Path, number: int, line: str) -> tuple[str, int | str]:
     return record["text"], key
 
 
-def read_out(path: str | os.PathLike, texts: list[Text], labels: list[str]) -> tuple[dict, list[int], int]:
+def read_out(path: str | os.PathLike, texts: list[Text], labels: list[str],
+             overlaps: bool = False) -> tuple[dict, list[int], int]:
     """What OUT says of ``texts``: the latest answer of each text answered (index -> spans, or
     None for a skip), those indices in the order of their latest answers, and the number of
     other texts OUT answers (texts no longer in the file). OUT is only read; a malformed line,
-    a span with another label than ``labels``, or a JSON list is a one-line ``file:line:`` error."""
+    a span with another label than ``labels``, overlapping spans without ``overlaps``, or a JSON
+    list is a one-line ``file:line:`` error."""
     path = Path(path)
     if not os.path.lexists(path) or os.path.getsize(path) == 0:
         return {}, [], 0
@@ -201,7 +215,12 @@ def read_out(path: str | os.PathLike, texts: list[Text], labels: list[str]) -> t
     latest: dict[int, list[Span] | None] = {}
     order: dict[int, None] = {}  # an ordered set: a text moves to the end when answered again
     others: set[str] = set()
-    for example, skipped in read_answers(path, labels):
+    for example, skipped in read_answers(path, labels, overlaps=True):
+        clash = None if overlaps else overlapping(example.spans)
+        if clash is not None:
+            raise TagtuneError(f"{example.source}: spans overlap: {_shown(clash[0], example.text)} and "
+                               f"{_shown(clash[1], example.text)}; the answers were given with --overlaps: add "
+                               "--overlaps to go on with them")
         index = where.get(example.text)
         if index is None:
             others.add(example.text)
@@ -316,15 +335,16 @@ class Annotator:
     out the texts without an answer; texts skipped earlier come after them. ``out`` gets each
     answer's record (an AnswerFile, or anything with ``append(record)``). A page not heard from
     for ``release`` seconds (by ``clock``) loses its text to the next page that asks; ``beat`` is
-    how often its page says it is there."""
+    how often its page says it is there. ``overlaps``: answers may hold spans that nest or overlap."""
 
     def __init__(self, texts: list[Text], labels: list[str], out, latest: dict | None = None,
                  answered: list[int] | None = None, order: list[int] | None = None,
                  suggestions: dict[int, list[Span]] | None = None, train_command: str = "",
                  names: dict | None = None, clock=time.monotonic, beat: float = BEAT_SECONDS,
-                 release: float = RELEASE_SECONDS):
+                 release: float = RELEASE_SECONDS, overlaps: bool = False):
         self.texts = texts
         self.labels = labels
+        self.overlaps = overlaps
         self.out = out
         self.latest: dict[int, list[Span] | None] = dict(latest or {})
         self.answered: dict[int, None] = dict.fromkeys(answered or [])
@@ -358,6 +378,7 @@ class Annotator:
                 "train_command": self.train_command,
                 "beat_seconds": self.beat_seconds,
                 "release_seconds": self.release,
+                "overlaps": self.overlaps,
                 **self.names,
             }
 
@@ -502,7 +523,8 @@ def parse_answer(body: bytes, annotator: Annotator) -> tuple[int, list[Span] | N
     checked when given (409 if the texts changed under the page), and ``"version"``, the text's
     version the page shows (:meth:`Annotator.answer`). Offsets are code points; a
     span's ``text``, when given, must be the text's code points ``start`` to ``end``; spans may
-    not overlap."""
+    not overlap, unless the annotator's ``overlaps`` (an exact duplicate then counts once, and the
+    same characters may not carry two labels)."""
     data = _json_body(body, {"index", "text", "spans", "skip", "version"})
     index = _index(data.get("index"), annotator)
     version = data.get("version")
@@ -520,7 +542,8 @@ def parse_answer(body: bytes, annotator: Annotator) -> tuple[int, list[Span] | N
         return index, None, version
     if "spans" not in data:
         raise ApiError(422, 'missing field "spans" (a list of {"start", "end", "label"}), or "skip": true')
-    return index, _spans(data["spans"], annotator.texts[index].text, annotator.labels), version
+    text = annotator.texts[index].text
+    return index, _spans(data["spans"], text, annotator.labels, annotator.overlaps), version
 
 
 def parse_beat(body: bytes, annotator: Annotator) -> tuple[str, int | None]:
@@ -539,7 +562,7 @@ def _index(index, annotator: Annotator) -> int:
     return index
 
 
-def _spans(items, text: str, labels: list[str]) -> list[Span]:
+def _spans(items, text: str, labels: list[str], overlaps: bool = False) -> list[Span]:
     if not isinstance(items, list):
         raise ApiError(422, f'"spans" must be a list, got {safejson.shown(items)}')
     spans = []
@@ -566,11 +589,27 @@ def _spans(items, text: str, labels: list[str]) -> list[Span]:
                                 f"[{start}, {end}) of the text are {excerpt(text[start:end])}")
         spans.append(Span(start, end, label))
     spans.sort()
+    if not overlaps:
+        clash = overlapping(spans)
+        if clash is not None:
+            raise ApiError(422, f"spans overlap: {_shown(clash[0], text)} and {_shown(clash[1], text)} "
+                                "(tagtune annotate --overlaps keeps spans that nest or overlap)")
+        return spans
+    spans = list(dict.fromkeys(spans))  # an exact duplicate counts once
     for a, b in zip(spans, spans[1:]):
-        if b.start < a.end:
-            raise ApiError(422, f"spans overlap: [{a.start}, {a.end}) {excerpt(text[a.start:a.end])} and "
-                                f"[{b.start}, {b.end}) {excerpt(text[b.start:b.end])}")
+        if (a.start, a.end) == (b.start, b.end):
+            raise ApiError(422, f"spans mark the same characters {_shown(a, text)} with two labels, {a.label} and "
+                                f"{b.label}; a span has one label")
     return spans
+
+
+def overlapping(spans: list[Span]) -> tuple[Span, Span] | None:
+    """Two of ``spans`` (sorted) that share a character, or None when they lie side by side."""
+    return next(((a, b) for a, b in zip(spans, spans[1:]) if b.start < a.end), None)
+
+
+def _shown(span: Span, text: str) -> str:
+    return f"[{span.start}, {span.end}) {excerpt(text[span.start:span.end])}"
 
 
 def _json_body(body: bytes, fields: set[str]) -> dict:
@@ -651,6 +690,17 @@ class Guard:
         return None
 
 
+def shared_blocks(page: str, source: str) -> str:
+    """``page`` with each of its empty SHARED_BLOCK elements filled with the element of the same id in
+    ``source``; a RuntimeError unless the two pages have the same such blocks, once each."""
+    found = {m.group(2): m.group(0) for m in SHARED_BLOCK.finditer(source)}
+    wanted = [m.group(2) for m in SHARED_BLOCK.finditer(page)]
+    if not found or sorted(wanted) != sorted(found) or any(m.group(3).strip() for m in SHARED_BLOCK.finditer(page)):
+        raise RuntimeError(f"annotate.html's shared blocks {wanted} are not the empty places of index.html's "
+                           f"{sorted(found)}")
+    return SHARED_BLOCK.sub(lambda m: found[m.group(2)], page)
+
+
 def _address(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -669,7 +719,7 @@ def create_app(annotator: Annotator, guard: Guard):
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    template = page_html("annotate.html")
+    template = shared_blocks(page_html("annotate.html"), page_html("index.html"))
     if template.count(TOKEN_SLOT) != 1:
         raise RuntimeError(f"annotate.html has {template.count(TOKEN_SLOT)} places for the token, not one")
     page = template.replace(TOKEN_SLOT, f'content="{guard.token}"')
@@ -740,9 +790,10 @@ def create_app(annotator: Annotator, guard: Guard):
 # --------------------------------------------------------------------------- the command
 
 
-def train_command(out: str, model: str | None) -> str:
+def train_command(out: str, model: str | None, overlaps: bool = False) -> str:
     """The command that trains a tagger on ``out``: on the base model of ``model``'s training run
-    when its folder says which, else with BASE_MODEL to fill in."""
+    when its folder says which, else with BASE_MODEL to fill in; with ``overlaps``, a span tagger
+    (``--head span``), which learns spans that nest or overlap."""
     base = BASE_MODEL
     if model is not None and (Path(model) / "train_config.json").is_file():
         try:
@@ -752,14 +803,16 @@ def train_command(out: str, model: str | None) -> str:
         if isinstance(saved.get("model"), str) and saved["model"]:
             base = saved["model"]
     stem = Path(out).stem or "annotations"
+    head = ["--head", "span"] if overlaps else []
     return shlex.join(["tagtune", "train", "--model", base, "--train", str(out),
-                       "--out", str(Path(out).with_name(f"{stem}-tagger"))])
+                       "--out", str(Path(out).with_name(f"{stem}-tagger")), *head])
 
 
 def suggest(tagger, texts: list[str], labels: list[str],
             progress: bool = True) -> tuple[list[list[Span]], list[float]]:
     """The tagger's spans for ``texts``, those with a label in ``labels`` only, and its
-    uncertainty of each text (tagtune.inference.rank.score)."""
+    uncertainty of each text (tagtune.inference.rank.score): a span tagger's spans as its overlap
+    rule keeps them (nested, as :func:`annotate` loads it)."""
     keep = set(labels)
     spans, uncertainty = score(tagger, texts, progress, batch_texts=64)
     return [[span for span in found if span.label in keep] for found in spans], uncertainty
@@ -767,13 +820,14 @@ def suggest(tagger, texts: list[str], labels: list[str],
 
 def annotate(texts: str, out: str, labels: str | None = None, model: str | None = None, host: str = "127.0.0.1",
              port: int = 8080, device: str | None = None, access_log: bool = False, progress: bool = True,
-             bf16: str = "auto") -> None:
+             bf16: str = "auto", overlaps: bool = False) -> None:
     """Serve the page that labels the texts of the file ``texts`` into ``out``, until interrupted.
 
     ``labels`` is ``"KEY,ORG"``; without it, the labels of the tagger ``model``. With ``model``
     (a trained tagger folder), its spans are suggested and the texts come most uncertain first;
     it runs in the precision ``bf16`` chooses (auto, on, off; tagtune.models.precision).
-    Prints where the answers stand and the address once listening."""
+    ``overlaps``: spans may nest or overlap; on with a span tagger, whose nested spans are
+    suggested. Prints where the answers stand and the address once listening."""
     require_server_packages()
     if labels is None and model is None:
         raise TagtuneError("annotate needs --labels (e.g. --labels PER,ORG), or --model DIR for its tagger's labels")
@@ -781,9 +835,15 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
     items, repeats = read_texts(texts)
     tagger = None
     if model is not None:
-        tagger = Tagger.load(model, device=device, bf16=bf16)
-        token_tagger_only(tagger, model, "annotate --model")
-        found = entity_labels(list(tagger.labels))
+        tagger = Tagger.load(model, device=device, bf16=bf16, overlap="nested")
+        if isinstance(tagger, SpanTagger):
+            if not overlaps:
+                print(f"tagtune: {model} is a span tagger: its spans may nest, and so may the answers (--overlaps)",
+                      file=sys.stderr)
+            overlaps = True
+            found = list(tagger.labels)
+        else:
+            found = entity_labels(list(tagger.labels))
         unused = [label for label in found if label_list is not None and label not in label_list]
         if label_list is None:
             label_list = found
@@ -792,7 +852,7 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
                   "with them", file=sys.stderr)
     file = AnswerFile(out)
     try:
-        latest, answered, others = read_out(out, items, label_list)
+        latest, answered, others = read_out(out, items, label_list, overlaps)
         done = sum(spans is not None for spans in latest.values())
         note = f" ({repeats} repeated text{'s' if repeats > 1 else ''} shown once)" if repeats else ""
         print(f"tagtune: {texts}: {len(items)} texts{note}; {out}: {done} answered, "
@@ -807,10 +867,11 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
             predicted, unsure = suggest(tagger, [items[i].text for i in wanted], label_list, progress)
             suggestions = dict(zip(wanted, predicted))
             order = [order[k] for k in rank(unsure[:len(order)])]
-        command = train_command(out, model)
+        command = train_command(out, model, overlaps)
         names = {"texts": str(texts), "out": str(out), "model": str(model) if model is not None else None,
                  "fill_in": BASE_MODEL if BASE_MODEL in shlex.split(command) else None}
-        annotator = Annotator(items, label_list, file, latest, answered, order, suggestions, command, names)
+        annotator = Annotator(items, label_list, file, latest, answered, order, suggestions, command, names,
+                              overlaps=overlaps)
         sock = bind(host, port)
         guard = Guard(sock.getsockname(), host)
         run_app(create_app(annotator, guard), access_log=access_log, shown=f"{texts} for annotation into {out}",

@@ -166,16 +166,17 @@ def read_examples(
     return [_span_record(path, line, record, labels, overlaps) for line, record in records]
 
 
-def read_answers(path: str | Path, labels: Collection[str] | None = None) -> list[tuple[Example, bool]]:
+def read_answers(path: str | Path, labels: Collection[str] | None = None,
+                 overlaps: bool = False) -> list[tuple[Example, bool]]:
     """Every record of the ``jsonl`` spans file ``path`` in file order, as ``(example, skipped)``;
     a record marked ``"skipped": true`` has no spans. A text may come more than once (where
     :func:`read_examples` keeps its last record). An empty file has no records; errors are those
-    of :func:`read_examples`."""
+    of :func:`read_examples`, overlapping spans kept with ``overlaps`` as there."""
     path = Path(path)
     text = _read_text(path)
     if not text.strip():
         return []
-    return _answers(path, _json_records(path, text), frozenset(labels) if labels is not None else None)
+    return _answers(path, _json_records(path, text), frozenset(labels) if labels is not None else None, overlaps)
 
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
