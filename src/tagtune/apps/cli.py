@@ -197,9 +197,18 @@ def cmd_serve(args) -> int:
                     max_body=args.max_body)
     serve(args.model_dir, host=args.host, port=args.port, limits=limits, device=args.device,
           batch_texts=args.batch_texts, batch_wait=args.batch_wait_ms / 1000, access_log=args.access_log,
-          timeout=args.timeout, max_queue=args.max_queue,
-          min_score="auto" if args.min_score is None else args.min_score, bf16=args.bf16)
+          timeout=args.timeout, max_queue=args.max_queue, min_score=args.min_score, bf16=args.bf16)
     return 0
+
+
+def score_or_auto(value: str) -> float | str:
+    """A --min-score given as a number, or auto: the tagger's head chooses."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, or auto, got {value!r}") from None
 
 
 def cmd_annotate(args) -> int:
@@ -444,9 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     add_bf16_option(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
-    p.add_argument("--min-score", type=float, metavar="P",
+    p.add_argument("--min-score", type=score_or_auto, default=serve_default("min_score"), metavar="P",
                    help="leave out spans whose score (their probability, 0 to 1) is below P, unless a request "
-                        "asks otherwise with \"min_score\" (default 0.5 for a span tagger, 0 for a token tagger)")
+                        "asks otherwise with \"min_score\" (default auto: 0.5 for a span tagger, 0 for a token "
+                        "tagger)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("annotate", help="label texts in a browser page, one at a time, into a JSONL file that "
