@@ -9,6 +9,11 @@ Comments in the page, invisible on the site, tell the runner what a reader would
 * ``<!-- test-setup: wnut tagger -->``: what ``make demo`` leaves, ``runs/wnut/{train,dev,test}.conll``
   (real WNUT-2016 tweets, fewer of them) and the tagger ``runs/wnut-minilm`` (a MiniLM tagger
   trained on real tweets);
+* ``<!-- test-setup: llm -->``: a teacher model at ``http://localhost:11434/v1`` serving
+  ``qwen2.5:7b``: the stand-in chat-completions server of tests/llm_server.py, answering each text
+  of ``runs/wnut/*.conll`` with its gold entities, one in five of them wrong (left out or given
+  another label; seeded by the text), and nothing for other texts. The page's address is
+  replaced by the stand-in's;
 * ``<!-- not run: REASON -->`` on the line before a block: the block is shown, not run (two
   machines, a GPU, a package index);
 * ``<!-- background: URL -->`` before a block: the block is a server; it is started in the
@@ -49,6 +54,9 @@ FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 SETUP = re.compile(r"<!--\s*test-setup:([^>]*)-->")
 ACTIVATE = re.compile(r"^source \.venv/bin/activate[^\n]*\n", re.M)  # tagtune is on PATH already
 MARK = re.compile(r"<!--\s*(not run|background):\s*(.*?)\s*-->\s*$")
+LLM_URL = "http://localhost:11434/v1"  # Ollama's address, which the pages name
+LLM_MODEL = "qwen2.5:7b"
+LLM_ERROR_RATE = 0.2
 
 
 @dataclass
@@ -109,9 +117,12 @@ def run_page(page: Page, cwd: Path, hub_url: str, timeout: float = 900) -> list[
     env = reader_env(cwd, hub_url)
     port = str(free_port())
     results, servers = [], []
+    teacher = teacher_stand_in(cwd) if "llm" in page.setup else None
     try:
         for number, block in enumerate(page.runnable):
             code = ACTIVATE.sub("", block.code).replace("8080", port)
+            if teacher is not None:
+                code = code.replace(LLM_URL, teacher.url)
             where = f"{page.path.relative_to(ROOT)}:{block.line}"
             if block.language == "python":
                 script = cwd / f".block-{number}.py"
@@ -131,6 +142,8 @@ def run_page(page: Page, cwd: Path, hub_url: str, timeout: float = 900) -> list[
             assert "Traceback" not in result.stderr, f"{where}: traceback:\n{result.stderr[-3000:]}"
             results.append(result)
     finally:
+        if teacher is not None:
+            teacher.stop()
         for where, server in servers:
             os.killpg(server.pid, signal.SIGINT)
             try:
@@ -140,6 +153,17 @@ def run_page(page: Page, cwd: Path, hub_url: str, timeout: float = 900) -> list[
                 _, stderr = server.communicate()
             assert "Traceback" not in stderr, f"{where}: the server's traceback:\n{stderr[-3000:]}"
     return results
+
+
+def teacher_stand_in(cwd: Path):
+    """The stand-in teacher of ``test-setup: llm`` (see the module doc), serving the gold of the
+    CoNLL files in ``cwd/runs/wnut``."""
+    from llm_server import LlmServer, replay
+
+    from tagtune.data.formats import read_examples
+
+    gold = [e for path in sorted((cwd / "runs" / "wnut").glob("*.conll")) for e in read_examples(path)]
+    return LlmServer(replay(gold, LLM_ERROR_RATE), models=(LLM_MODEL,))
 
 
 def wait_for(url: str, server: subprocess.Popen, where: str, seconds: float = 300) -> None:

@@ -174,5 +174,18 @@ def _nested(results, work, hub):
     assert all(b <= c for (_, b), (c, _) in zip(kept, kept[1:])), "flat spans overlap"
 
 
+def _teacher(results, work, hub):
+    records = [json.loads(line) for line in (work / "teacher.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 200 and {r["source"] for r in records} == {"llm:qwen2.5:7b"}
+    assert all(r["text"][s["start"]:s["end"]] == s["text"] for r in records for s in r["spans"])
+    rerun = [r for r in results if "200 already labelled" in r.stderr]
+    assert rerun and "0 to ask" in rerun[0].stderr, "the second run asked again"
+    assert len(json.loads((work / "review.json").read_text(encoding="utf-8"))) == 200
+    scores = {name: json.loads((work / f"{name}-score.json").read_text()) for name in ("teacher", "student")}
+    assert 0.7 < scores["teacher"]["f1"] < 0.95  # the stand-in answers one gold entity in five wrong
+    assert scores["student"]["texts"] == scores["teacher"]["texts"] == 100
+    assert any(line.startswith("teacher: precision") for r in results for line in r.stdout.splitlines())
+
+
 CHECKS = {"guides/english-ner.md": _english_ner, "guides/japanese-keywords.md": _japanese,
-          "guides/nested-spans.md": _nested}
+          "guides/nested-spans.md": _nested, "guides/teacher.md": _teacher}

@@ -247,7 +247,7 @@ def cmd_label(args) -> int:
           examples=args.examples, k=args.k, examples_format=args.examples_format, format=args.format,
           head=args.head, concurrency=args.concurrency, max_requests=args.max_requests, timeout=args.timeout,
           retries=args.retries, temperature=args.temperature, dry_run=args.dry_run, overwrite=args.overwrite,
-          input_format=args.input_format, progress=not args.quiet)
+          input_format=args.input_format, cache=args.cache, progress=not args.quiet)
     return 0
 
 
@@ -562,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=label_default("temperature"), metavar="T",
                    help="sampling temperature asked for")
     p.add_argument("--dry-run", action="store_true", help="print the first request as JSON and send nothing")
+    p.add_argument("--cache", metavar="FILE", help="the replies' cache (default: OUT.llm-cache); name another "
+                   "OUT's to write the same answers in another --format without asking again")
     p.add_argument("--overwrite", action="store_true", help="start OUT again from nothing (the cache still answers "
                    "the texts it has)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")

@@ -292,14 +292,56 @@ def _check_label_studio_out(out: Path, source: str, overwrite: bool) -> None:
                            "(pass --overwrite to replace it)")
 
 
+class Output:
+    """OUT as a run writes it: each answer's records appended as it comes (jsonl, doccano), or
+    every text's task written at the end (label-studio, by :meth:`finish`)."""
+
+    def __init__(self, path: Path, format: str, source: str, items: list[Item], target: Journal | None,
+                 labels: list[str], overlaps: bool, tally: Tally):
+        self.path = path
+        self.format = format
+        self.source = source
+        self.items = items
+        self.target = target
+        self.labels = labels
+        self.overlaps = overlaps
+        self.tally = tally
+        self.waiting: dict[str, list[Item]] = {}
+        """The items of each distinct text, the ones a request answers together."""
+        for item in items:
+            self.waiting.setdefault(item.text, []).append(item)
+        self.labelled: dict[str, list[Span]] = {}
+
+    def write(self, text: str, reply: str | None) -> None:
+        """The records of ``text``'s items from the ``reply`` (nothing for None, an unreadable one)."""
+        if reply is None:
+            return
+        spans, dropped = place(text, parse_reply(reply), self.labels, overlaps=self.overlaps)
+        self.tally.dropped.merge(dropped)
+        self.labelled[text] = spans
+        for item in self.waiting[text]:
+            self.tally.written += 1
+            self.tally.spans += len(spans)
+            if self.target is not None:
+                self.target.append(record(item, spans, self.format, self.source))
+
+    def finish(self) -> None:
+        """Label Studio's list of tasks, of every text answered so far, in TEXTS order."""
+        if self.format != "label-studio" or not self.labelled:
+            return
+        tasks = [record(item, self.labelled[item.text], self.format, self.source) for item in self.items
+                 if item.text in self.labelled]
+        write_file(self.path, "[\n" + ",\n".join(json.dumps(t, ensure_ascii=False) for t in tasks) + "\n]\n")
+
+
 # --------------------------------------------------------------------------- asking
 
 
 class Teacher:
-    """The requests of one run: the bodies, the cache, OUT, the tally, and the client's errors
-    turned into one-line TagtuneErrors."""
+    """The requests of one run: their bodies (``body(text, structured)``), the cache (key ->
+    reply, and its file), the tally, and the client's errors turned into one-line TagtuneErrors."""
 
-    def __init__(self, url: str, model: str, body, cache: dict, cache_file: Journal | None, tally: Tally):
+    def __init__(self, url: str, model: str, body, cache: dict, cache_file: Journal, tally: Tally):
         self.url = url
         self.model = model
         self.body = body
@@ -325,10 +367,11 @@ class Teacher:
         try:
             raw = await client.chat.completions.with_raw_response.create(**body)
         except openai.BadRequestError as e:
-            if self.structured and "response_format" in f"{e.message} {e.body}":
-                self.structured = False
-                print(f"tagtune: {self.url} does not take a JSON schema ({self.detail(e)}); asking for JSON in the "
-                      "prompt alone", file=sys.stderr)
+            if "response_format" in body and "response_format" in f"{e.message} {e.body}":
+                if self.structured:  # once, though requests in flight may be refused too
+                    self.structured = False
+                    print(f"tagtune: {self.url} does not take a JSON schema ({self.detail(e)}); asking for JSON in "
+                          "the prompt alone", file=sys.stderr)
                 return await self.ask(client, text)
             raise self.failed(e) from None
         except openai.APIError as e:
@@ -343,17 +386,13 @@ class Teacher:
         content = choice.message.content if choice is not None else None
         try:
             parse_reply(content)
-            if choice.finish_reason == "length":
-                raise ReplyError("cut short at the token limit")
         except ReplyError as e:
             self.tally.unreadable += 1
             self.tally.first_unreadable = self.tally.first_unreadable or f"{excerpt(text)}: {e}"
             return None
         key = cache_key(body)
         self.cache[key] = content
-        if self.cache_file is not None:
-            self.cache_file.append({"key": key, "model": self.model, "content": content,
-                                    "usage": _tokens(usage)})
+        self.cache_file.append({"key": key, "model": self.model, "content": content, "usage": _tokens(usage)})
         return content
 
     @staticmethod
@@ -456,12 +495,13 @@ def label(texts, out, labels: str | None = None, llm: str | None = None, model: 
           guide=None, examples=None, k: int = 5, examples_format: str | None = None, format: str = "jsonl",
           head: str = "token", concurrency: int = 8, max_requests: int | None = None, timeout: float = 120.0,
           retries: int = 4, temperature: float = 0.0, dry_run: bool = False, overwrite: bool = False,
-          input_format: str | None = None, progress: bool = True) -> Tally:
+          input_format: str | None = None, cache=None, progress: bool = True) -> Tally:
     """Label the texts of the file ``texts`` with the teacher ``model`` served at ``llm`` (a base URL
     such as ``http://localhost:11434/v1``; OPENAI_BASE_URL without it) into ``out`` (see the module
     doc). ``labels``: ``"PER,ORG"``, else the labels of ``guide`` (a file of ``LABEL:
     description`` lines); ``examples``: an annotated file whose ``k`` texts are shown as worked
-    examples. ``head``: ``token`` resolves overlapping spans (the longer wins), ``span`` keeps
+    examples. ``cache``: the cache file (default: OUT.llm-cache), which another OUT of the same
+    texts may share (another format, asked nothing again). ``head``: ``token`` resolves overlapping spans (the longer wins), ``span`` keeps
     them. ``dry_run`` prints the first request as JSON and sends nothing. Returns the tally."""
     if format not in FORMATS:
         raise TagtuneError(f"unknown output format {format!r}; the formats are: {', '.join(FORMATS)}")
@@ -510,6 +550,9 @@ def label(texts, out, labels: str | None = None, llm: str | None = None, model: 
     out = Path(out)
     if os.path.exists(out) and os.path.samefile(out, texts):
         raise TagtuneError(f"{out}: is TEXTS; write the labels to another file")
+    for other, name in ((out, "OUT"), (texts, "TEXTS")):
+        if cache is not None and os.path.exists(cache) and os.path.exists(other) and os.path.samefile(cache, other):
+            raise TagtuneError(f"--cache {cache}: is {name}; the cache is a file of its own")
     client = client_for(url, timeout, retries)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -520,7 +563,7 @@ def label(texts, out, labels: str | None = None, llm: str | None = None, model: 
     tally = Tally()
     journals: list[Journal] = []
     try:
-        cache_file = Journal(out.with_name(out.name + CACHE_SUFFIX))
+        cache_file = Journal(out.with_name(out.name + CACHE_SUFFIX) if cache is None else cache)
         journals.append(cache_file)
         cache = {r["key"]: r["content"] for _, r in cache_file.records(strict=False)
                  if isinstance(r.get("key"), str) and isinstance(r.get("content"), str)}
@@ -533,35 +576,24 @@ def label(texts, out, labels: str | None = None, llm: str | None = None, model: 
                 target.empty()
             done = _done_ids(target, source)
         teacher = Teacher(url, model, body, cache, cache_file, tally)
-        waiting: dict[str, list[Item]] = {}
-        for item in items:
-            if (item.id, item.text) not in done:
-                waiting.setdefault(item.text, []).append(item)
-        labelled: dict[str, list[Span]] = {}
-        bar = Progress(len(waiting), "label", unit="texts", enabled=progress)
-
-        def answered(text: str, reply: str | None) -> None:
-            if reply is not None:
-                spans, dropped = place(text, parse_reply(reply), label_list, overlaps=head == "span")
-                tally.dropped.merge(dropped)
-                labelled[text] = spans
-                for item in waiting[text]:
-                    tally.written += 1
-                    tally.spans += len(spans)
-                    if target is not None:
-                        target.append(record(item, spans, format, source))
-            bar.update(1, **tally.fields())
-
-        replies = {text: teacher.cached(text) for text in waiting}
+        output = Output(out, format, source, [item for item in items if (item.id, item.text) not in done], target,
+                        label_list, head == "span", tally)
+        replies = {text: teacher.cached(text) for text in output.waiting}
         to_ask = [text for text, reply in replies.items() if reply is None]
         if progress:
-            print(f"tagtune: {texts}: {len(items):,} texts; {out}: {len(items) - sum(map(len, waiting.values())):,} "
-                  f"already labelled, {len(waiting) - len(to_ask):,} answered from the cache, {len(to_ask):,} to ask "
-                  f"{url} ({model})", file=sys.stderr, flush=True)
+            print(f"tagtune: {texts}: {len(items):,} texts; {out}: {len(items) - len(output.items):,} already "
+                  f"labelled, {len(replies) - len(to_ask):,} answered from the cache, {len(to_ask):,} to ask {url} "
+                  f"({model})", file=sys.stderr, flush=True)
         for text, reply in replies.items():
             if reply is not None:
                 tally.cached += 1
-                answered(text, reply)
+                output.write(text, reply)
+        bar = Progress(len(to_ask), "label", unit="texts", enabled=progress and bool(to_ask))
+
+        def answered(text: str, reply: str | None) -> None:
+            output.write(text, reply)
+            bar.update(1, **tally.fields())
+
         try:
             if to_ask:
                 asyncio.run(_run(teacher, client, to_ask, answered, concurrency, max_requests))
@@ -572,9 +604,7 @@ def label(texts, out, labels: str | None = None, llm: str | None = None, model: 
             raise
         finally:
             bar.close()
-            if format == "label-studio" and labelled:
-                tasks = [record(item, labelled[item.text], format, source) for item in items if item.text in labelled]
-                write_file(out, "[\n" + ",\n".join(json.dumps(t, ensure_ascii=False) for t in tasks) + "\n]\n")
+            output.finish()
     finally:
         for journal in journals:
             journal.close()
@@ -593,6 +623,8 @@ async def _run(teacher: Teacher, client, texts: list[str], answered, concurrency
 
 
 def _report(tally: Tally, out: Path, format: str) -> None:
+    if not (tally.written or tally.asked):
+        return
     tokens = tally.prompt_tokens + tally.completion_tokens
     print(f"tagtune: {out}: {tally.written:,} records written ({format}), {tally.spans:,} spans; {tally.asked:,} "
           f"requests, {tally.retries:,} retries, {tokens:,} tokens ({tally.prompt_tokens:,} in, "
