@@ -124,19 +124,27 @@ NO_TORCH = textwrap.dedent("""
 """)
 
 
-def test_onnx_backend_runs_without_torch(exported, texts, tmp_path):
-    out, _ = exported
-    sample = texts[:80] + texts[-2:]
-    (tmp_path / "texts.json").write_text(json.dumps(sample))
-    result = subprocess.run([sys.executable, "-c", NO_TORCH, str(out), str(tmp_path / "texts.json"),
+def run_without_torch(folder, texts: list[str], tmp_path) -> tuple[list, list[dict]]:
+    """``Tagger.load(folder)(texts)`` and ``tagtune predict`` on them in a Python where importing
+    torch fails, checked to have run on ONNX Runtime without torch: the spans of the first as
+    ``(start, end, label)`` lists per text, and the JSON lines of the second."""
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, str(folder), str(tmp_path / "texts.json"),
                              str(tmp_path / "spans.jsonl")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["importable"] is False and report["loaded"] == []  # torch really was absent
     assert report["backend"] == "onnx" and report["code"] == 0
-    expected = spans_of(Tagger.load(out)(sample))
-    assert [[tuple(s) for s in x] for x in report["spans"]] == expected
     lines = [json.loads(line) for line in (tmp_path / "spans.jsonl").read_text().splitlines()]
+    return [[tuple(s) for s in x] for x in report["spans"]], lines
+
+
+def test_onnx_backend_runs_without_torch(exported, texts, tmp_path):
+    out, _ = exported
+    sample = texts[:80] + texts[-2:]
+    spans, lines = run_without_torch(out, sample, tmp_path)
+    expected = spans_of(Tagger.load(out)(sample))
+    assert spans == expected
     assert [r["text"] for r in lines] == sample
     assert [[(s["start"], s["end"], s["label"]) for s in r["spans"]] for r in lines] == expected
     assert sum(len(x) for x in expected) > 0

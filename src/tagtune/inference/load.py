@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tagtune.data.decode import Transitions
 from tagtune.errors import TagtuneError
-from tagtune.inference.onnx_backend import OnnxModel
+from tagtune.inference.onnx_backend import OnnxModel, OnnxSpanModel
 from tagtune.store.hub import resolve
 from tagtune import safejson
 from tagtune.store.layout import ONNX_FILE, SETTINGS_FILE, SPAN_HEAD_FILE, WEIGHT_FILES, TaggerSettings, read_crf
@@ -72,7 +72,8 @@ class TaggerFolder:
     """"torch" or "onnx"."""
     model: object
     """A tagtune.models.packed.TokenClassifier (on the CPU, in eval mode) or a
-    tagtune.inference.onnx_backend.OnnxModel."""
+    tagtune.inference.onnx_backend.OnnxModel; for a span tagger on ONNX Runtime, an
+    OnnxSpanModel (the encoder and span head in one graph)."""
     tokenizer: object
     settings: TaggerSettings
     labels: list[str]
@@ -80,7 +81,13 @@ class TaggerFolder:
     """The CRF's scores (crf.json) when the tagger was trained with one."""
     span_head: object = None
     """The span head (a tagtune.models.spanhead.SpanHead on the CPU, in eval mode) of a tagger
-    trained with ``--head span``; ``model`` is then its encoder and ``labels`` its entity labels."""
+    trained with ``--head span`` on PyTorch; ``model`` is then its encoder and ``labels`` its
+    entity labels. None on ONNX Runtime, whose graph holds the head."""
+
+    @property
+    def span(self) -> bool:
+        """Whether it is a span tagger (``--head span``)."""
+        return self.settings.head == "span"
 
 
 def head_of(folder: Path) -> str:
@@ -124,17 +131,15 @@ def open_folder(source, backend: str = "auto", check_window: bool = True, locate
     """Open the tagger folder ``source`` (see :func:`locate`; with ``located``, ``source`` is
     already a folder :func:`locate` returned) with ``backend`` ("torch", "onnx" or "auto", see
     :func:`choose_backend`): its model, tokenizer, labels and settings, after checking that
-    the model is a token classifier and the tokenizer's ids fit its embedding. With
+    the model is a token classifier (or a span tagger's encoder and span head, which must fit
+    tagtune.json's labels and widths) and the tokenizer's ids fit its embedding. With
     ``check_window``, tagtune.json's window is checked to fit the model's positions."""
     folder = source if located else locate(source)
     backend = choose_backend(folder, backend)
     span = head_of(folder) == "span"
-    if span and backend == "onnx":
-        raise TagtuneError(f"{folder}: a span tagger (--head span) runs on the PyTorch backend only, "
-                           "not on ONNX Runtime; use --backend torch")
     if backend == "onnx":
-        model = OnnxModel.load(folder)
-        if not model.config.num_labels:
+        model = (OnnxSpanModel if span else OnnxModel).load(folder)
+        if not span and not model.config.num_labels:
             raise not_a_token_classifier(folder)
     else:
         try:
@@ -150,10 +155,11 @@ def open_folder(source, backend: str = "auto", check_window: bool = True, locate
     labels = model.config.labels
     settings = TaggerSettings.read(folder, labels, model.config if check_window else None)
     if span:
-        head = load_span_head(folder)
-        if head.num_labels != len(settings.labels) + 1 or head.max_width < settings.max_span_words:
-            raise TagtuneError(f"{folder}: {SPAN_HEAD_FILE} has {head.num_labels} outputs and widths up to "
-                               f"{head.max_width}, but tagtune.json names {len(settings.labels)} labels (and none) "
+        head = load_span_head(folder) if backend == "torch" else None
+        outputs, name = (head, SPAN_HEAD_FILE) if head is not None else (model, ONNX_FILE)  # a graph holds its head
+        if outputs.num_labels != len(settings.labels) + 1 or outputs.max_width < settings.max_span_words:
+            raise TagtuneError(f"{folder}: {name} has {outputs.num_labels} outputs and widths up to "
+                               f"{outputs.max_width}, but tagtune.json names {len(settings.labels)} labels (and none) "
                                f"and spans of up to {settings.max_span_words} words")
         return TaggerFolder(folder, backend, model, tokenizer, settings, settings.labels, span_head=head)
     transitions = read_crf(folder, labels, settings.scheme) if settings.crf else None

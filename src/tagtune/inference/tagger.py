@@ -30,6 +30,7 @@ from tagtune.data.decode import (
 )
 from tagtune.errors import TagtuneError
 from tagtune.inference.load import open_folder
+from tagtune.inference.onnx_backend import check_onnx_options
 from tagtune.inference.runtime import BATCH_TOKENS, evaluating, packed_batches
 from tagtune.models.precision import check_bf16, describe, use_bf16
 from tagtune.spans import Span
@@ -141,11 +142,7 @@ class Tagger:
                 model.use_low_precision(torch.bfloat16)
             self.precision, self.precision_note = ("bf16" if chosen else "fp32"), describe(bf16, self.device, chosen)
         else:
-            if device is not None and str(device) != "cpu":
-                raise TagtuneError(f"the ONNX backend runs on the CPU, not {device}")
-            if bf16 == "on":
-                raise TagtuneError("bf16 is for the PyTorch backend; an ONNX model runs as it was exported "
-                                   "(fp32 or int8)")
+            check_onnx_options(device, bf16)
             self.device = "cpu"
             self.precision, self.precision_note = "onnx", "ONNX Runtime, as exported"
         self.constrained = constrained
@@ -185,8 +182,8 @@ class Tagger:
                 (tagtune.inference.spantagger.SpanTagger.predict); a token tagger's never overlap.
 
         Returns:
-            The tagger, its model in eval mode on ``device``: a SpanTagger (PyTorch backend
-            only) for a folder trained with ``--head span``.
+            The tagger, its model in eval mode on ``device``: a SpanTagger for a folder trained
+            with ``--head span`` (or exported from one).
 
         Raises:
             TagtuneError: When ``directory`` is neither a folder nor a Hub repo id that can be
@@ -208,7 +205,7 @@ class Tagger:
             min_score = check_min_score(min_score)  # before the model is loaded
         check_bf16(bf16)
         opened = open_folder(directory, backend)
-        if opened.span_head is not None:
+        if opened.span:
             return _span_tagger(opened, device, overlap, 0.5 if auto else min_score, bf16)
         min_score = 0.0 if auto else min_score
         if opened.backend == "onnx":
@@ -428,17 +425,21 @@ def _above(spans: list[list[Span]], min_score: float) -> list[list[Span]]:
 
 
 def _span_tagger(opened, device, overlap: str, min_score: float, bf16: str) -> SpanTagger:
-    """The SpanTagger of an opened span tagger folder, on ``device`` (None: CUDA when available),
-    its encoder in bf16 where ``bf16`` chooses it (the span head stays fp32)."""
-    import torch
-
+    """The SpanTagger of an opened span tagger folder. On PyTorch, on ``device`` (None: CUDA
+    when available), its encoder in bf16 where ``bf16`` chooses it (the span head stays fp32);
+    on ONNX Runtime, on the CPU as exported, in batches of ONNX_BATCH_TOKENS."""
     from tagtune.inference.spantagger import SpanTagger
 
-    device = _torch_device(device) if device is not None else default_device()
     settings = opened.settings
-    tagger = SpanTagger(opened.model.eval(), opened.span_head, opened.tokenizer, opened.labels,
-                        settings.max_span_words, settings.max_length, settings.stride, device,
-                        overlap=overlap, min_score=min_score)
+    window = (opened.tokenizer, opened.labels, settings.max_span_words, settings.max_length, settings.stride)
+    if opened.backend == "onnx":
+        check_onnx_options(device, bf16)
+        return SpanTagger(opened.model, None, *window, batch_tokens=ONNX_BATCH_TOKENS, overlap=overlap,
+                          min_score=min_score)
+    import torch
+
+    device = _torch_device(device) if device is not None else default_device()
+    tagger = SpanTagger(opened.model.eval(), opened.span_head, *window, device, overlap=overlap, min_score=min_score)
     if use_bf16(bf16, device):
         opened.model.use_low_precision(torch.bfloat16)
     return tagger
