@@ -18,7 +18,8 @@ outputs does; ``"ignore"`` answers prose with the JSON in a fenced block; ``"ref
 each taken by the next request that arrives: ``429`` (with ``Retry-After``), ``500``, ``drop``
 (the connection closed without an answer), ``slow`` (the answer after ``seconds``), ``malformed``
 (JSON cut short), ``prose`` (no JSON at all), ``extra`` (entities not in the text and with labels
-not asked for added to the answer). ``latency`` delays every answer; ``slots`` answers at most that
+not asked for added to the answer), ``too-long`` (400, the context length exceeded), ``ok`` (none:
+the answer as usual). ``latency`` delays every answer; ``slots`` answers at most that
 many requests at once (the others wait), as a server with a fixed number of sequences does.
 
 Every request body is kept in ``server.requests``, faulted ones included.
@@ -48,7 +49,7 @@ class Fault:
     seconds: float = 0.0
 
 
-FAULTS = ("429", "500", "drop", "slow", "malformed", "prose", "extra")
+FAULTS = ("429", "500", "drop", "slow", "malformed", "prose", "extra", "too-long", "ok")
 
 
 def replay(examples, error_rate: float = 0.0, seed: int = 0):
@@ -212,6 +213,11 @@ def _handler(llm: LlmServer):
             if kind == "429":
                 self._send(429, _error("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
                            {"Retry-After": f"{fault.seconds:g}"})
+                return
+            if kind == "too-long":
+                self._send(400, _error("This model's maximum context length is 8192 tokens. However, your messages "
+                                       "resulted in 9001 tokens.", "invalid_request_error", "context_length_exceeded",
+                                       "messages"))
                 return
             if kind == "500":
                 self._send(500, _error("The server had an error while processing your request.", "server_error"))

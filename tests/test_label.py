@@ -397,6 +397,12 @@ def test_mistakes_are_one_line(cli, llm, texts, tmp_path):
         url = gone.url
     one_line_error(cli("label", texts, "-o", out, "--labels", "PER", "--llm", url, "--llm-model", "teacher",
                        "--retries", "1"), url, "cannot connect (after 1 retries)", "is the server running")
+    llm.fail("ok", "ok", "too-long")
+    too_long = cli(*label_args(texts, out, llm, "--concurrency", "1"))
+    one_line_error(too_long, f"{llm.url}: the server answered 400: This model's maximum context length is 8192",
+                   f"(asking for the text {list(GOLD)[2]!r}); the answers so far are kept in {out}")
+    assert len(answers(out)[0]) == 2
+    out.unlink()
     one_line_error(cli(*label_args(texts, texts, llm)), "is TEXTS")
     one_line_error(cli(*label_args(texts, out, llm, "--concurrency", "0")), "--concurrency must be")
     guide = tmp_path / "guide.txt"

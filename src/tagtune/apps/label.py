@@ -373,9 +373,9 @@ class Teacher:
                     print(f"tagtune: {self.url} does not take a JSON schema ({self.detail(e)}); asking for JSON in "
                           "the prompt alone", file=sys.stderr)
                 return await self.ask(client, text)
-            raise self.failed(e) from None
+            raise self.failed(e, text) from None
         except openai.APIError as e:
-            raise self.failed(e) from None
+            raise self.failed(e, text) from None
         self.tally.retries += getattr(raw, "retries_taken", 0)
         completion = raw.parse()
         usage = completion.usage
@@ -404,8 +404,9 @@ class Teacher:
             return body.strip()
         return error.message
 
-    def failed(self, error) -> TagtuneError:
-        """The one line for a request that failed after the client's retries."""
+    def failed(self, error, text: str) -> TagtuneError:
+        """The one line for a request that failed after the client's retries; a request the server
+        refused as it was (400, 413, 422) names its text."""
         import openai
 
         retried = f" (after {self.retries} retries)" if self.retries else ""
@@ -428,6 +429,8 @@ class Teacher:
                 what += f" (is --llm-model {self.model!r} a model this server has?)"
             elif isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
                 what += " (set OPENAI_API_KEY to a key this server accepts)"
+            elif status in (400, 413, 422):
+                what += f" (asking for the text {excerpt(text)})"
         else:
             what = str(error)
         return TagtuneError(" ".join(f"{self.url}: {what}".split()))
