@@ -160,3 +160,19 @@ def test_span_bench_smoke(tmp_path):
     results = json.loads((tmp_path / "span.json").read_text())
     assert list(results["medians"]) == ["token", "span"]
     assert all(r["train_tokens_per_second"] > 0 and r["peak_rss_mb"] > 0 for rs in results["runs"].values() for r in rs)
+
+
+def test_label_bench_smoke(tmp_path):
+    out = smoke("label_bench.py", "--json", tmp_path / "label.json")
+    assert "| server slots | concurrency |" in out and "student trained on teacher labels" in out
+    results = json.loads((tmp_path / "label.json").read_text())
+    throughput, taught = results["throughput"], results["student"]
+    assert list(throughput["settings"]) == ["enough", "2"]
+    for slots, rows in throughput["settings"].items():
+        for concurrency, row in rows.items():  # every tweet asked once, in each run
+            assert row["requests"] == 12
+            served = min(int(concurrency), 2 if slots == "2" else 4)
+            assert row["ideal_texts_per_second"] == pytest.approx(served / 0.05)
+    assert taught["teacher"]["labelled"]["train"]["requests"] == 27 and taught["seeds"] == [42]
+    assert 0 < taught["teacher"]["train_scores"]["f1"] < 1  # the stand-in's errors are in the teacher's labels
+    assert 0 <= taught["medians"]["teacher"]["f1"] <= 1 and taught["student_texts_per_second"] > 0
