@@ -369,6 +369,26 @@ def test_a_cut_last_line_is_removed_before_going_on(cli, llm, texts, tmp_path):
     assert answers(out)[0] == expected(texts) and len(llm.requests) == len(GOLD)
 
 
+def test_out_and_the_cache_are_locked_and_a_link_is_refused(tmp_path):
+    from tagtune.apps.label import Journal
+
+    path = tmp_path / "teacher.jsonl"
+    journal = Journal(path)
+    try:
+        with pytest.raises(TagtuneError, match="another tagtune label is writing to this file"):
+            Journal(path)
+        journal.append({"key": "k", "content": "Ann"})
+    finally:
+        journal.close()
+    assert path.read_text(encoding="utf-8") == '{"key": "k", "content": "Ann"}\n'
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(path)
+    with pytest.raises(TagtuneError, match="link.jsonl: not a regular file; name a file that is one"):
+        Journal(link)
+    Journal(tmp_path / "unused.jsonl").close()  # made, and nothing written: removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "teacher.jsonl"]
+
+
 # --------------------------------------------------------------------------- mistakes, one line each
 
 

@@ -2,8 +2,10 @@
 
 A file is written to ``NAME.tmp``, flushed and fsynced, then renamed over NAME (atomic_save,
 atomic_write); a folder is built beside its destination and renamed into place
-(replace_folder). A failed write is a one-line TagtuneError naming the path and the cause
-(write_error), and so is a failed read of a user's file (read_error, open_input, read_bytes).
+(replace_folder). A file of records that only ever grows, one line each, is appended to line by
+line, each fsynced before the append returns (AppendFile). A failed write is a one-line
+TagtuneError naming the path and the cause (write_error), and so is a failed read of a user's
+file (read_error, open_input, read_bytes).
 This module needs only the standard library, so any module may write through it without
 importing torch.
 """
@@ -11,6 +13,7 @@ importing torch.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -193,3 +196,98 @@ def write_file(path: str | os.PathLike, data: str | bytes, mode: int | None = No
         raise write_error(path, e) from None
     _save_through(path, Path(name), os.fdopen(fd, "wb"), lambda f: f.write(payload),
                   (0o666 & ~umask()) if mode is None else mode)
+
+
+class AppendFile:
+    """A JSON Lines file open for appending, locked against a second writer (where the system has
+    advisory locks). Each record is one line, on disk (fsynced) before :meth:`append` returns;
+    nothing already in the file is changed, and a failed write is cut back to where it started.
+    A last line without its line end (left by an earlier writer) is ended before the next record.
+
+    ``writer`` names the command in the error a second writer gets (``PATH: another tagtune
+    annotate is writing to this file``); ``hint`` ends the error for a path that is not a regular
+    file; ``links``: a symbolic link to a regular file may be named."""
+
+    def __init__(self, path: str | os.PathLike, writer: str, hint: str, links: bool = True):
+        self.path = Path(path)
+        if os.path.lexists(self.path) and (not self.path.is_file() or (not links and self.path.is_symlink())):
+            raise TagtuneError(f"{self.path}: not a regular file; {hint}")
+        self.created = not os.path.lexists(self.path)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as e:
+            raise write_error(self.path, e) from None
+        try:
+            _lock(self.fd, self.path, writer)
+            self.newline = self._open_line()
+        except OSError as e:
+            os.close(self.fd)
+            raise write_error(self.path, e) from None
+        except BaseException:
+            os.close(self.fd)
+            raise
+        if self.created:
+            fsync_folder(self.path.parent)
+
+    def _open_line(self) -> bool:
+        """Whether the file's last line has no line end yet."""
+        size = os.fstat(self.fd).st_size
+        return size > 0 and os.pread(self.fd, 1, size - 1) != b"\n"
+
+    def read(self) -> bytes:
+        """The whole file as it is now."""
+        size = os.fstat(self.fd).st_size
+        chunks, at = [], 0
+        while at < size:
+            chunk = os.pread(self.fd, min(size - at, 1 << 24), at)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            at += len(chunk)
+        return b"".join(chunks)
+
+    def truncate(self, size: int) -> None:
+        """Cut the file to its first ``size`` bytes; returns once that is on disk."""
+        try:
+            os.ftruncate(self.fd, size)
+            os.fsync(self.fd)
+            self.newline = self._open_line()
+        except OSError as e:
+            raise write_error(self.path, e) from None
+
+    def append(self, record: dict) -> None:
+        """Write ``record`` as one line; returns once it is on disk (fsynced)."""
+        data = (b"\n" if self.newline else b"") + json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        before = os.fstat(self.fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+            os.fsync(self.fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, before)
+            raise write_error(self.path, e) from None
+        self.newline = False
+
+    def close(self) -> None:
+        """Close the file; one this object created and nothing was written to is removed."""
+        try:
+            if self.created and os.fstat(self.fd).st_size == 0:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+        finally:
+            os.close(self.fd)
+
+
+def _lock(fd: int, path: Path, writer: str) -> None:
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise TagtuneError(f"{path}: another {writer} is writing to this file") from None
+    except OSError:  # a filesystem without locks
+        pass

@@ -51,7 +51,6 @@ the first request without it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -65,7 +64,7 @@ from tagtune.data.formats import read_examples
 from tagtune.data.teacher import (Dropped, ReplyError, cache_key, parse_labels, parse_reply, pick_examples, place,
                                   read_guide, request)
 from tagtune.errors import TagtuneError
-from tagtune.files import fsync_folder, open_input, write_error, write_file
+from tagtune.files import AppendFile, open_input, write_error, write_file
 from tagtune.progress import Progress
 from tagtune.safejson import excerpt
 from tagtune.spans import Span
@@ -138,49 +137,28 @@ def read_texts(path: str | os.PathLike, format: str | None = None) -> list[Item]
     return items
 
 
-class Journal:
-    """A JSON Lines file appended to one fsynced line at a time, locked against a second writer.
-    Opening it removes a last line cut short (a write a killed process did not finish)."""
+class Journal(AppendFile):
+    """A JSON Lines file appended to one fsynced line at a time, locked against a second writer
+    (tagtune.files.AppendFile). Opening it removes a last line cut short (a write a killed process
+    did not finish)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if os.path.lexists(self.path) and (self.path.is_symlink() or not self.path.is_file()):
-            raise TagtuneError(f"{self.path}: not a regular file; name a file that is one, or that does not exist yet")
-        self.created = created = not os.path.lexists(self.path)
+        super().__init__(path, "tagtune label", "name a file that is one, or that does not exist yet", links=False)
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as e:
-            raise write_error(self.path, e) from None
-        try:
-            _lock(self.fd, self.path)
-            data = self._read()
+            data = self.read()
             whole = data.rfind(b"\n") + 1
             if whole < len(data):
-                os.ftruncate(self.fd, whole)
-                os.fsync(self.fd)
+                self.truncate(whole)
                 print(f"tagtune: {self.path}: removed its last line, cut short by a run that did not finish",
                       file=sys.stderr)
         except OSError as e:
-            os.close(self.fd)
+            self.close()
             raise write_error(self.path, e) from None
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
         self.lines = [(n, line) for n, line in enumerate(data[:whole].decode("utf-8", "replace").split("\n"), 1)
                       if line.strip()]
-        if created:
-            fsync_folder(self.path.parent)
-
-    def _read(self) -> bytes:
-        size = os.fstat(self.fd).st_size
-        chunks, at = [], 0
-        while at < size:
-            chunk = os.pread(self.fd, min(size - at, 1 << 24), at)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            at += len(chunk)
-        return b"".join(chunks)
 
     def records(self, strict: bool) -> list[tuple[int, dict]]:
         """(line number, object) of each line; a line that is not a JSON object is an error with
@@ -201,48 +179,8 @@ class Journal:
 
     def empty(self) -> None:
         """Cut the file to nothing (``overwrite``)."""
-        try:
-            os.ftruncate(self.fd, 0)
-            os.fsync(self.fd)
-        except OSError as e:
-            raise write_error(self.path, e) from None
+        self.truncate(0)
         self.lines = []
-
-    def append(self, record: dict) -> None:
-        """Write ``record`` as one line; returns once it is on disk."""
-        data = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-        before = os.fstat(self.fd).st_size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
-            os.fsync(self.fd)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, before)
-            raise write_error(self.path, e) from None
-
-    def close(self) -> None:
-        """Close the file; one this object created and nothing was written to is removed."""
-        try:
-            if self.created and os.fstat(self.fd).st_size == 0:
-                with contextlib.suppress(OSError):
-                    self.path.unlink()
-        finally:
-            os.close(self.fd)
-
-
-def _lock(fd: int, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise TagtuneError(f"{path}: another tagtune label is writing to this file") from None
-    except OSError:  # a filesystem without locks
-        pass
 
 
 # --------------------------------------------------------------------------- writing
