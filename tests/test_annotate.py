@@ -20,9 +20,10 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from tagtune.apps.annotate import BEAT_SECONDS, MAX_KEYS, Annotator, Conflict, Text, rank, suggest  # noqa: E402
+from tagtune.apps.annotate import (BEAT_SECONDS, MAX_KEYS, Annotator, Conflict, Text, rank, read_suggestions,  # noqa: E402
+                                   suggest)
 from tagtune.data.formats import read_examples  # noqa: E402
-from tagtune import Span  # noqa: E402
+from tagtune import Span, TagtuneError  # noqa: E402
 from test_serve import serving  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -291,6 +292,26 @@ def test_bad_files_and_labels_are_one_line_errors(cli, tmp_path):
     assert not out.exists()
 
 
+def test_out_is_locked_and_a_last_line_without_its_end_is_ended_before_the_next(tmp_path):
+    from tagtune.apps.annotate import AnswerFile
+
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1, "text": "a", "skipped": true}', encoding="utf-8")
+    file = AnswerFile(out)
+    try:
+        with pytest.raises(TagtuneError, match="another tagtune annotate is writing to this file"):
+            AnswerFile(out)
+        file.append({"id": 2, "text": "b", "skipped": True})
+    finally:
+        file.close()
+    assert lines(out) == [{"id": 1, "text": "a", "skipped": True}, {"id": 2, "text": "b", "skipped": True}]
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    AnswerFile(link).close()  # a link to a file is that file
+    with pytest.raises(TagtuneError, match="not a regular file; --out must be a file or not exist yet"):
+        AnswerFile(tmp_path)
+
+
 def test_more_than_nine_labels_and_the_first_nine_get_keys():
     labels = [f"L{i}" for i in range(12)]
     info = Annotator([Text(0, 1, "a", 1)], labels, out=[]).info()
@@ -367,6 +388,88 @@ def test_texts_come_most_uncertain_first(suggesting_tagger):
     predicted = [[(s.start, s.end, s.label) for s in row if s.label == "person"] for row in tagger.predict(texts)]
     assert [[(s.start, s.end, s.label) for s in row] for row in spans] == predicted
     assert any(predicted)
+
+
+# --------------------------------------------------------------------------- suggestions from a file
+
+
+def served(annotator):
+    """(text, spans as (start, end, label), suggested) of every text ``annotator`` hands out, each
+    skipped once shown."""
+    shown = []
+    while (item := annotator.next("a")["item"]) is not None:
+        shown.append((item["text"], [(s["start"], s["end"], s["label"]) for s in item["spans"]], item["suggested"]))
+        annotator.answer(item["index"], None)
+    return shown
+
+
+def test_a_files_spans_are_suggested_for_its_texts_with_annotates_labels_only(tmp_path):
+    texts = [Text(i, i + 1, t, i + 1) for i, t in enumerate(["Ann met Bob in Paris", "Acme hired Ann",
+                                                             "no names here", JAPANESE])]
+    teacher = tmp_path / "teacher.jsonl"
+    records = [
+        {"id": 1, "text": "Acme hired Ann", "spans": [[0, 4, "ORG"], [11, 14, "PER"]], "source": "llm:t"},
+        {"id": 2, "text": "Ann met Bob in Paris", "spans": [{"start": 0, "end": 3, "label": "PER", "text": "Ann"},
+                                                           {"start": 15, "end": 20, "label": "GPE"}]},
+        {"id": 3, "text": "not one of the texts", "spans": [[0, 3, "MISC"]]},
+        {"id": 1, "text": "Acme hired Ann", "spans": [[0, 4, "ORG"]]},  # the id's later record wins
+        {"id": 4, "text": JAPANESE, "spans": [[6, 11, "LOC"]]},
+    ]
+    teacher.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    found, dropped = read_suggestions(teacher, texts, ["PER", "ORG", "LOC"])
+    assert dropped == {"GPE": 1}  # the MISC span's text is not one of the texts: not counted
+    annotator = Annotator(texts, ["PER", "ORG", "LOC"], out=[], suggestions=found)
+    assert served(annotator) == [("Ann met Bob in Paris", [(0, 3, "PER")], True),
+                                 ("Acme hired Ann", [(0, 4, "ORG")], True),
+                                 ("no names here", [], False),
+                                 (JAPANESE, [(6, 11, "LOC")], True)]
+    # a text skipped in an earlier run comes after the others, with its suggestions
+    again = Annotator(texts, ["PER", "ORG", "LOC"], out=[], latest={0: None}, answered=[0], suggestions=found)
+    assert [row[0] for row in served(again)] == ["Acme hired Ann", "no names here", JAPANESE, "Ann met Bob in Paris"]
+    assert again.item(0)["spans"] == [{"start": 0, "end": 3, "label": "PER", "text": "Ann"}]
+
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text('{"text": "University of Tokyo", "spans": [[0, 19, "ORG"], [14, 19, "LOC"]]}\n',
+                      encoding="utf-8")
+    tokyo = [Text(0, 1, "University of Tokyo", 1)]
+    with pytest.raises(TagtuneError, match=f"^{re.escape(str(nested))}:1: spans overlap: .*add --overlaps"):
+        read_suggestions(nested, tokyo, ["ORG", "LOC"])
+    assert read_suggestions(nested, tokyo, ["ORG"]) == ({0: [Span(0, 19, "ORG")]}, {"LOC": 1})
+    assert read_suggestions(nested, tokyo, ["ORG", "LOC"], overlaps=True)[0] == {
+        0: [Span(0, 19, "ORG"), Span(14, 19, "LOC")]}
+
+
+def test_annotate_suggests_the_spans_tagtune_label_wrote(cli, tmp_path):
+    pytest.importorskip("openai", reason="the llm extra is not installed (pip install -e '.[llm]')")
+    from llm_server import LlmServer
+
+    gold = {"Ann works at Acme in Paris.": [("Ann", "PER"), ("Acme", "ORG"), ("Paris", "LOC")],
+            "Nothing to see here.": [], "Lee flew to Oslo.": [("Lee", "PER"), ("Oslo", "LOC")]}
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"{t}\n" for t in gold), encoding="utf-8")
+    teacher = tmp_path / "teacher.jsonl"
+    with LlmServer(lambda text: [{"text": t, "label": label} for t, label in gold[text]]) as llm:
+        result = cli("label", texts, "-o", teacher, "--labels", "PER,ORG,LOC", "--llm", llm.url, "--llm-model",
+                     "teacher", "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "answers.jsonl"
+    one_line_error(cli("annotate", texts, "--labels", "PER", "--suggestions", teacher, "--model", tmp_path,
+                       "--out", out), "annotate takes --model or --suggestions, not both")
+    assert not out.exists()
+
+    options = [texts, "--labels", "PER,LOC", "--suggestions", teacher, "--out", out, "--port", "0"]
+    with annotating(tmp_path / "a.log", *options) as (url, process), page_client(url) as c:
+        assert (f"{teacher}: suggestions for 3 of the 3 texts, 4 spans; 1 span left out, their labels not in "
+                "--labels (ORG 1)") in (tmp_path / "a.log").read_text()
+        assert c.get("/api/info").json()["model"] == str(teacher)
+        shown = {}
+        while (item := next_item(c, "a")["item"]) is not None:
+            shown[item["text"]] = [(item["text"][s["start"]:s["end"]], s["label"]) for s in item["spans"]]
+            answer(c, item["index"], item["spans"])  # accepted as suggested
+        kill(process)
+    wanted = {text: [(t, label) for t, label in spans if label != "ORG"] for text, spans in gold.items()}
+    assert list(shown.items()) == list(wanted.items())  # file order
+    assert {e.text: [(e.text[s.start:s.end], s.label) for s in e.spans] for e in read_examples(out)} == wanted
 
 
 # --------------------------------------------------------------------------- the page

@@ -53,7 +53,9 @@ page is never cached, framed or sent as a referrer.
 Offsets are Unicode code points (Python ``str`` indices), as everywhere in tagtune; the page
 converts the UTF-16 offsets of its selections before sending them, and the server checks each
 span's ``text`` against the code points it names. With a tagger (``model``) its spans are shown
-as suggestions, and texts come most uncertain first (:func:`rank`); without one, in file order.
+as suggestions, and texts come most uncertain first (:func:`rank`); without one, in file order,
+with the spans an annotated file holds for each text as suggestions where one is given
+(``suggestions``: a teacher's labels from ``tagtune label``, another labeller's answers).
 
 Spans side by side only, as a token tagger learns them, unless ``overlaps`` (``--overlaps``, on
 with a span tagger's ``--model``, whose nested spans it suggests): then a span may lie inside
@@ -67,7 +69,6 @@ Needs the ``serve`` extra (uvicorn, starlette).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import math
@@ -85,10 +86,9 @@ from tagtune import safejson
 from tagtune.apps._http import (ApiError, Refusing, bind, entity_labels, error_handlers, host_of, loopback, page_html,
                                 read_body, require_server_packages, run_app, url_host)
 from tagtune.apps._pool import decoded_lines, text_record
-from tagtune.data.formats import read_answers
+from tagtune.data.formats import read_answers, read_examples
 from tagtune.errors import TagtuneError
-from tagtune.files import fsync_folder, write_error
-from tagtune.files import open_input, read_bytes
+from tagtune.files import AppendFile, open_input, read_bytes
 from tagtune.inference.rank import score
 from tagtune.inference.spantagger import SpanTagger
 from tagtune.inference.tagger import Tagger
@@ -231,6 +231,35 @@ def read_out(path: str | os.PathLike, texts: list[Text], labels: list[str],
     return latest, list(order), len(others)
 
 
+def read_suggestions(path: str | os.PathLike, texts: list[Text], labels: list[str],
+                     overlaps: bool = False) -> tuple[dict[int, list[Span]], dict[str, int]]:
+    """The spans the annotated file ``path`` holds for ``texts`` (index -> spans), to suggest, and
+    how many of them were left out for a label not in ``labels`` (label -> count).
+
+    ``path`` is any file tagtune.data.formats reads (``tagtune label``'s JSONL, doccano JSONL as
+    it is); its records are matched to ``texts`` by their text, the last one of a text winning
+    (and the last one of an ``"id"``, as :func:`tagtune.data.formats.read_examples` keeps them).
+    A text the file lacks has no suggestions. Spans that overlap (after those left out) are a
+    one-line ``file:line:`` error without ``overlaps``."""
+    where = {t.text: t.index for t in texts}
+    latest = {example.text: example for example in read_examples(path, overlaps=True) if example.text in where}
+    keep = set(labels)
+    found: dict[int, list[Span]] = {}
+    dropped: dict[str, int] = {}
+    for text, example in latest.items():
+        spans = [span for span in example.spans if span.label in keep]
+        for span in example.spans:
+            if span.label not in keep:
+                dropped[span.label] = dropped.get(span.label, 0) + 1
+        clash = None if overlaps else overlapping(spans)
+        if clash is not None:
+            raise TagtuneError(f"{example.source}: spans overlap: {_shown(clash[0], text)} and "
+                               f"{_shown(clash[1], text)}; add --overlaps to have spans that nest or overlap "
+                               "suggested (and answered, for train --head span)")
+        found[where[text]] = spans
+    return found, dropped
+
+
 def _check_last_line(path: Path) -> None:
     """A last line of OUT that is not JSON, as a write the machine did not finish leaves it (the
     power went, the disk filled), is a one-line ``file:line:`` error that says how to go on."""
@@ -261,66 +290,13 @@ def rank(uncertainty: list[float]) -> list[int]:
 # --------------------------------------------------------------------------- OUT
 
 
-class AnswerFile:
+class AnswerFile(AppendFile):
     """OUT, open for appending while the server runs, and locked against a second ``tagtune
     annotate`` on the same file (where the system has advisory locks). Nothing already in it is
-    ever changed: a failed write is cut back to where it started."""
+    ever changed: a failed write is cut back to where it started (tagtune.files.AppendFile)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if os.path.lexists(self.path) and not self.path.is_file():
-            raise TagtuneError(f"{self.path}: not a regular file; --out must be a file or not exist yet")
-        self.created = not os.path.lexists(self.path)
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as e:
-            raise write_error(self.path, e) from None
-        try:
-            _lock(self.fd, self.path)
-            size = os.fstat(self.fd).st_size
-            self.newline = size > 0 and os.pread(self.fd, 1, size - 1) != b"\n"  # a last line without its end
-        except BaseException:
-            os.close(self.fd)
-            raise
-        if self.created:
-            fsync_folder(self.path.parent)
-
-    def append(self, record: dict) -> None:
-        """Write ``record`` as one line; returns once it is on disk (fsynced)."""
-        data = (b"\n" if self.newline else b"") + json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-        before = os.fstat(self.fd).st_size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
-            os.fsync(self.fd)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, before)
-            raise write_error(self.path, e) from None
-        self.newline = False
-
-    def close(self) -> None:
-        """Close the file; one this object created and nothing was written to is removed."""
-        try:
-            if self.created and os.fstat(self.fd).st_size == 0:
-                with contextlib.suppress(OSError):
-                    self.path.unlink()
-        finally:
-            os.close(self.fd)
-
-
-def _lock(fd: int, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise TagtuneError(f"{path}: another tagtune annotate is writing to this file") from None
-    except OSError:  # a filesystem without locks
-        pass
+        super().__init__(path, "tagtune annotate", "--out must be a file or not exist yet")
 
 
 # --------------------------------------------------------------------------- the texts and their answers
@@ -818,21 +794,39 @@ def suggest(tagger, texts: list[str], labels: list[str],
     return [[span for span in found if span.label in keep] for found in spans], uncertainty
 
 
+def _left_out(dropped: dict[str, int]) -> str:
+    """What :func:`read_suggestions` left out, for the line that sums up the suggestions."""
+    if not dropped:
+        return ""
+    total = sum(dropped.values())
+    counts = ", ".join(f"{label} {n}" for label, n in sorted(dropped.items()))
+    return f"; {total} span{'s' if total > 1 else ''} left out, their labels not in --labels ({counts})"
+
+
 def annotate(texts: str, out: str, labels: str | None = None, model: str | None = None, host: str = "127.0.0.1",
              port: int = 8080, device: str | None = None, access_log: bool = False, progress: bool = True,
-             bf16: str = "auto", overlaps: bool = False) -> None:
+             bf16: str = "auto", overlaps: bool = False, suggestions: str | None = None) -> None:
     """Serve the page that labels the texts of the file ``texts`` into ``out``, until interrupted.
 
     ``labels`` is ``"KEY,ORG"``; without it, the labels of the tagger ``model``. With ``model``
     (a trained tagger folder), its spans are suggested and the texts come most uncertain first;
     it runs in the precision ``bf16`` chooses (auto, on, off; tagtune.models.precision).
     ``overlaps``: spans may nest or overlap; on with a span tagger, whose nested spans are
-    suggested. Prints where the answers stand and the address once listening."""
+    suggested. With ``suggestions`` instead of ``model`` (an annotated file, such as ``tagtune
+    label`` writes: :func:`read_suggestions`), its spans of each text are suggested, those with
+    a label in ``labels`` only, and the texts come in file order. Prints where the answers stand
+    and the address once listening."""
     require_server_packages()
+    if model is not None and suggestions is not None:
+        raise TagtuneError("annotate takes --model or --suggestions, not both: the suggestions come from the tagger "
+                           "or from the file")
     if labels is None and model is None:
         raise TagtuneError("annotate needs --labels (e.g. --labels PER,ORG), or --model DIR for its tagger's labels")
     label_list = parse_labels(labels) if labels is not None else None
     items, repeats = read_texts(texts)
+    suggested: dict[int, list[Span]] = {}
+    if suggestions is not None:
+        suggested, dropped = read_suggestions(suggestions, items, label_list, overlaps)
     tagger = None
     if model is not None:
         tagger = Tagger.load(model, device=device, bf16=bf16, overlap="nested")
@@ -860,17 +854,20 @@ def annotate(texts: str, out: str, labels: str | None = None, model: str | None 
         if others:
             print(f"tagtune: {out} also answers {others} texts that {texts} does not have (kept as they are)",
                   file=sys.stderr)
+        if suggestions is not None:
+            print(f"tagtune: {suggestions}: suggestions for {len(suggested)} of the {len(items)} texts, "
+                  f"{sum(map(len, suggested.values()))} spans{_left_out(dropped)}", file=sys.stderr)
         order = [t.index for t in items if t.index not in latest]
-        suggestions: dict[int, list[Span]] = {}
         if tagger is not None:
             wanted = order + [i for i in answered if latest[i] is None]
             predicted, unsure = suggest(tagger, [items[i].text for i in wanted], label_list, progress)
-            suggestions = dict(zip(wanted, predicted))
+            suggested = dict(zip(wanted, predicted))
             order = [order[k] for k in rank(unsure[:len(order)])]
         command = train_command(out, model, overlaps)
-        names = {"texts": str(texts), "out": str(out), "model": str(model) if model is not None else None,
+        source = model if model is not None else suggestions  # what the suggestions come from, shown on the page
+        names = {"texts": str(texts), "out": str(out), "model": str(source) if source is not None else None,
                  "fill_in": BASE_MODEL if BASE_MODEL in shlex.split(command) else None}
-        annotator = Annotator(items, label_list, file, latest, answered, order, suggestions, command, names,
+        annotator = Annotator(items, label_list, file, latest, answered, order, suggested, command, names,
                               overlaps=overlaps)
         sock = bind(host, port)
         guard = Guard(sock.getsockname(), host)

@@ -217,7 +217,7 @@ def cmd_annotate(args) -> int:
     with _sigterm_as_interrupt():  # OUT is closed (removed if still empty) as on Ctrl-C
         annotate(args.texts, args.out, labels=args.labels, model=args.model, host=args.host, port=args.port,
                  device=args.device, access_log=args.access_log, progress=not args.quiet, bf16=args.bf16,
-                 overlaps=args.overlaps)
+                 overlaps=args.overlaps, suggestions=args.suggestions)
     return 0
 
 
@@ -469,9 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "soon as it is given; an existing one is continued")
     p.add_argument("--model", metavar="DIR", help="trained tagger folder: its spans are suggested and the texts "
                    "come most uncertain first (default: none, file order)")
+    p.add_argument("--suggestions", metavar="FILE", help="annotated file (tagtune label's output, any format train "
+                   "reads) whose spans of each text are suggested, those with --labels' labels only; texts in file "
+                   "order (not with --model)")
     p.add_argument("--overlaps", action="store_true",
                    help="let a span lie inside another or across one (University of Tokyo, ORG, over Tokyo, LOC), "
-                        "for train --head span; on with a span tagger's --model")
+                        "for train --head span; on with a span tagger's --model; needed for --suggestions that "
+                        "nest or overlap")
     from tagtune.apps.annotate import annotate
 
     p.add_argument("--host", default=parameter_default(annotate, "host"), metavar="ADDRESS",
