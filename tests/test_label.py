@@ -194,6 +194,22 @@ def test_labels_every_text_as_tagtune_jsonl_that_train_reads_and_a_rerun_sends_n
     assert len(llm.requests) == len(GOLD) and answers(out)[0] == expected(texts)
 
 
+def test_the_python_api_labels_and_scores_the_labels_against_gold(llm, texts, tmp_path):
+    import tagtune
+
+    out = tmp_path / "teacher.jsonl"
+    tally = tagtune.label(texts, out, labels=",".join(LABELS), llm=llm.url, llm_model="teacher", progress=False)
+    assert (tally.asked, tally.written, tally.spans) == (len(GOLD), len(GOLD), 12)
+    assert answers(out)[0] == expected(texts)
+    gold = tmp_path / "gold.jsonl"  # the gold spans but Paris: the teacher's Paris is one false positive
+    gold.write_text("".join(json.dumps({"text": text, "spans": [[text.index(t), text.index(t) + len(t), label]
+                                                                for t, label in spans if t != "Paris"]}) + "\n"
+                            for text, spans in GOLD.items()), encoding="utf-8")
+    scores = tagtune.score_files(gold, out)
+    assert (scores["precision"], scores["recall"], scores["support"], scores["texts"]) == (11 / 12, 1.0, 11, len(GOLD))
+    assert scores["per_label"]["LOC"]["precision"] == 3 / 4
+
+
 @pytest.mark.parametrize("mode", ["ignore", "refuse"])
 def test_a_server_without_structured_output_is_read_from_its_plain_reply(cli, texts, tmp_path, mode):
     out = tmp_path / "teacher.jsonl"

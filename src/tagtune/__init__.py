@@ -4,8 +4,11 @@
 (CoNLL, JSONL spans or keywords, Label Studio, doccano) and writes a tagger folder;
 ``Tagger.load()`` opens that folder and the tagger turns texts into ``Span``s: the characters
 ``text[start:end]``, a label and a score, the probability that exactly those characters form one
-entity of that label. ``evaluate()`` scores a trained tagger on another annotated file. Problems
-a user can fix (a bad file, a bad option) raise ``TagtuneError`` with a one-line message.
+entity of that label. ``evaluate()`` scores a trained tagger on another annotated file.
+``label()`` has a teacher language model (any OpenAI-compatible server) label texts into a file
+``train()`` reads, and ``score_files()`` scores one annotated file against another, no model
+needed (a teacher, a student, two labellers on one gold file). Problems a user can fix (a bad
+file, a bad option) raise ``TagtuneError`` with a one-line message.
 
 Example:
     ```python
@@ -31,13 +34,15 @@ from tagtune.errors import TagtuneError
 from tagtune.spans import Example, Span
 from tagtune.version import __version__
 
-__all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "read", "__version__"]
+__all__ = ["Example", "Span", "TagtuneError", "Tagger", "TrainConfig", "train", "evaluate", "read", "label",
+           "score_files", "__version__"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for type checkers and the annotations only: ``import tagtune`` loads none of these
     import os
     from typing import Any
 
+    from tagtune.apps.label import Tally
     from tagtune.inference.tagger import Tagger
     from tagtune.training.config import TrainConfig
 
@@ -172,6 +177,110 @@ def read(path: str | os.PathLike, format: str | None = None, keyword_label: str 
     from tagtune.data.formats import read_examples  # lazy: the readers are needed only when reading
 
     return read_examples(path, format, keyword_label, overlaps=overlaps)
+
+
+def label(texts: str | os.PathLike, out: str | os.PathLike, labels: str | None = None, llm: str | None = None,
+          llm_model: str | None = None, **options: Any) -> Tally:
+    """Label texts with a teacher language model, into a file to review and train on.
+
+    Each distinct text of ``texts`` is sent to the chat-completions API of ``llm`` (Ollama,
+    vLLM, llama.cpp's server, LM Studio, OpenAI) through the ``openai`` client (the ``llm``
+    extra); the entities of each reply are placed into character spans by tagtune, every
+    occurrence on whole words (any substring in Japanese or Chinese), and written to ``out``
+    with the text's id and ``"source": "llm:MODEL"``. Each reply is cached beside ``out``
+    (``OUT.llm-cache``) and fsynced as it arrives, so a run stopped at any moment and started
+    again asks only what was not answered. Requests that fail are retried with backoff; one
+    that still fails stops the run with what was answered kept. Set ``OPENAI_API_KEY`` for a
+    server that needs a key.
+
+    Args:
+        texts: The texts: a text per line, JSON Lines with a ``"text"`` (and an optional
+            ``"id"``), or CoNLL sentences.
+        out: The file the labels go to; an earlier run's is continued.
+        labels: The labels to ask for, ``"PER,ORG,LOC"``; without it, those of ``guide``.
+        llm: The server's base URL, e.g. ``http://localhost:11434/v1`` (None: the
+            ``OPENAI_BASE_URL`` environment variable).
+        llm_model: The model as the server names it, e.g. ``qwen2.5:7b``.
+        **options: ``guide`` (a file of ``LABEL: description`` lines told to the model),
+            ``examples`` (an annotated file whose texts are shown as worked examples, ``k`` of
+            them, 5; ``examples_format``), ``format`` ("jsonl", tagtune's spans, which
+            ``train()`` reads; "doccano"; "label-studio", its JSON import with the spans as
+            predictions), ``head`` ("token": of overlapping spans the longer is kept; "span":
+            both), ``concurrency`` (8 requests at once), ``max_requests`` (None: no limit),
+            ``timeout`` (120 seconds a request), ``retries`` (4), ``temperature`` (0),
+            ``cache`` (another cache file, e.g. an earlier run's in another format: nothing
+            asked again), ``overwrite`` (start ``out`` again), ``input_format`` (None: told
+            from the file), ``dry_run`` (print the first request, send nothing) and
+            ``progress`` (True: a progress bar and a summary on stderr).
+
+    Returns:
+        What the run did (attributes): ``asked`` (requests sent), ``cached`` (texts answered
+            from the cache), ``written`` (records written), ``spans``, ``retries``,
+            ``prompt_tokens`` and ``completion_tokens`` (as the server reports them),
+            ``unreadable`` (replies without the entities JSON: their texts are asked again by
+            the next run), ``left`` (texts not asked because of ``max_requests``) and
+            ``dropped`` (entities not placed, by cause: ``absent`` from the text, ``unasked``
+            labels, ``malformed`` items, ``overlapping`` spans).
+
+    Raises:
+        TagtuneError: When an option or a file is wrong, the ``openai`` client is not
+            installed, ``out`` is written by another run or another model, or a request fails
+            after its retries (the message names the server and the cause; what was answered
+            is kept, and the same call goes on from there).
+
+    Example:
+        ```python
+        tally = tagtune.label("texts.txt", "teacher.jsonl", labels="PER,ORG,LOC",
+                              llm="http://localhost:11434/v1", llm_model="qwen2.5:7b", progress=False)
+        print(tally.written, tally.spans, tally.asked)
+        examples = tagtune.read("teacher.jsonl")  # as train() reads it
+        ```
+    """
+    from tagtune.apps.label import label as run  # lazy: the teacher's prompts, the client on first use
+
+    return run(texts, out, labels=labels, llm=llm, model=llm_model, **options)
+
+
+def score_files(gold: str | os.PathLike, pred: str | os.PathLike, gold_format: str | None = None,
+                pred_format: str | None = None, missing: str = "error") -> dict:
+    """Entity scores of one annotated file against another, without a model.
+
+    Both files are read as ``train()`` reads them (overlapping spans kept) and their texts are
+    paired by text, whatever order each file has (the n-th occurrence of a text in ``gold`` with
+    its n-th in ``pred``). A span of ``pred`` counts as found only where ``gold`` has one with
+    the same start, end and label: for flat spans, seqeval's numbers in its default mode.
+
+    Args:
+        gold: The gold annotated file, in any format ``train()`` reads.
+        pred: The file to score: a teacher's labels, a tagger's predictions, another
+            labeller's answers.
+        gold_format: The format of ``gold`` (None: told from the file name and content; else
+            "conll", "jsonl", "keywords", "label-studio" or "doccano").
+        pred_format: The format of ``pred``, as ``gold_format``.
+        missing: What a ``gold`` text that ``pred`` lacks does: "error" (stop, naming it),
+            "empty" (scored as predicted without spans, its entities missed) or "skip" (left
+            out). A ``pred`` text that ``gold`` lacks is left out and counted.
+
+    Returns:
+        Micro ``precision``, ``recall`` and ``f1``; ``macro_precision``, ``macro_recall`` and
+            ``macro_f1``; ``support`` (the gold spans scored) and ``per_label`` (label ->
+            ``precision``, ``recall``, ``f1``, ``support``), as ``evaluate()`` returns them;
+            and ``texts`` (pairs scored), ``missing`` (gold texts ``pred`` lacks) and
+            ``unscored`` (``pred`` texts ``gold`` lacks).
+
+    Raises:
+        TagtuneError: When a file cannot be read or is malformed, ``missing`` is none of its
+            values, a gold text is missing with ``missing="error"``, or no text is in both.
+
+    Example:
+        ```python
+        teacher = tagtune.score_files("test.conll", "teacher-test.jsonl")
+        print(f"teacher F1 {teacher['f1']:.3f} on {teacher['texts']} texts")
+        ```
+    """
+    from tagtune.apps.score import score_files as run  # lazy: the readers and metrics on first use
+
+    return run(gold, pred, gold_format=gold_format, pred_format=pred_format, missing=missing)
 
 
 def __getattr__(name):
