@@ -128,10 +128,13 @@ def test_every_extra_installs_beside_the_users_torch(dist, minilm, tmp_path, pip
 
     bin_dir = fresh_venv(tmp_path / "venv")
     pip_install(bin_dir, pip_constraints, f"torch=={torch.__version__}")  # the user's own build, installed first
-    pip_install(bin_dir, pip_constraints, f"{dist}[torch,ja,serve,onnx,export]")
+    pip_install(bin_dir, pip_constraints, f"{dist}[torch,ja,serve,onnx,export,llm]")
     assert_pinned(bin_dir, pip_constraints)
     kept = check([bin_dir / "python", "-c", "import torch; print(torch.__version__)"]).stdout.strip()
     assert kept == torch.__version__
     check([bin_dir / "python", "-c", "import tagtune.inference.export, tagtune.apps.serve, tagtune.training.loop, fugashi, unidic_lite"])
+    # the llm extra: the openai client that tagtune label makes, as it makes it
+    check([bin_dir / "python", "-c", "from tagtune.apps.label import client_for; "
+           "assert client_for('http://127.0.0.1:11434/v1', 5.0, 2).max_retries == 2"])
     info = json.loads(check([bin_dir / "tagtune", "info", minilm]).stdout)
     assert info["architecture"] == "bert" and info["layers"] == 6
