@@ -15,7 +15,9 @@ per text with a fixed seed). ``tagtune label`` runs as a whole process on a file
    over concurrency 1 and the share of the ideal min(concurrency, slots) / latency. Process
    start-up (``label`` on one text at latency 0, median of 3) is reported apart and taken off
    every wall time. What tagtune adds per text is measured at latency 0 on ``--overhead-texts``
-   tweets, beside the round trip of the same request sent bare (httpx, one connection).
+   tweets, beside the round trip of the same request sent bare (httpx, one connection) and the
+   time of a line appended and fsynced in the work folder (``label`` fsyncs two per reply: the
+   cache's and OUT's).
 2. A student from a teacher: WNUT-2016 split as bench/train_bench.py splits it (400 test tweets,
    10% of the rest dev, the rest training data); the stand-in replays the train and dev gold;
    ``label`` labels the train and dev tweets at the fastest concurrency of part 1; ``tagtune
@@ -110,6 +112,23 @@ def bare_round_trip(texts: Path, url: str, labels: list[str], env: dict, n: int)
         return (time.perf_counter() - start) / n
 
 
+def fsync_seconds(folder: Path, n: int) -> float:
+    """Median seconds of a 200-byte line appended to a file in ``folder`` and fsynced, as
+    ``label``'s journals write each reply."""
+    path, times = folder / "fsync.test", []
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        for _ in range(n):
+            start = time.perf_counter()
+            os.write(fd, b"x" * 199 + b"\n")
+            os.fsync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times)
+
+
 def throughput(work: Path, gold: list[Path], texts: list[str], labels: list[str], args, env: dict) -> dict:
     """Part 1 (see the module doc)."""
     files = {}
@@ -124,13 +143,14 @@ def throughput(work: Path, gold: list[Path], texts: list[str], labels: list[str]
     with standin(gold, env, 0.0, args.error_rate) as url:
         startup = statistics.median(timed("one", url, 1)["wall_seconds"] for _ in range(3))
         bare = bare_round_trip(files["one"], url, labels, env, 200 if not args.smoke else 20)
+        fsync = fsync_seconds(work, 200 if not args.smoke else 20)
         overhead = {}
         for c in (1, max(args.concurrency)):
             r = timed("overhead", url, c)
             overhead[str(c)] = {**r, "seconds_per_text": (r["wall_seconds"] - startup) / r["requests"]}
     print(f"bench: start-up of tagtune label {startup:.2f} s; at latency 0, "
           + ", ".join(f"concurrency {c}: {r['seconds_per_text'] * 1000:.2f} ms/text" for c, r in overhead.items())
-          + f"; the bare request {bare * 1000:.2f} ms", flush=True)
+          + f"; the bare request {bare * 1000:.2f} ms, an fsynced line {fsync * 1000:.2f} ms", flush=True)
     settings = {}
     for slots in (None, args.limited_slots):
         rows = {}
@@ -149,7 +169,8 @@ def throughput(work: Path, gold: list[Path], texts: list[str], labels: list[str]
             row["speedup"] = row["texts_per_second"] / first
             row["share_of_ideal"] = row["texts_per_second"] / row["ideal_texts_per_second"]
         settings[str(slots or "enough")] = rows
-    return {"startup_seconds": startup, "bare_request_seconds": bare, "latency_0": overhead, "settings": settings}
+    return {"startup_seconds": startup, "bare_request_seconds": bare, "fsync_seconds": fsync, "latency_0": overhead,
+            "settings": settings}
 
 
 def student(work: Path, name: str, train: Path, dev: Path, seed: int, budget: int, args,
@@ -235,7 +256,8 @@ def tables(results: dict, args) -> str:
                          f"{r['overhead_ms_per_text']:.1f} |")
     lines += ["", f"At latency 0, {args.overhead_texts} tweets: " + "; ".join(
         f"concurrency {c}: {r['seconds_per_text'] * 1000:.2f} ms a text" for c, r in t["latency_0"].items())
-        + f"; the same request sent bare: {t['bare_request_seconds'] * 1000:.2f} ms.", ""]
+        + f"; the same request sent bare: {t['bare_request_seconds'] * 1000:.2f} ms; a line appended and fsynced "
+        f"(two per reply): {t['fsync_seconds'] * 1000:.2f} ms.", ""]
     s = results["student"]
     teacher = s["teacher"]["train_scores"]
     lines += [f"Students (medians over seeds {', '.join(map(str, s['seeds']))}; teacher error rate "
@@ -256,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few tweets, 1 epoch, 1 seed: checks the bench runs")
     parser.add_argument("--model", default=str(minilm_dir()), help="the students' encoder")
-    parser.add_argument("--texts", type=int, default=200, help="tweets labelled per throughput run")
+    parser.add_argument("--texts", type=int, default=400, help="tweets labelled per throughput run")
     parser.add_argument("--overhead-texts", type=int, default=1000, help="tweets labelled per run at latency 0")
     parser.add_argument("--latency", type=float, default=0.3, help="seconds the stand-in takes per reply")
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated --concurrency values")
