@@ -56,17 +56,12 @@ from train_bench import epoch_entries, run  # noqa: E402
 from tagtune.apps.examples import minilm_dir, write_conll  # noqa: E402
 
 STANDIN = HERE.parent / "tests" / "llm_server.py"
-# http.server sends a reply's headers and its body in two writes; with Nagle's algorithm on, the
-# body then waits for the client's delayed ACK of the headers, about 40 ms a reply on a kept-alive
-# connection, which no real server adds. The stand-in runs here with TCP_NODELAY.
-LAUNCH = ("import runpy, socketserver, sys; socketserver.StreamRequestHandler.disable_nagle_algorithm = True; "
-          "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 @contextlib.contextmanager
 def standin(gold: list[Path], env: dict, latency: float, error_rate: float, slots: int | None = None):
     """The stand-in teacher as its own process, replaying ``gold``; yields its base URL."""
-    cmd = [sys.executable, "-c", LAUNCH, str(STANDIN), "--gold", *map(str, gold), "--error-rate", str(error_rate),
+    cmd = [sys.executable, str(STANDIN), "--gold", *map(str, gold), "--error-rate", str(error_rate),
            "--latency", str(latency), *(["--slots", str(slots)] if slots else [])]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     try:

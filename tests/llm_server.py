@@ -153,6 +153,9 @@ class LlmServer:
 def _handler(llm: LlmServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # http.server writes a reply's headers and body apart; with Nagle's algorithm the body
+        # would wait for the client's delayed ACK, ~40 ms a reply no real server adds
+        disable_nagle_algorithm = True
 
         def log_message(self, *args) -> None:
             pass

@@ -39,6 +39,10 @@ def test_the_readme_blocks_run_and_the_shown_spans_are_found(stand_in_hub, tweet
     assert "model.safetensors" in stand_in_hub.downloads("sentence-transformers/all-MiniLM-L6-v2")
     evaluation = next(v for v in printed if {"precision", "recall", "f1", "support"} <= set(v))
     assert evaluation["support"] > 0 and 0 <= evaluation["f1"] <= 1
+    teacher, student = [v for v in printed if {"f1", "texts", "unscored"} <= set(v)]
+    assert teacher["texts"] == student["texts"] == 100  # the gold test tweets, each paired
+    assert 0.6 < teacher["f1"] < 1  # the stand-in teacher answers gold with one entity in five wrong
+    assert student["support"] == teacher["support"] > 0 and 0 <= student["f1"] <= 1  # the same gold spans
     echoed = next(v for v in printed if v.get("text") == "Barack Obama visited Lisbon")
     for span in echoed["spans"]:
         assert echoed["text"][span["start"]:span["end"]] == span["text"]
