@@ -200,6 +200,8 @@ def test_the_base_model_is_named_only_when_it_is_a_hub_id(tmp_path):
     snapshot = tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     assert hub_id(str(snapshot)) == "sentence-transformers/all-MiniLM-L6-v2"
+    (tmp_path / "models--bert-base-cased" / "snapshots" / "abc").mkdir(parents=True)
+    assert hub_id(str(tmp_path / "models--bert-base-cased" / "snapshots" / "abc")) == "bert-base-cased"
     assert hub_id("bert-base-cased") == "bert-base-cased"
     assert hub_id("org/name@main") == "org/name"
     assert hub_id(str(tmp_path)) is None

@@ -40,7 +40,7 @@ CARD_FILE = "README.md"
 MARKER = "<!-- written by tagtune train -->"
 """Marks a README.md as tagtune's card, which the next final save may replace."""
 
-_CACHE_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?")
+_CACHE_SNAPSHOT = re.compile(r"models--(?:([^/]+?)--)?([^/]+)/snapshots/[^/]+/?$")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _PLAIN_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9_./-]*")
 _YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
@@ -221,7 +221,7 @@ def hub_id(model: str) -> str | None:
     folder, or read from an HF cache snapshot folder's path; None for any other local folder."""
     match = _CACHE_SNAPSHOT.search(Path(model).expanduser().as_posix())
     if match and Path(model).expanduser().is_dir():
-        return f"{match[1]}/{match[2]}"
+        return f"{match[1]}/{match[2]}" if match[1] else match[2]
     if Path(model).expanduser().exists():
         return None
     try:
