@@ -9,6 +9,7 @@ from tagtune import TagtuneError
 from tagtune.data.formats import (
     FORMATS,
     KeywordWarning,
+    LabelStudioWarning,
     keyword_spans,
     read_examples,
     split_dev,
@@ -361,7 +362,15 @@ LS_TASKS = [
 
 def test_label_studio(tmp_path):
     path = write(tmp_path, "export.json", json.dumps(LS_TASKS, indent=1, ensure_ascii=False))
-    examples = read_examples(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        examples = read_examples(path)
+    assert [(w.category, str(w.message), w.filename) for w in caught] == [(
+        LabelStudioWarning,
+        f"{path}: 2 of the 7 tasks left out, without an annotation (1 with only cancelled annotations, "
+        "1 not annotated (1 of them with predictions, which are not read))",
+        __file__,
+    )]
     assert pairs(examples) == [
         ("Barack Obama visited Paris.", [(0, 12, "PER"), (21, 26, "LOC")]),
         ("京都に行く", [(0, 2, "LOC")]),
@@ -378,8 +387,58 @@ def test_label_studio(tmp_path):
 
 def test_label_studio_compact_export(tmp_path):
     path = write(tmp_path, "export.json", json.dumps(LS_TASKS[:1]))
-    [example] = read_examples(path, format="label-studio")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every task annotated: nothing to say
+        [example] = read_examples(path, format="label-studio")
     assert example.source == f"{path}:1"
+
+
+def test_label_studio_tasks_left_out_are_one_warning_line(cli, tmp_path):
+    """Unannotated and cancelled tasks beside annotated ones: a command reading the export says on
+    stderr how many it leaves out and why, and goes on."""
+    path = write(tmp_path, "export.json", json.dumps([LS_TASKS[0], *LS_TASKS[1:3] * 2, LS_TASKS[6]]))
+    gold = write(tmp_path, "gold.jsonl", jsonl(*({"text": LS_TASKS[i]["data"]["text"], "spans": []} for i in (0, 6))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        result = cli("score", gold, path)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warned == [f"tagtune: warning: {path}: 4 of the 6 tasks left out, without an annotation (2 with only "
+                      "cancelled annotations, 2 not annotated (2 of them with predictions, which are not read))"]
+
+
+# Label Studio's JSON-MIN export (1.23): a record per submitted annotation, the task's data beside
+# the spans of each <Labels> tag under its name; an annotation without spans has no such field.
+LS_MIN = [
+    {"text": "Barack Obama visited Paris.", "id": 1,
+     "label": [{"start": 0, "end": 12, "text": "Barack Obama", "labels": ["PER"]},
+               {"start": 21, "end": 26, "text": "Paris", "labels": ["LOC"]}],
+     "annotator": 1, "annotation_id": 11, "created_at": "2025-06-02T09:14:03.512345Z",
+     "updated_at": "2025-06-02T09:14:03.512360Z", "lead_time": 12.408},
+    {"text": "the sofa is red", "id": 2, "annotator": 1, "annotation_id": 12,
+     "created_at": "2025-06-02T09:14:09.100201Z", "updated_at": "2025-06-02T09:14:09.100215Z", "lead_time": 3.1},
+]
+
+
+@pytest.mark.parametrize("order", [1, -1])  # the record without spans last, then first (detection)
+def test_label_studio_json_min_annotation_without_spans(tmp_path, order):
+    path = write(tmp_path, "export.json", json.dumps(LS_MIN[::order], indent=2))
+    expected = [("Barack Obama visited Paris.", [(0, 12, "PER"), (21, 26, "LOC")]), ("the sofa is red", [])]
+    assert pairs(read_examples(path)) == expected[::order]
+    assert pairs(read_examples(path, format="doccano")) == expected[::order]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda r: r.pop("annotation_id"), "the record has no spans"),  # not recognisably an annotation
+    (lambda r: r.update(annotation_id=None), 'the Label Studio task has no annotation ("annotation_id" is null); '
+                                             "export only the annotated tasks"),
+    (lambda r: r.update(ner=LS_MIN[0]["label"]), 'the spans are under "ner", not "label"'),
+])
+def test_label_studio_json_min_errors(tmp_path, change, fragment):
+    record = dict(LS_MIN[1])
+    change(record)
+    path = write(tmp_path, "export.jsonl", jsonl(LS_MIN[0], record))
+    assert_error(path, 2, fragment, format="doccano")
 
 
 def test_label_studio_nothing_annotated(tmp_path):

@@ -197,6 +197,39 @@ def test_choose_leaves_near_duplicates_out(tagger):
         assert len(choose(tagger, texts, 3, max_similarity=1.0)) == 3
 
 
+NO_KEYWORDS = ["the sofa is red", "my cat sleeps on the sofa", "the weather is nice", "the cat is nice"]
+
+
+def test_a_choice_without_any_span_is_said(tagger):
+    with pytest.warns(SelectWarning) as caught:
+        chosen = choose(tagger, NO_KEYWORDS, 3)
+    assert [c.spans for c in chosen] == [[], [], []]
+    assert [str(w.message) for w in caught] == [
+        "the tagger found no span in any of the 3 chosen texts: their pre-annotations are all empty"]
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one chosen text with a span is enough
+        assert any(c.spans for c in choose(tagger, [*NO_KEYWORDS, "I like Python and Rust a lot"], 5))
+
+
+def select_pool(cli, tagger, texts, out, *args):
+    """``tagtune select`` of ``tagger`` on a pool file of ``texts`` beside ``out``, every warning shown."""
+    pool = out.parent / "pool.txt"
+    pool.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        return cli("select", tagger, pool, "-o", out, "--device", "cpu", *args)
+
+
+def test_select_says_when_its_pre_annotations_are_all_empty(cli, keyword_tagger, tmp_path):
+    out = tmp_path / "tasks.json"
+    result = select_pool(cli, keyword_tagger, NO_KEYWORDS, out, "-n", 2, "--format", "label-studio", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ("tagtune: warning: the tagger found no span in any of the 2 chosen texts: their "
+                             "pre-annotations are all empty\n")
+    assert [t["predictions"][0]["result"] for t in json.loads(out.read_text(encoding="utf-8"))] == [[], []]
+
+
 # --------------------------------------------------------------------------- formats
 
 
@@ -365,12 +398,8 @@ def span_tagger(tiny_bert, tmp_path_factory):
 def test_select_ranks_a_span_taggers_texts_by_its_uncertainty(cli, span_tagger, tmp_path):
     from tagtune import Tagger
 
-    pool = tmp_path / "pool.txt"
-    pool.write_text("\n".join(SPAN_POOL) + "\n", encoding="utf-8")
     out = tmp_path / "chosen.jsonl"
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        result = cli("select", span_tagger, pool, "-n", len(SPAN_POOL), "-o", out, "--device", "cpu", "--bf16", "off")
+    result = select_pool(cli, span_tagger, SPAN_POOL, out, "-n", len(SPAN_POOL), "--bf16", "off")
     assert result.returncode == 0, result.stderr
     assert f"-n {len(SPAN_POOL)} but the pool has {len(SPAN_POOL)} texts (1 left out as near-duplicates)" in result.stderr
 

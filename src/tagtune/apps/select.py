@@ -73,7 +73,8 @@ OUTPUT_FORMATS = ("jsonl", "label-studio", "doccano")
 
 
 class SelectWarning(UserWarning):
-    """The pool gives fewer texts than asked for."""
+    """The pool gives fewer texts than asked for, or the tagger finds no span in the chosen texts
+    (their pre-annotations are all empty)."""
 
 
 @dataclass
@@ -212,7 +213,8 @@ def choose(tagger, texts: list[str], n: int, max_similarity: float = 0.8, progre
     """The ``n`` texts of ``texts`` the tagger is least sure of, most uncertain first (pool order
     among equals), leaving out each text that nearly repeats one chosen before it
     (:class:`NearDuplicates` at ``max_similarity``). Fewer when the pool has fewer; a
-    SelectWarning then says how many there are."""
+    SelectWarning then says how many there are; another says so when the tagger finds no span in
+    any chosen text."""
     n = check_n(n)
     threshold = check_similarity(max_similarity)
     spans, uncertainty = score(tagger, texts, progress)
@@ -229,6 +231,9 @@ def choose(tagger, texts: list[str], n: int, max_similarity: float = 0.8, progre
         detail = f" ({left_out} left out as near-duplicates)" if left_out else ""
         warnings.warn(f"-n {n} but the pool has {len(texts)} texts{detail}: taking all {len(chosen)}",
                       SelectWarning, stacklevel=2)
+    if chosen and not any(c.spans for c in chosen):
+        warnings.warn(f"the tagger found no span in any of the {len(chosen)} chosen texts: their "
+                      "pre-annotations are all empty", SelectWarning, stacklevel=2)
     return chosen
 
 

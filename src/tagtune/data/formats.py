@@ -23,15 +23,19 @@ Formats (:data:`FORMATS`):
 ``doccano``
     doccano's JSONL export: ``{"text": ..., "label": [[0, 5, "PER"], ...]}``; also ``"labels"``,
     ``"entities": [{"start_offset", "end_offset", "label"}]`` (projects with relations), and
-    ``"data"`` for the text (doccano 1.x).
+    ``"data"`` for the text (doccano 1.x). Label Studio's JSON-MIN export reads as this format:
+    ``{"text": ..., "label": [{"start", "end", "text", "labels"}], "annotation_id": ...}``, one
+    record per annotation; a record of an annotation without spans has no ``"label"`` and reads as
+    a text without entities.
 ``keywords``
     ``{"text": ..., "keywords": ["Tokyo", ...]}``: every occurrence of every keyword is marked
     with ``keyword_label``; see :func:`keyword_spans` for the matching rules.
 ``label-studio``
     Label Studio's JSON export: a list of tasks, the text in ``data.text`` (or the first string in
     ``data``), spans from the ``"labels"`` results of the task's first annotation that was not
-    cancelled. Tasks with no such annotation are skipped; predictions are never read (they are
-    model output, not annotations). Offsets that older Label Studio versions wrote in UTF-16 code
+    cancelled. Tasks with no such annotation are left out, counted in one
+    :class:`LabelStudioWarning`; predictions are never read (they are model output, not
+    annotations). Offsets that older Label Studio versions wrote in UTF-16 code
     units (texts with emoji) are recognised by the span's ``text`` and converted.
 
 The JSON formats are read the same way: a file whose first character is ``[`` is one JSON list of
@@ -67,6 +71,7 @@ from tagtune.spans import Example, Span
 __all__ = [
     "FORMATS",
     "KeywordWarning",
+    "LabelStudioWarning",
     "keyword_spans",
     "read_answers",
     "read_examples",
@@ -88,6 +93,11 @@ _MISSING = object()
 
 class KeywordWarning(UserWarning):
     """Keywords that never occur in their text (one warning per file, with the count)."""
+
+
+class LabelStudioWarning(UserWarning):
+    """Label Studio tasks left out for having no annotation, or only cancelled ones (one warning
+    per file, with the counts)."""
 
 
 # --------------------------------------------------------------------------- public API
@@ -112,7 +122,8 @@ def read_examples(
 
     Raises :class:`TagtuneError` for an unreadable, empty or malformed file. Keywords that never
     occur in their text are not errors: they are counted and reported in one
-    :class:`KeywordWarning` per file.
+    :class:`KeywordWarning` per file; so are Label Studio tasks without an annotation, left out,
+    in one :class:`LabelStudioWarning` (an error when no task is left).
     """
     path = Path(path)
     if format is not None and format not in FORMATS:
@@ -139,7 +150,10 @@ def read_examples(
     if not records:
         raise TagtuneError(f"{path}: no examples (the file holds no records)")
     if format == "label-studio":
-        return _read_label_studio(path, records, labels, overlaps)
+        examples, left_out = _read_label_studio(path, records, labels, overlaps)
+        if left_out:
+            warnings.warn(f"{path}: {left_out}", LabelStudioWarning, stacklevel=2)
+        return examples
     if format == "keywords":
         if labels is not None and keyword_label not in labels:
             raise TagtuneError(f"{path}: the keyword label {keyword_label!r} is not one of the labels "
@@ -306,7 +320,7 @@ def _format_of_records(path: Path, records: list) -> str:
         return "keywords"
     if "spans" in record:
         return "jsonl"
-    if "label" in record or "labels" in record:
+    if "label" in record or "labels" in record or "annotation_id" in record:  # with Label Studio's JSON-MIN
         return "doccano"
     if "entities" in record:
         entities = record["entities"]
@@ -500,6 +514,11 @@ def _span_record(path: Path, line: int, record: object, labels: frozenset[str] |
         raise TagtuneError(f"{where}: expected a JSON object, got {_kind(record)}")
     text = _record_text(record, where)
     key = next((k for k in _SPAN_KEYS if k in record), None)
+    if key is None and _json_min_annotation(record):
+        return _json_min_without_spans(record, text, where)
+    if key is None and "annotation_id" in record:  # JSON-MIN, annotation_id null
+        raise TagtuneError(f'{where}: the Label Studio task has no annotation ("annotation_id" is '
+                           f"{_kind(record['annotation_id'])}); export only the annotated tasks")
     if key is None:
         raise TagtuneError(
             f'{where}: the record has no spans: expected a "spans" list (or "entities", "label", '
@@ -530,6 +549,25 @@ def _span_record(path: Path, line: int, record: object, labels: frozenset[str] |
             raise TagtuneError(f"{where}: {what} is {_kind(item)}, not a span")
         spans.append(_checked_span(text, start, end, label, claimed, where, what, labels))
     return Example(text, _unique_spans(text, spans, where, overlaps), where)
+
+
+def _json_min_annotation(record: dict) -> bool:
+    """Whether ``record`` is Label Studio's JSON-MIN export of a submitted annotation: it names the
+    annotation by its integer ``"annotation_id"`` (a task without one has null there)."""
+    annotation = record.get("annotation_id")
+    return isinstance(annotation, int) and not isinstance(annotation, bool)
+
+
+def _json_min_without_spans(record: dict, text: str, where: str) -> Example:
+    """A JSON-MIN annotation record without a ``"label"`` list: a text without entities, unless
+    its spans are under another name (a ``<Labels>`` tag not named ``label``)."""
+    for name, value in record.items():
+        if isinstance(value, list) and any(isinstance(v, dict) and "labels" in v for v in value):
+            raise TagtuneError(
+                f'{where}: the spans are under "{cut(name)}", not "label": name the <Labels> tag of the '
+                'Label Studio config "label", or rename the field'
+            )
+    return Example(text, [], where)
 
 
 def _dict_label(item: dict, where: str, what: str) -> object:
@@ -681,7 +719,8 @@ def _read_keywords(
 
 
 def _read_label_studio(path: Path, records: list, labels: frozenset[str] | None,
-                       overlaps: bool = False) -> list[Example]:
+                       overlaps: bool = False) -> tuple[list[Example], str]:
+    """The examples of the tasks ``records`` and a line on the tasks left out ("" if none)."""
     examples = []
     cancelled = unannotated = predicted = 0
     for line, task in records:
@@ -738,11 +777,14 @@ def _read_label_studio(path: Path, records: list, labels: frozenset[str] | None,
                 _dict_label(value, where, what), value.get("text"), where, what, labels,
             ))
         examples.append(Example(text, _unique_spans(text, spans, where, overlaps), f"{path}:{line}"))
+    detail = f"{cancelled} with only cancelled annotations, {unannotated} not annotated"
+    if predicted:
+        detail += f" ({predicted} of them with predictions, which are not read)"
     if not examples:
-        detail = f"{cancelled} with only cancelled annotations, {unannotated} not annotated"
-        if predicted:
-            detail += f" ({predicted} of them with predictions, which are not read)"
         raise TagtuneError(
             f"{path}: no examples: none of the {len(records)} tasks has an annotation ({detail})"
         )
-    return examples
+    left_out = len(records) - len(examples)
+    if not left_out:
+        return examples, ""
+    return examples, f"{left_out} of the {len(records)} tasks left out, without an annotation ({detail})"

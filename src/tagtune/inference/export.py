@@ -1,11 +1,12 @@
 """Export a trained tagger folder to ONNX: a self-contained folder for the ONNX backend.
 
 ``export_onnx(DIR, OUT)`` writes OUT/model.onnx with copies of config.json, the tokenizer files,
-tagtune.json and, for a tagger trained with ``--crf``, crf.json (the CRF is decoded in numpy), so
-``Tagger.load(OUT)`` runs it on ONNX Runtime without torch. A token tagger's graph takes padded
-input, ``input_ids, attention_mask: (batch, seq)`` int64 -> ``logits: (batch, seq, labels)``,
-both axes dynamic. Before anything is written in OUT's place, ONNX Runtime's logits
-are checked against the PyTorch model's on padded batches of two shapes.
+tagtune.json, README.md (the model card) when there is one and, for a tagger trained with
+``--crf``, crf.json (the CRF is decoded in numpy), so ``Tagger.load(OUT)`` runs it on ONNX
+Runtime without torch. A token tagger's graph takes padded input, ``input_ids, attention_mask:
+(batch, seq)`` int64 -> ``logits: (batch, seq, labels)``, both axes dynamic. Before anything is
+written in OUT's place, ONNX Runtime's logits are checked against the PyTorch model's on padded
+batches of two shapes.
 
 ``int8`` quantises the weights of the matrix products to int8 (onnxruntime's dynamic
 quantisation; activations are quantised on the fly) and makes that model OUT/model.onnx; its
@@ -72,6 +73,7 @@ from tagtune.store.layout import CONFIG_FILE, ONNX_FILE, write_crf, write_settin
 
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| logit (span tagger: probability) difference an export may have
 INT8_TOLERANCE = 0.3  # the same for a span tagger's int8 graph (see the module docstring)
+README = "README.md"
 OPSET = 20
 """ONNX opset of the exported graph: from 20, GELU is one standard ``Gelu`` node instead of five
 element-wise ones (erf and its arithmetic), about 8% faster through ONNX Runtime in fp32 and
@@ -280,6 +282,8 @@ def export_onnx(model_dir, out, overwrite: bool = False, int8: bool = False, eva
         write_settings(tmp, settings)
         if transitions is not None:
             write_crf(tmp, transitions, opened.labels)
+        if (source / README).is_file():  # the model card tagtune train writes, or the user's
+            shutil.copyfile(source / README, tmp / README)
         onnx_class = OnnxSpanModel if span else OnnxModel
         onnx_model = onnx_class.load(tmp)
         say("checking ONNX Runtime against PyTorch...")

@@ -82,6 +82,7 @@ from tagtune.progress import Progress, duration
 from tagtune.spans import Example
 from tagtune.store.layout import SETTINGS_FILE, SPAN_HEAD_FILE, TaggerSettings, crf_files, settings_files
 from tagtune.text.tokenizer import load_tokenizer
+from tagtune.training.card import write_card
 from tagtune.training.config import CHECKPOINT, MIN_DEV_SPANS, TrainConfig
 from tagtune.training.optim import AdamW, LinearSchedule
 from tagtune.training.report import write_report
@@ -979,6 +980,10 @@ def finish(run: Run) -> dict:
             span_words = run.settings.max_span_words if run.span_head is not None else None
             write_report(folder, state["history"], run.labels, kept_epoch=kept, data=run.data_line,
                          note=run.small_dev, span_words=span_words)
+            kept_readme = write_card(folder, run.config, state["history"], kept, run.train_examples,
+                                     run.dev_examples, run.mode)
+            if kept_readme:
+                warnings.warn(kept_readme, stacklevel=2)
             if run.span_head is not None:  # beside the encoder, before its config.json
                 write_safetensors(folder / SPAN_HEAD_FILE, run.span_head.state_dict(), {"format": "pt"})
             write_model_files(run.model, run.tokenizer, folder, files, run.pooler)
