@@ -45,8 +45,9 @@ def test_export_folder_and_report(exported, trained_tagger):
     out, report = exported
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["model.onnx", "config.json", "tagtune.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-         "special_tokens_map.json"])
-    assert (out / "tagtune.json").read_text() == (trained_tagger / "tagtune.json").read_text()
+         "special_tokens_map.json", "README.md"])
+    for name in ("tagtune.json", "README.md"):  # the model card travels with the tagger
+        assert (out / name).read_text() == (trained_tagger / name).read_text()
     assert 0 <= report["max_abs_logit_difference"] <= TOLERANCE
     assert report["fp32_bytes"] == (out / "model.onnx").stat().st_size and report["int8"] is False
     # batch and sequence axes are symbolic in the graph
