@@ -130,6 +130,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from tagtune.apps.push import push
+
+    url = push(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
+               commit_message=args.commit_message, dry_run=args.dry_run, progress=not args.quiet)
+    if url:
+        print(url)
+    return 0
+
+
+def tracker_list(value: str) -> list[str]:
+    """--report-to's value: tracker names, comma-separated, each one of TRACKERS, none twice."""
+    from tagtune.training.config import TRACKERS
+
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{value!r}: name trackers from {', '.join(TRACKERS)}, comma-separated, "
+                                         "each once")
+    return names
+
+
 def add_bf16_option(p) -> None:
     """--bf16 for the commands that run a tagger (train has its own, for mixed precision)."""
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
@@ -376,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 mixed precision; auto: on for CUDA GPUs with bf16 and for CPUs with AVX512-BF16 "
                         "or AMX whose bf16 matrix products measure faster than fp32, fp32 elsewhere; on forces "
                         "it, emulated where not native; off: fp32")
+    p.add_argument("--report-to", type=tracker_list, metavar="NAME,...",
+                   help="send the run to experiment trackers: tensorboard, mlflow, wandb (comma-separated; "
+                        "each needs its extra, e.g. pip install 'tagtune[mlflow]'): the settings, loss and learning "
+                        "rate every --log-every steps, dev scores and tokens/s each epoch, the final metrics")
+    p.add_argument("--log-every", type=int, metavar="N", help="with --report-to, log loss and learning rate every "
+                   "N optimizer steps")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace --out if it holds an earlier run")
     p.add_argument("--resume", action="store_const", const=True, help="continue the interrupted run in --out")
@@ -572,6 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "the texts it has)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("push", help="upload a tagger folder to the Hugging Face Hub (or HF_ENDPOINT) as a model "
+                       "repo, in one commit; `tagtune predict REPO_ID` downloads it back")
+    p.add_argument("model_dir", help="trained tagger folder (or its ONNX export)")
+    p.add_argument("repo_id", help="the repo to create or update, e.g. your-name/wnut-minilm")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                   "visibility)")
+    p.add_argument("--revision", metavar="BRANCH", help="commit to this branch, created from main when missing "
+                   "(default: main)")
+    p.add_argument("--commit-message", metavar="M", help="the commit's message (default: names the tagger)")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded and send nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("score", help="entity precision, recall and F1 of an annotation file against a gold one, "
                        "per label and micro (no model needed); prints JSON", formatter_class=_ShowDefaults)
