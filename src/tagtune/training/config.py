@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tagtune.data.align import windows_of
 from tagtune.data.schemes import SCHEMES
@@ -12,6 +12,8 @@ from tagtune.store.layout import HEADS, MAX_SPAN_WORDS, TaggerSettings
 
 
 CHECKPOINT = "checkpoint/state.pt"
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+"""The experiment trackers a run can report to (``report_to``, ``--report-to``)."""
 MIN_DEV_SPANS = 20
 """A dev set with fewer entity spans is scored but does not pick the best epoch or stop the run:
 with under 20 spans one span more or less moves F1 by several points, so epochs would be
@@ -129,7 +131,16 @@ class TrainConfig:
     """With ``head="span"``: the widest span, in words (1 to 64); wider entities are warned about
     and not learnt."""
 
-    RUN_FIELDS = ("overwrite", "resume", "progress", "device")  # may differ when resuming
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers to report the run to, of "tensorboard", "mlflow" and "wandb" (each
+    needs its extra, e.g. ``pip install 'tagtune[mlflow]'``): the settings at the start, the
+    training loss and learning rate every ``log_every`` steps, the dev scores and tokens/s of each
+    epoch, the final metrics (see tagtune.training.trackers)."""
+    log_every: int = 50
+    """With ``report_to``: log the loss and learning rate every this many optimizer steps (at
+    least 1)."""
+
+    RUN_FIELDS = ("overwrite", "resume", "progress", "device", "report_to", "log_every")  # may differ when resuming
     """The fields a resumed run takes as given rather than from the run's saved config."""
 
     def normalised(self) -> TrainConfig:
@@ -148,9 +159,11 @@ class TrainConfig:
                 bf16 or save value, epochs or accumulation below 1, a learning rate that is not
                 positive, a window, token budget, stride or dev fraction out of range, or both
                 ``dev`` and ``dev_fraction``, an unknown head, a span width out of range, or
-                ``crf``, a scheme other than BIO or ``all_subwords`` with the span head.
+                ``crf``, a scheme other than BIO or ``all_subwords`` with the span head, an unknown
+                tracker in ``report_to`` or ``log_every`` below 1.
         """
         self.check_head()
+        self.check_reporting()
         if self.scheme not in SCHEMES:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.save not in ("best", "last"):
@@ -172,6 +185,18 @@ class TrainConfig:
             if self.dev:
                 raise TagtuneError("pass --dev FILE or --dev-fraction, not both")
         windows_of(0, self.max_length, self.stride)  # checks the stride
+
+    def check_reporting(self) -> None:
+        """Check ``report_to`` (known tracker names, each once) and ``log_every``."""
+        names = self.report_to
+        if (isinstance(names, str) or not isinstance(names, (list, tuple))
+                or any(not isinstance(name, str) or name not in TRACKERS for name in names)
+                or len(set(names)) != len(names)):
+            raise TagtuneError(f"report_to must list trackers from {', '.join(TRACKERS)}, each once "
+                               f"(e.g. [\"tensorboard\"]), got {names!r}")
+        every = self.log_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise TagtuneError(f"--log-every must be a whole number of steps, at least 1, got {every!r}")
 
     def check_head(self) -> None:
         """Check ``head`` and ``max_span_words``, and that the span head comes without the token

@@ -8,6 +8,10 @@ batches from (seed, epoch), forward, loss, backward, clip, step, schedule, log; 
 keep the best model by entity F1; save a resumable checkpoint; stop early when dev F1 stops
 improving.
 
+With ``report_to``, rank 0 sends the run to experiment trackers (tagtune.training.trackers):
+its settings at the start, the loss and learning rate every ``log_every`` steps, each epoch's
+dev scores and tokens/s, the final metrics; a tracker that fails is dropped, never the run.
+
 Without a dev set (no ``dev`` file and no ``dev_fraction``) every text is trained on, there is
 no per-epoch evaluation or early stopping, and the last epoch's model is kept. A dev set with
 fewer than MIN_DEV_SPANS entity spans is scored every epoch but, its F1 being too coarse to
@@ -54,7 +58,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +92,7 @@ from tagtune.training.optim import AdamW, LinearSchedule
 from tagtune.training.report import write_report
 from tagtune.training.runfolder import (RunFolder, check_destination, check_room, epoch_weights, find_resumable,
                                         load_epoch_weights, resumed_config, save_checkpoint)
+from tagtune.training.trackers import Reporters, check_installed, epoch_metrics, final_metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,15 +411,20 @@ def train(config: TrainConfig) -> dict:
 def _train(config: TrainConfig, group: Group, folder: RunFolder) -> dict:
     """Set the run up, train its epochs, then the final save."""
     run = setup(config, group, folder)
+    result = None
     try:
-        run_epochs(run)
-    finally:
-        run.close_log()
-    try:
-        return finish(run)
-    except BaseException:
-        save_last_epoch(run)
-        raise
+        try:
+            run_epochs(run)
+        finally:
+            run.close_log()
+        try:
+            result = finish(run)
+        except BaseException:
+            save_last_epoch(run)
+            raise
+    finally:  # the trackers' runs end finished, or stopped
+        run.reporters.finish(final_metrics(result) if result else None, run.state["step"])
+    return result
 
 
 @dataclass(eq=False)
@@ -469,6 +479,8 @@ class Run:
     ddp: torch.nn.Module | None = None
     """The model as the forward pass calls it: DistributedDataParallel under torchrun."""
     log: object = None
+    reporters: Reporters = field(default_factory=Reporters)
+    """The experiment trackers the run reports to (``--report-to``; rank 0's, none elsewhere)."""
     pooler: dict | None = None
     """The base checkpoint's pooler weights, written unchanged beside a span tagger's encoder
     (see write_model_files)."""
@@ -522,6 +534,7 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     written, makes the folder (or finds the run to resume), and restores or writes the first
     checkpoint."""
     config = run_config(config, group, folder)
+    group.on_main(check_installed, config.report_to)  # a tracker's library is missing: stop before anything
     train_examples, dev_examples = read_data(config)  # stops on bad input before anything is written
     labels = label_set(config, train_examples, dev_examples)
     if group.main:  # the dev texts held out of the training file count with it
@@ -603,7 +616,19 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     if group.active:
         run.ddp = torch.nn.parallel.DistributedDataParallel(
             run.ddp, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.report_to:
+        start_reporting(run)
     return run
+
+
+def start_reporting(run: Run) -> None:
+    """Start a run in each tracker of ``report_to`` (rank 0 only), with the run's settings as
+    parameters and the output folder's name as its name, and say where each logs."""
+    config = run.config
+    run.reporters = Reporters(config.report_to if run.group.main else [])
+    name = Path(config.out).resolve().name
+    places = run.group.on_main(run.reporters.start, asdict(config), name)
+    run.say(f"tagtune: reporting to {'; '.join(places)}")
 
 
 def run_config(config: TrainConfig, group: Group, folder: RunFolder) -> TrainConfig:
@@ -834,9 +859,11 @@ def train_epoch(run: Run, epoch: int) -> dict:
         loss_count += 1
         if stepping:
             optimizer_step(run)
+            loss_now, lr_now = round(loss_sum / loss_count, 5), run.schedule.get_last_lr()[0]
             if state["step"] % 10 == 0:
-                run.record({"step": state["step"], "epoch": epoch + 1, "loss": round(loss_sum / loss_count, 5),
-                            "lr": run.schedule.get_last_lr()[0]})
+                run.record({"step": state["step"], "epoch": epoch + 1, "loss": loss_now, "lr": lr_now})
+            if state["step"] % config.log_every == 0:
+                run.reporters.log({"train/loss": loss_now, "train/lr": lr_now}, state["step"])
         seconds = time.perf_counter() - epoch_start
         bar.update(1, loss=loss_sum / loss_count, **{"tok/s": f"{epoch_tokens / seconds:,.0f}"})
     bar.close()
@@ -945,6 +972,7 @@ def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
         line += (f"  dev P {dev['precision']:.4f} R {dev['recall']:.4f} F1 {dev['f1']:.4f}"
                  + ("  (best so far)" if improved else ""))
     run.record(entry)
+    run.reporters.log(epoch_metrics(entry), entry["step"])
     if improved:
         state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
     else:
