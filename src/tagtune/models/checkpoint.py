@@ -132,6 +132,7 @@ def to_tagtune_names(state: dict, config: EncoderConfig, keep_classifier: bool):
     other_tasks = OTHER_TASKS + arch.other_tasks + unused_weights(config)
     out, dropped = {}, []
     for key, tensor in state.items():
+        key = _rename_prefix(key, [(arch.classifier, "classifier.")])  # the decoders' score
         name = key[len(arch.prefix):] if key.startswith(arch.prefix) else key
         if name.endswith(BUFFER_SUFFIXES):
             continue
@@ -153,7 +154,7 @@ def to_checkpoint_names(state: dict, config: EncoderConfig, encoder_only: bool =
     out = {}
     for key, tensor in state.items():
         if key.startswith(config.arch.top_level):
-            out[key] = tensor
+            out[_rename_prefix(key, [("classifier.", config.arch.classifier)])] = tensor
         else:
             renamed = _rename_layer_key(key, TAGTUNE_LAYERS, layer_prefix, table)
             out[prefix + _rename_prefix(renamed, names)] = tensor

@@ -100,6 +100,10 @@ class EncoderConfig:
     """Std of the normal init of new weights (the classifier head)."""
     position_embedding_type: str = "absolute"
     """Only "absolute" is supported."""
+    causal: bool = False
+    """Each token attends only to itself and the tokens before it, as decoders' token
+    classifiers run (the Llama layout's default; ARCHITECTURES gives each family's); False is
+    bidirectional attention. A tagtune setting rather than a config.json key."""
     id2label: dict[int, str] = field(default_factory=dict)
     """Label names by class index; decides the classifier's output size."""
     raw: dict = field(default_factory=dict, repr=False)
@@ -227,6 +231,11 @@ class EncoderConfig:
             raise TagtuneError(
                 f"{source}: hidden size {self.hidden_size} is not divisible by {self.num_attention_heads} heads"
             )
+        if not isinstance(self.causal, bool):
+            raise TagtuneError(f"{source}: causal is {excerpt(self.causal)}; it must be true or false")
+        if self.causal and self.arch.family != "llama":
+            raise TagtuneError(f"{source}: causal attention is not supported for {self.model_type} "
+                               "(only for the Llama layout's decoders)")
         if self.position_embedding_type != "absolute":
             raise TagtuneError(
                 f"{source}: position_embedding_type {excerpt(self.position_embedding_type)} is not supported "

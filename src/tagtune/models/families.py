@@ -6,7 +6,7 @@ config.json's own key names and defaults, the position offset, other tasks' head
 ``family`` -- the module in this package that builds the encoder. Adding an architecture is one
 row here and, for a new layer layout, one file beside bert.py.
 
-A family module (tagtune.models.bert, .distilbert, .modernbert, .deberta) defines:
+A family module (tagtune.models.bert, .distilbert, .modernbert, .deberta, .llama) defines:
 
 - ``Embeddings(config)``: ``(input_ids (T,), packing, token_type_ids) -> (T, E)``;
 - ``Encoder(config)``: ``(x (T, C), packing) -> (T, C)``;
@@ -48,7 +48,8 @@ class Architecture:
     token_class: str
     """The transformers class name written to config.json ``architectures`` on save."""
     family: str
-    """The module of tagtune.models that implements the encoder ("bert", "distilbert", "modernbert", "deberta")."""
+    """The module of tagtune.models that implements the encoder ("bert", "distilbert", "modernbert", "deberta",
+    "llama")."""
     config_keys: dict[str, str] = field(default_factory=dict)
     """HF config key -> EncoderConfig field, where the family names them differently."""
     defaults: dict[str, object] = field(default_factory=dict)
@@ -66,6 +67,9 @@ class Architecture:
     top_level: tuple[str, ...] = ("classifier.",)
     """tagtune module names that sit beside the encoder's prefix in task checkpoints, not under it
     (the token-classification head; ModernBERT's pretrained ``head`` too)."""
+    classifier: str = "classifier."
+    """The checkpoint's name of the token classifier, tagtune's ``classifier.`` (the decoders'
+    ``score.``, GenericForTokenClassification in transformers' modeling_layers.py)."""
 
     @property
     def base_class(self) -> str:
@@ -132,6 +136,41 @@ ARCHITECTURES: dict[str, Architecture] = {
         other_tasks=("cls.", "lm_predictions.", "mask_predictions."),
     ),
 }
+
+
+def _llama_layout(prefix_class: str, defaults: dict[str, object] | None = None,
+                  config_keys: dict[str, str] | None = None, **changes) -> Architecture:
+    """A row of the Llama layout (tagtune.models.llama): its config.json names and transformers'
+    defaults, with the ``defaults`` and ``config_keys`` of the model type's own config class over them."""
+    return Architecture(
+        "model.",
+        f"{prefix_class}ForTokenClassification",
+        "llama",
+        config_keys={"rms_norm_eps": "layer_norm_eps", "attention_dropout": "attention_probs_dropout_prob",
+                     "hidden_dropout": "hidden_dropout_prob", **(config_keys or {})},
+        defaults={"type_vocab_size": 0, "hidden_act": "silu", "layer_norm_eps": 1e-6, "hidden_dropout_prob": 0.1,
+                  "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 2048, "pad_token_id": None,
+                  "causal": True, **(defaults or {})},
+        **{"other_tasks": ("lm_head.",), "classifier": "score.", **changes},
+    )
+
+
+ARCHITECTURES.update({
+    # EuroBERT: an encoder (bidirectional attention), whose token classifier is a bare linear
+    # layer named classifier, with no dropout before it.
+    "eurobert": _llama_layout("EuroBert", {"layer_norm_eps": 1e-5, "hidden_dropout_prob": 0.0,
+                                           "max_position_embeddings": 8192, "pad_token_id": 128001,
+                                           "causal": False},
+                              reads_classifier_dropout=False, classifier="classifier."),
+    "llama": _llama_layout("Llama"),
+    "mistral": _llama_layout("Mistral", {"max_position_embeddings": 4096 * 32}),
+    "qwen2": _llama_layout("Qwen2", {"max_position_embeddings": 32768}),
+    "qwen3": _llama_layout("Qwen3", {"max_position_embeddings": 32768}),
+    "gemma": _llama_layout("Gemma", {"hidden_act": "gelu_pytorch_tanh", "max_position_embeddings": 8192,
+                                     "pad_token_id": 0}),
+    "gemma2": _llama_layout("Gemma2", {"hidden_act": "gelu_pytorch_tanh", "max_position_embeddings": 8192,
+                                       "pad_token_id": 0}, {"hidden_activation": "hidden_act"}),
+})
 
 TAGTUNE_LAYERS = "encoder.layer."
 """Where the layers are in tagtune's state dict (and in BERT-layout checkpoints)."""

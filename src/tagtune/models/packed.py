@@ -182,7 +182,7 @@ class Packing:
     """Maximal runs of consecutive sequences of one length, as ``(first token, sequences,
     length)``; None where not computed (CUDA, which needs no host copy of the lengths)."""
     band_masks: dict = field(default_factory=dict, repr=False)
-    """:meth:`band_mask` by window, made once per forward pass for all the local layers."""
+    """:meth:`band_mask` by (window, causal), made once per forward pass for all the local layers."""
 
     @property
     def batch_size(self) -> int:
@@ -235,13 +235,13 @@ class Packing:
         """(T,) the index of each token's sequence."""
         return torch.div(self.slots, self.max_seqlen, rounding_mode="floor")
 
-    def band_mask(self, window: int) -> torch.Tensor:
+    def band_mask(self, window: int, causal: bool = False) -> torch.Tensor:
         """(N, b, 3b) bool, b = ``window``, N = ceil(T / b): the keys each query of the stream's
         blocks may see in its block and the two beside it (:func:`_banded_attention`): the same
-        sequence, at most ``window`` positions away. The stream's end padding is sequence -1,
-        which attends anything (its output is dropped); the key side's padding, sequence -2,
-        is seen by nobody."""
-        if window not in self.band_masks:
+        sequence, at most ``window`` positions away (and with ``causal`` none after the query).
+        The stream's end padding is sequence -1, which attends anything (its output is dropped);
+        the key side's padding, sequence -2, is seen by nobody."""
+        if (window, causal) not in self.band_masks:
             block, total = window, self.positions.numel()
             blocks = -(-total // block)
             pad = blocks * block - total
@@ -250,9 +250,12 @@ class Packing:
             q_pos = F.pad(pos, (0, pad), value=0).view(blocks, block)
             k_seq = F.pad(seq, (block, pad + block), value=-2).unfold(0, 3 * block, block)  # (N, 3b)
             k_pos = F.pad(pos, (block, pad + block), value=0).unfold(0, 3 * block, block)
-            mask = (q_seq[:, :, None] == k_seq[:, None, :]) & ((q_pos[:, :, None] - k_pos[:, None, :]).abs() <= window)
-            self.band_masks[window] = mask | (q_seq[:, :, None] == -1)
-        return self.band_masks[window]
+            distance = q_pos[:, :, None] - k_pos[:, None, :]  # (N, b, 3b)
+            mask = (q_seq[:, :, None] == k_seq[:, None, :]) & (distance.abs() <= window)
+            if causal:
+                mask = mask & (distance >= 0)
+            self.band_masks[window, causal] = mask | (q_seq[:, :, None] == -1)
+        return self.band_masks[window, causal]
 
 
 def equal_length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
@@ -306,9 +309,9 @@ def takes_window(varlen_attn) -> bool:
         return False
 
 
-def flash_refusal(q, window: int | None, varlen_attn) -> str | None:
+def flash_refusal(q, window: int | None, varlen_attn, causal: bool = False) -> str | None:
     """Why FlashAttention's varlen kernel ``varlen_attn`` cannot take ``q: (T, H, D)`` on its
-    CUDA device (with local attention of ``window``), in words; None where it can."""
+    CUDA device (with local attention of ``window``, or causal attention), in words; None where it can."""
     major, minor = CUDA.capability(q.device)
     dim = q.shape[-1]
     if (major, minor) < FLASH_CAPABILITY:
@@ -322,17 +325,19 @@ def flash_refusal(q, window: int | None, varlen_attn) -> str | None:
         return f"this PyTorch ({torch.__version__}) has no torch.nn.attention.varlen"
     if window is not None and not takes_window(varlen_attn):
         return f"this PyTorch's ({torch.__version__}) varlen_attn has no window_size for local attention"
+    if causal and not takes_window(varlen_attn):
+        return f"this PyTorch's ({torch.__version__}) varlen_attn has no window_size for causal attention"
     return None
 
 
-def _varlen(q, k, v, packing: Packing, dropout_p: float, window: int | None):
+def _varlen(q, k, v, packing: Packing, dropout_p: float, window: int | None, causal: bool = False):
     """FlashAttention's variable-length kernel (torch.nn.attention.varlen) on CUDA without
     attention dropout, where it can take the call (:func:`flash_refusal`); None elsewhere. The
     first time it cannot on CUDA for a reason, a warning says why."""
     if kernels(q.device) != "cuda" or dropout_p > 0 or packing.padded:
         return None
     varlen_attn = CUDA.varlen_attn()
-    refusal = flash_refusal(q, window, varlen_attn)
+    refusal = flash_refusal(q, window, varlen_attn, causal)
     if refusal is not None:
         if refusal not in _said:
             _said.add(refusal)
@@ -340,20 +345,69 @@ def _varlen(q, k, v, packing: Packing, dropout_p: float, window: int | None):
                           f"FlashAttention's varlen kernel: {refusal}", stacklevel=2)
         return None
     cu = packing.cu_seqlens
-    if window is None:
+    if window is None and not causal:
         return varlen_attn(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen)
-    return varlen_attn(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen, window_size=(window, window))
+    reach = -1 if window is None else window  # -1: no limit
+    return varlen_attn(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen,
+                       window_size=(reach, 0 if causal else reach))
 
 
-def _padded_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None):
+def _reach(length: int, window: int | None, causal: bool, device) -> torch.Tensor | None:
+    """(L, L) bool: the keys each query of a sequence of ``length`` sees, at most ``window``
+    positions away and with ``causal`` none after it; None where it sees them all."""
+    if window is None and not causal:
+        return None
+    index = torch.arange(length, device=device)
+    distance = index[:, None] - index[None, :]  # (L, L): query - key
+    mask = torch.ones(length, length, dtype=torch.bool, device=device)
+    if window is not None:
+        mask = mask & (distance.abs() <= window)
+    return mask & (distance >= 0) if causal else mask
+
+
+def _padded_mask(q, packing: Packing, window: int | None, causal: bool) -> torch.Tensor:
+    """(B, 1, 1, L) or (B, 1, L, L) bool: the keys each query of the padded layout sees."""
+    reach = _reach(packing.max_seqlen, window, causal, q.device)
+    return packing.key_mask if reach is None else packing.key_mask & reach  # (B, 1, L, L)
+
+
+def _scatter(x, packing: Packing):
+    """(T, H, D) stream -> (B, H, L, D), padding zeroed (the stream as it is when already padded)."""
+    total, heads, dim = x.shape
+    batch, length = packing.batch_size, packing.max_seqlen
+    if not packing.padded:
+        x = x.new_zeros(batch * length, heads, dim).index_copy(0, packing.slots, x)  # (B * L, H, D)
+    return x.view(batch, length, heads, dim).transpose(1, 2)
+
+
+def _gather(out, packing: Packing):
+    """(B, H, L, D) -> the (T, H, D) stream."""
+    batch, heads, length, dim = out.shape
+    out = out.transpose(1, 2).reshape(batch * length, heads, dim)
+    return out if packing.padded else out[packing.slots]
+
+
+def _softcapped_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None, causal: bool,
+                          softcap: float):
+    """Attention whose scores are capped smoothly, ``softcap * tanh(scores / softcap)`` before
+    the mask and softmax (Gemma 2): plain matrix products over the padded layout, as
+    scaled_dot_product_attention has no such cap."""
+    mask = _padded_mask(q, packing, window, causal)
+    scores = (_scatter(q, packing) @ _scatter(k, packing).transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, L, L)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p) if kernels(q.device) != "cpu" else probs * dropout_mask(probs, dropout_p)
+    return _gather(probs @ _scatter(v, packing), packing)
+
+
+def _padded_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None, causal: bool = False):
     """The tokens scattered into a (B, H, L, D) layout for scaled_dot_product_attention with a
-    key mask (and the band of ``window``), then gathered back."""
+    key mask (and the band of ``window``, the causal triangle), then gathered back."""
     total, heads, dim = q.shape
     batch, length = packing.batch_size, packing.max_seqlen
-    mask = packing.key_mask  # (B, 1, 1, L)
-    if window is not None:
-        index = torch.arange(length, device=q.device)
-        mask = mask & ((index[:, None] - index[None, :]).abs() <= window)  # (B, 1, L, L)
+    mask = _padded_mask(q, packing, window, causal)  # (B, 1, 1, L) or (B, 1, L, L)
     if packing.padded and dropout_p == 0:  # already laid out as (B * L): the exported graph
         # Plain matrix products and an additive mask: in ONNX Runtime this ran faster than the
         # exporter's form of scaled_dot_product_attention (a stack and split of q, k and v, and
@@ -387,7 +441,7 @@ sequences of 10-60 tokens (MiniLM's 12 heads of 32): training's forward and back
 prediction 1.0 against 1.9 ms with one run, 2.4 against 3.7 ms with 32."""
 
 
-def _runs_attention(q, k, v, runs: list[tuple[int, int, int]], dropout_p: float):
+def _runs_attention(q, k, v, runs: list[tuple[int, int, int]], dropout_p: float, causal: bool = False):
     """Attention over runs of equal-length sequences: each run of the stream is already a
     ``(sequences, length)`` batch, a view with no padding and no mask, so nothing is scattered
     or gathered. Batches sorted by length (prediction's, and training's with bucketing) hold few
@@ -401,12 +455,13 @@ def _runs_attention(q, k, v, runs: list[tuple[int, int, int]], dropout_p: float)
     for (_, count, length), (qr, kr, vr) in zip(runs, parts):
         def batch(x):  # (n * L, H, D) -> (n, H, L, D), a view
             return x.view(count, length, heads, dim).transpose(1, 2)
-        out = _sdpa(batch(qr), batch(kr), batch(vr), None, dropout_p)  # (n, H, L, D)
+        mask = _reach(length, None, causal, q.device)  # (L, L) or None
+        out = _sdpa(batch(qr), batch(kr), batch(vr), mask, dropout_p)  # (n, H, L, D)
         outs.append(out.transpose(1, 2).reshape(count * length, heads, dim))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _banded_attention(q, k, v, packing: Packing, dropout_p: float, window: int):
+def _banded_attention(q, k, v, packing: Packing, dropout_p: float, window: int, causal: bool = False):
     """Local attention over the packed stream at a cost of about 3 * window * T per head.
 
     The stream is cut into blocks of ``window`` tokens; the queries of a block see the keys of
@@ -417,7 +472,7 @@ def _banded_attention(q, k, v, packing: Packing, dropout_p: float, window: int):
     block = window
     blocks = -(-total // block)
     pad = blocks * block - total
-    mask = packing.band_mask(window)  # (N, b, 3b)
+    mask = packing.band_mask(window, causal)  # (N, b, 3b)
     qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(blocks, block, heads, dim).permute(2, 0, 1, 3)  # (H, N, b, D)
 
     def windows(x):  # (T, H, D) -> (H, N, 3b, D)
@@ -444,11 +499,14 @@ def onnx_runtime_attention(x, weight, bias, packing: Packing, heads: int) -> tor
     return out.reshape(batch * length, -1)
 
 
-def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None = None) -> torch.Tensor:
+def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None = None, causal: bool = False,
+                     softcap: float | None = None) -> torch.Tensor:
     """Attention within each packed sequence. q, k, v: (T, H, D) -> (T, H, D).
 
     ``window``: a local layer's reach, each query seeing the keys at most ``window`` positions
     away in its own sequence (ModernBERT's ``local_attention // 2``); None sees the whole sequence.
+    ``causal``: each query sees no key after it (a decoder's attention). ``softcap``: scores
+    capped at +-softcap by tanh (Gemma 2), on plain matrix products over the padded layout.
     On CUDA in bf16 the variable-length FlashAttention kernel runs where PyTorch has it. On the
     CPU, a batch of few runs of equal-length sequences runs run by run with no padding
     (:data:`MAX_RUNS`); otherwise the sequences are padded for scaled_dot_product_attention,
@@ -457,18 +515,21 @@ def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | 
     """
     if window is not None and not packing.padded and packing.max_seqlen - 1 <= window:
         window = None  # every sequence fits in the window: the whole sequence is seen
-    out = _varlen(q, k, v, packing, dropout_p, window)
+    if softcap is not None:
+        return _softcapped_attention(q, k, v, packing, dropout_p, window, causal, softcap)
+    out = _varlen(q, k, v, packing, dropout_p, window, causal)
     if out is not None:
         return out
     if window is not None and not packing.padded:
-        return _banded_attention(q, k, v, packing, dropout_p, window)
+        return _banded_attention(q, k, v, packing, dropout_p, window, causal)
     if window is None and packing.runs is not None and len(packing.runs) <= MAX_RUNS:
-        return _runs_attention(q, k, v, packing.runs, dropout_p)
+        return _runs_attention(q, k, v, packing.runs, dropout_p, causal)
     if packing.batch_size == 1 and window is None and not packing.padded:
-        out = _sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+        mask = _reach(q.shape[0], None, causal, q.device)  # (T, T) or None
+        out = _sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], mask,
                     dropout_p=dropout_p)  # (1, H, T, D)
         return out[0].transpose(0, 1)
-    return _padded_attention(q, k, v, packing, dropout_p, window)
+    return _padded_attention(q, k, v, packing, dropout_p, window, causal)
 
 
 class TokenClassifier(nn.Module):
