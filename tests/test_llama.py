@@ -131,3 +131,22 @@ def test_dynamic_rope_runs_as_the_plain_rotary_within_the_positions(tmp_path):
     ref.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["rope_parameters"]["rope_type"] == "dynamic"
     assert_logits_match(ref, load_model(tmp_path)[0], [30, 6])
+
+
+@pytest.mark.parametrize("kind, windows", [("mistral", {(4, 0)}), ("qwen2", {(-1, 0), (3, 0)}), ("eurobert", set())])
+def test_flash_attention_takes_causal_and_sliding_layers_under_cuda_rules(tmp_path, kind, windows):
+    """On a GPU in bf16, causal layers reach FlashAttention's varlen kernel as window_size (left,
+    0): a sliding one (sliding_window - 1, 0); EuroBERT's bidirectional layers as (-1, -1)."""
+    from cuda_rules import cuda_rules
+    from test_cuda_rules import assert_within_bf16, bf16_logits
+
+    tiny(kind).save_pretrained(tmp_path)
+    model, _ = load_model(tmp_path)
+    ids, cu_seqlens = torch.randint(5, 99, (30,)), torch.tensor([0, 19, 27, 30])
+    with torch.no_grad():
+        expected = model(ids, cu_seqlens)
+    with cuda_rules((9, 0)) as gpu:
+        ours = bf16_logits(model, ids, cu_seqlens, 19)
+    assert gpu.varlen_calls == model.config.num_hidden_layers
+    assert {c["window_size"] for c in gpu.calls} == (windows or {(-1, -1)})
+    assert_within_bf16(ours, expected, kind)
