@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tagtune.errors import TagtuneError
-from tagtune.store.layout import CONFIG_FILE, CRF_FILE, ONNX_FILE, SETTINGS_FILE
+from tagtune.store.layout import CONFIG_FILE, CRF_FILE, ONNX_FILE, SETTINGS_FILE, SPAN_HEAD_FILE
 from tagtune.store.layout import WEIGHT_FILES as TORCH_WEIGHT_FILES  # in tagtune's order of preference
 from tagtune.text.tokenizer import TOKENIZER_FILES as _TOKENIZER_FILES
 from tagtune.version import __version__
 TOKENIZER_FILES = tuple(dict.fromkeys(_TOKENIZER_FILES + ("spm.model",)))
+BESIDE_WEIGHTS = TOKENIZER_FILES + (SETTINGS_FILE, CRF_FILE, SPAN_HEAD_FILE)
+"""The files a tagger has beside config.json and its weights, each where it has it."""
+CARD_FILE = "README.md"
 DEFAULT_REVISION = "main"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -181,8 +184,9 @@ def shard_names(index: Path) -> list[str]:
 
 
 def files_to_fetch(names, label: str) -> tuple[list[str], str]:
-    """From a repo's file list: the tokenizer files, tagtune.json and crf.json it has, and the first file
-    of the weight form tagtune loads (an index when the weights are sharded).
+    """From a repo's file list: the files of BESIDE_WEIGHTS it has (tokenizer files, tagtune.json,
+    crf.json, span_head.safetensors), and the first file of the weight form tagtune loads (an
+    index when the weights are sharded).
 
     Downloads take these first, then an index's shards, and config.json last, so a snapshot
     that has config.json from tagtune is complete. Files in subfolders, READMEs, the other
@@ -196,8 +200,27 @@ def files_to_fetch(names, label: str) -> tuple[list[str], str]:
     if form is None:
         raise TagtuneError(f"{label}: the repo has no weights tagtune can read ({', '.join(TORCH_WEIGHT_FILES)} "
                            f"or {ONNX_FILE}); it has {_listing(names)}")
-    extras = [n for n in TOKENIZER_FILES + (SETTINGS_FILE, CRF_FILE) if n in top]
+    extras = [n for n in BESIDE_WEIGHTS if n in top]
     return extras, form[0]
+
+
+def tagger_files(folder: Path) -> list[str]:
+    """The files of the model folder ``folder`` that a copy of it needs, as :func:`files_to_fetch`
+    would take them from a repo of it: config.json, every file of its weight form, the files of
+    BESIDE_WEIGHTS it has, and its model card (README.md) when it has one. Training records,
+    checkpoints, other weight forms and anything in a subfolder are left out. A TagtuneError
+    names what is missing: config.json, weights tagtune can read, an index's shards."""
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    form = weight_form(names, lambda name: shard_names(folder / name))
+    if CONFIG_FILE not in names or form is None:
+        what = (CONFIG_FILE if CONFIG_FILE not in names
+                else f"weights tagtune can read ({', '.join(TORCH_WEIGHT_FILES)} or {ONNX_FILE})")
+        raise TagtuneError(f"{folder}: no {what}, so it is not a model folder; it has {_listing(names)}")
+    missing = [name for name in form if name not in names]
+    if missing:
+        raise TagtuneError(f"{folder}: {form[0]} names shards the folder does not have: {_listing(missing)}")
+    extras = [n for n in BESIDE_WEIGHTS + (CARD_FILE,) if n in names]
+    return [CONFIG_FILE, *form, *extras]
 
 
 def _listing(names, limit: int = 12) -> str:
