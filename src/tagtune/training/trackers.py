@@ -148,7 +148,9 @@ class WandB(Tracker):
         import wandb
 
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "tagtune", name=run_name, config=params)
-        return f"wandb: {self.run.url or self.run.dir}"
+        if self.run.offline:  # its folder, which ``wandb sync`` uploads
+            return f"wandb: offline run in {Path(self.run.dir).parent}"
+        return f"wandb: {self.run.url}"
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
