@@ -316,7 +316,8 @@ def _handler(hub: HubServer):
                 return parent
             if not lines or lines[0]["key"] != "header" or not lines[0]["value"].get("summary"):
                 return self._error(400, "BadRequest", "a commit starts with a header that has a summary")
-            missing = [op["value"]["oid"] for op in lines if op["key"] == "lfsFile" and op["value"]["oid"] not in hub.lfs]
+            missing = [op["value"]["oid"] for op in lines
+                       if op["key"] == "lfsFile" and op["value"]["oid"] not in hub.lfs]
             if missing:
                 return self._error(422, "BadRequest", f"LFS objects were not uploaded: {', '.join(missing)}")
 

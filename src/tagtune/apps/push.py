@@ -94,10 +94,11 @@ def shareable(folder: Path, name: str) -> list[str]:
                            "train one from it with tagtune train --model, then push that")
     files = tagger_files(folder)
     settings = TaggerSettings.read(folder, [])
-    needed = CRF_FILE if settings.crf else SPAN_HEAD_FILE if settings.head == "span" and ONNX_FILE not in files else None
-    if needed and needed not in files:
-        raise TagtuneError(f"{name}: {SETTINGS_FILE} names a {'CRF' if settings.crf else 'span head'} but there is no "
-                           f"{needed}; the folder is incomplete")
+    span_head = settings.head == "span" and ONNX_FILE not in files  # an ONNX graph holds its span head
+    for needed, what in ((CRF_FILE, "a CRF"), (SPAN_HEAD_FILE, "a span head")):
+        if (settings.crf if needed == CRF_FILE else span_head) and needed not in files:
+            raise TagtuneError(f"{name}: {SETTINGS_FILE} names {what} but there is no {needed}; the folder is "
+                               "incomplete")
     if not set(files) & set(TOKENIZER_FILES):
         raise TagtuneError(f"{name}: no tokenizer files (tokenizer.json, vocab.txt, ...); the folder is incomplete")
     return files
@@ -186,8 +187,8 @@ def _push_errors(repo_id: str, branch: str, endpoint: str):
                                f"revoked?); {_LOGIN}") from None
         if status == 403:
             raise TagtuneError(f"{repo_id}: the token in use has no write access to {repo_id} at {endpoint} "
-                               f"(HTTP 403); log in as an account that can write there (`hf auth login`), or set HF_TOKEN to a "
-                               "token with write access") from None
+                               "(HTTP 403); log in as an account that can write there (`hf auth login`), or set "
+                               "HF_TOKEN to a token with write access") from None
         if isinstance(e, errors.RevisionNotFoundError):
             raise TagtuneError(f"{repo_id}: no branch {branch!r} at {endpoint}, and it could not be made") from None
         if isinstance(e, errors.RepositoryNotFoundError):
@@ -196,6 +197,11 @@ def _push_errors(repo_id: str, branch: str, endpoint: str):
         url = getattr(getattr(e, "response", None), "url", None) or endpoint
         raise TagtuneError(f"{repo_id}: the Hub answered HTTP {status} for {url} ({_first_line(e)}); nothing was "
                            "committed; try again later") from None
+    except ValueError as e:
+        if "README.md" not in str(e):
+            raise
+        raise TagtuneError(f"{repo_id}: the Hub refused the front matter of README.md ({_first_line(e)}); "
+                           "fix it (see https://huggingface.co/docs/hub/model-cards) and push again") from None
     except Exception as e:
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ else e  # an upload's error, wrapped
         if _is_network_error(cause) or _is_network_error(e):
