@@ -292,6 +292,7 @@ EPILOG = """examples:
   tagtune export my-tagger --onnx my-tagger-onnx --int8
   tagtune label texts.txt -o teacher.jsonl --labels PER,ORG --llm http://localhost:11434/v1 --llm-model qwen2.5:7b
   tagtune score gold.conll teacher.jsonl
+  tagtune push my-tagger your-name/my-tagger
 
 Run 'tagtune COMMAND --help' for the options of a command."""
 
