@@ -23,8 +23,8 @@ import warnings
 from pathlib import Path
 
 from tagtune.errors import TagtuneError
-from tagtune.store.hub import (BESIDE_WEIGHTS, DEFAULT_ENDPOINT, DEFAULT_REVISION, TOKENIZER_FILES, _first_line,
-                               _is_network_error, _is_repo_id, _status, hub_endpoint, offline, tagger_files)
+from tagtune.store.hub import (BESIDE_WEIGHTS, DEFAULT_ENDPOINT, DEFAULT_REVISION, TOKENIZER_FILES, first_line,
+                               is_network_error, is_repo_id, http_status, hub_endpoint, offline, tagger_files)
 from tagtune.store.layout import CONFIG_FILE, CRF_FILE, ONNX_FILE, SETTINGS_FILE, SPAN_HEAD_FILE, WEIGHT_FILES
 from tagtune.store.layout import TaggerSettings
 from tagtune.store.runs import check_finished
@@ -115,7 +115,7 @@ def check_repo_id(repo_id: str) -> None:
     if kind in ("datasets", "spaces"):
         raise TagtuneError(f"{repo_id}: a {kind[:-1]} repo; push uploads a tagger to a model repo, "
                            f"such as {repo_id.split('/', 1)[1]}")
-    if not _is_repo_id(repo_id):
+    if not is_repo_id(repo_id):
         raise TagtuneError(f"{repo_id}: not a Hub repo id; give name or namespace/name (letters, digits, - _ .), "
                            "such as your-name/wnut-minilm")
 
@@ -179,7 +179,7 @@ def _push_errors(repo_id: str, branch: str, endpoint: str):
     except TagtuneError:
         raise
     except errors.HfHubHTTPError as e:
-        status = _status(e)
+        status = http_status(e)
         if status == 401 and not get_token():
             raise TagtuneError(f"{repo_id}: not logged in to the Hub at {endpoint}; {_LOGIN}") from None
         if status == 401:
@@ -195,19 +195,19 @@ def _push_errors(repo_id: str, branch: str, endpoint: str):
             raise TagtuneError(f"{repo_id}: the Hub at {endpoint} has no such repo and did not create it; check the "
                                f"namespace is yours or an organisation you write to ({_LOGIN})") from None
         url = getattr(getattr(e, "response", None), "url", None) or endpoint
-        raise TagtuneError(f"{repo_id}: the Hub answered HTTP {status} for {url} ({_first_line(e)}); nothing was "
+        raise TagtuneError(f"{repo_id}: the Hub answered HTTP {status} for {url} ({first_line(e)}); nothing was "
                            "committed; try again later") from None
     except ValueError as e:
         if "README.md" not in str(e):
             raise
-        raise TagtuneError(f"{repo_id}: the Hub refused the front matter of README.md ({_first_line(e)}); "
+        raise TagtuneError(f"{repo_id}: the Hub refused the front matter of README.md ({first_line(e)}); "
                            "fix it (see https://huggingface.co/docs/hub/model-cards) and push again") from None
     except Exception as e:
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ else e  # an upload's error, wrapped
-        if _is_network_error(cause) or _is_network_error(e):
-            raise TagtuneError(f"{repo_id}: the Hub at {endpoint} cannot be reached ({_first_line(cause)}); "
+        if is_network_error(cause) or is_network_error(e):
+            raise TagtuneError(f"{repo_id}: the Hub at {endpoint} cannot be reached ({first_line(cause)}); "
                                "check the network (and HF_ENDPOINT), then push again") from None
         if isinstance(cause, errors.HfHubHTTPError):
-            raise TagtuneError(f"{repo_id}: an upload failed ({_first_line(cause)}); nothing was committed; "
+            raise TagtuneError(f"{repo_id}: an upload failed ({first_line(cause)}); nothing was committed; "
                                "push again") from None
         raise

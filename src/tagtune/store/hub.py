@@ -106,7 +106,7 @@ def parse_repo_id(text: str) -> tuple[str, str] | None:
     ``a/b/c``, ``C:\\x``). A revision that could name a place outside the cache (``..``, an
     absolute path) is a TagtuneError."""
     repo, at, revision = text.partition("@")
-    if not _is_repo_id(repo):
+    if not is_repo_id(repo):
         return None
     if not at:
         return repo, DEFAULT_REVISION
@@ -115,7 +115,7 @@ def parse_repo_id(text: str) -> tuple[str, str] | None:
     return repo, revision
 
 
-def _is_repo_id(text: str) -> bool:
+def is_repo_id(text: str) -> bool:
     """The Hub's rule for repo ids: ``name`` or ``namespace/name``, ASCII letters, digits, ``_``,
     ``-`` and ``.``, not starting or ending with ``-`` or ``.``, no ``--`` or ``..``, not ``.git``."""
     return (bool(_REPO_ID.fullmatch(text)) and "--" not in text and ".." not in text
@@ -331,12 +331,13 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] [^\"'()\\]+")
 _NETWORK_MODULES = {"httpx", "httpx2", "requests", "urllib3", "ssl", "socket"}
 
 
-def _status(error) -> int | None:
+def http_status(error) -> int | None:
+    """The HTTP status of a huggingface_hub error's response, None where it has none."""
     response = getattr(error, "response", None)
     return getattr(response, "status_code", None)
 
 
-def _first_line(error: BaseException, limit: int = 160) -> str:
+def first_line(error: BaseException, limit: int = 160) -> str:
     """``Type: message`` on one short line; for a socket error, its errno and reason alone."""
     text = str(error).strip()
     errno = _ERRNO.search(text)
@@ -345,7 +346,8 @@ def _first_line(error: BaseException, limit: int = 160) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _is_network_error(error: BaseException) -> bool:
+def is_network_error(error: BaseException) -> bool:
+    """Whether ``error`` says the server could not be reached (refused, timed out, unresolved)."""
     return (isinstance(error, (ConnectionError, TimeoutError))
             or type(error).__module__.partition(".")[0] in _NETWORK_MODULES)
 
@@ -364,7 +366,7 @@ def _hub_errors(where: _Where):
     except errors.LocalEntryNotFoundError as e:
         raise TagtuneError(_unreachable(where, e.__cause__ or e)) from None
     except errors.GatedRepoError as e:
-        raise TagtuneError(_gated(where, _status(e))) from None
+        raise TagtuneError(_gated(where, http_status(e))) from None
     except errors.RepositoryNotFoundError:
         local = _no_folder(where.source, close_folder(where.source))
         raise TagtuneError(f"{where.source}: {local}, and no model {where.repo} on the Hub at {where.endpoint} "
@@ -375,11 +377,11 @@ def _hub_errors(where: _Where):
     except errors.HfHubHTTPError as e:
         raise TagtuneError(_http_error(where, e)) from None
     except Exception as e:
-        if _is_network_error(e):
+        if is_network_error(e):
             raise TagtuneError(_unreachable(where, e)) from None
         if isinstance(e, OSError):
             raise TagtuneError(f"{where.source}: cannot write to the Hugging Face cache at {where.cache} "
-                               f"({_first_line(e)})") from None
+                               f"({first_line(e)})") from None
         raise
 
 
@@ -392,12 +394,12 @@ def _gated(where: _Where, status: int | None) -> str:
 
 
 def _http_error(where: _Where, error) -> str:
-    status = _status(error)
+    status = http_status(error)
     if status in (401, 403):
         return (f"{where.source}: the Hub at {where.endpoint} refused access to {where.repo} "
                 f"(HTTP {status}); log in with a token that can read it {_TOKEN}")
     url = getattr(getattr(error, "response", None), "url", None) or where.endpoint
-    shown = f"HTTP {status}" if status else _first_line(error)
+    shown = f"HTTP {status}" if status else first_line(error)
     return f"{where.source}: the Hub answered {shown} for {url}; try again later"
 
 
@@ -408,7 +410,7 @@ def _not_cached_offline(source: str, cache: Path) -> str:
 
 def _unreachable(where: _Where, error: BaseException) -> str:
     return _neither(where.source, f"not in the Hugging Face cache at {where.cache}, and the Hub at {where.endpoint} "
-                                  f"cannot be reached ({_first_line(error)})",
+                                  f"cannot be reached ({first_line(error)})",
                     "connect, or set HF_HUB_OFFLINE=1 once it is cached")
 
 

@@ -33,10 +33,9 @@ from pathlib import Path
 from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write
 from tagtune.spans import Example
-from tagtune.store.hub import parse_repo_id
+from tagtune.store.hub import CARD_FILE, parse_repo_id
 from tagtune.training.config import TrainConfig
 
-CARD_FILE = "README.md"
 MARKER = "<!-- written by tagtune train -->"
 """Marks a README.md as tagtune's card, which the next final save may replace."""
 
