@@ -201,17 +201,18 @@ def token_labels(spans: list[Span], enc: Encoding, label2id: dict[str, int], sch
 
 
 SPECIALS = 2
-"""Special tokens around every window: the start (CLS) and end (SEP) tokens."""
+"""Special tokens around every window by default: a start (CLS) and an end (SEP) token. A Llama-layout
+tokenizer adds 0, 1 or 2 (``Tokenizer.specials``)."""
 
 
-def window_size(max_length: int) -> int:
-    """Tokens of text a window of ``max_length`` tokens holds besides its special tokens."""
-    return max_length - SPECIALS
+def window_size(max_length: int, specials: int = SPECIALS) -> int:
+    """Tokens of text a window of ``max_length`` tokens holds besides its ``specials`` special tokens."""
+    return max_length - specials
 
 
-def windows_of(length: int, max_length: int, stride: int) -> list[tuple[int, int]]:
-    """:func:`window_bounds` for windows of ``max_length`` tokens, special tokens included."""
-    return window_bounds(length, window_size(max_length), stride)
+def windows_of(length: int, max_length: int, stride: int, specials: int = SPECIALS) -> list[tuple[int, int]]:
+    """:func:`window_bounds` for windows of ``max_length`` tokens, ``specials`` special tokens included."""
+    return window_bounds(length, window_size(max_length, specials), stride)
 
 
 def window_bounds(length: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -250,5 +251,12 @@ def merge_windows(bounds: list[tuple[int, int]], outputs: list[np.ndarray]) -> n
     return np.concatenate(pieces)
 
 
-def with_specials(ids: list[int], cls_id: int, sep_id: int) -> list[int]:
-    return [cls_id, *ids, sep_id]
+def with_specials(ids: list[int], cls_id: int | None, sep_id: int | None) -> list[int]:
+    """A window's ids: ``ids`` between the start and end token, each left out where it is None
+    (a tokenizer that adds no start or no end token)."""
+    return [*([] if cls_id is None else [cls_id]), *ids, *([] if sep_id is None else [sep_id])]
+
+
+def with_ignored(labels: list[int], cls_id: int | None, sep_id: int | None) -> list[int]:
+    """A window's labels, IGNORE where :func:`with_specials` puts a start or end token."""
+    return with_specials(labels, None if cls_id is None else IGNORE, None if sep_id is None else IGNORE)

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from tagtune.data.formats import read_examples
-from tagtune.errors import TagtuneError
+from tagtune.errors import TagtuneError, first_line
 from tagtune.files import new_folder_beside, replace_folder
 from tagtune.inference.evaluate import evaluate_examples
 from tagtune.inference.load import head_of, locate, open_folder
@@ -121,11 +121,6 @@ def _quiet():
             logging.disable(previous)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def write_onnx(model, path: Path, max_length: int, ort_attention: bool = False, head=None) -> None:
     """Export ``model`` (a TokenClassifier) to ``path`` with dynamic batch and sequence axes;
     with ``ort_attention``, BERT-like self-attention as ONNX Runtime's Attention operator (see
@@ -161,15 +156,16 @@ def write_onnx(model, path: Path, max_length: int, ort_attention: bool = False, 
                 program.model.metadata_props[MAX_WIDTH_KEY] = str(head.max_width)
                 program.save(str(path), external_data=False)
     except ImportError as e:
-        raise TagtuneError(f"exporting to ONNX needs onnx and onnxscript ({_first_line(e)}); "
+        raise TagtuneError(f"exporting to ONNX needs onnx and onnxscript ({first_line(e)}); "
                            "pip install 'tagtune[dev]' or onnx onnxscript") from None
     except Exception as e:  # the exporter's own error types
-        raise TagtuneError(f"the ONNX export failed: {_first_line(e)}") from None
+        raise TagtuneError(f"the ONNX export failed: {first_line(e)}") from None
 
 
-def _probe_batches(vocab_size: int, cls_id: int, sep_id: int, max_length: int, seed: int = 0):
+def _probe_batches(vocab_size: int, cls_id: int | None, sep_id: int | None, max_length: int, seed: int = 0):
     """Padded batches of random token ids of two shapes, rows of different lengths
-    (``[CLS] ... [SEP]`` then padding): (input_ids, attention_mask), both (B, L) int64."""
+    (``[CLS] ... [SEP]`` then padding; no [CLS] or [SEP] where its id is None):
+    (input_ids, attention_mask), both (B, L) int64."""
     rng = np.random.default_rng(seed)
     shapes = [(5, min(max_length, 37)), (2, max_length)]
     for rows, length in shapes:
@@ -179,7 +175,10 @@ def _probe_batches(vocab_size: int, cls_id: int, sep_id: int, max_length: int, s
         mask = np.zeros((rows, length), dtype=np.int64)
         for r, n in enumerate(lengths):
             ids[r, :n] = rng.integers(0, vocab_size, n)
-            ids[r, 0], ids[r, n - 1] = cls_id, sep_id
+            if cls_id is not None:
+                ids[r, 0] = cls_id
+            if sep_id is not None:
+                ids[r, n - 1] = sep_id
             mask[r, :n] = 1
         yield ids, mask
 
@@ -221,7 +220,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:
-        raise TagtuneError(f"int8 quantisation needs onnxruntime ({_first_line(e)})") from None
+        raise TagtuneError(f"int8 quantisation needs onnxruntime ({first_line(e)})") from None
     with _quiet():
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
 

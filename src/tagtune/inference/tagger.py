@@ -288,7 +288,7 @@ class Tagger:
         windows = []  # (text index, start, end)
         for t, enc in enumerate(encodings):
             if len(enc):
-                windows += [(t, a, b) for a, b in windows_of(len(enc), s.max_length, s.stride)]
+                windows += [(t, a, b) for a, b in windows_of(len(enc), s.max_length, s.stride, self.tokenizer.specials)]
         sequences = [with_specials(encodings[t].ids[a:b], self.tokenizer.cls_id, self.tokenizer.sep_id)
                      for t, a, b in windows]
         if self.backend == "torch":
@@ -308,14 +308,15 @@ class Tagger:
         return result, units
 
     def _torch_logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
-        """Per sequence: logits (length - 2, labels) without the start and end tokens."""
+        """Per sequence: logits (length - specials, labels) without the start and end tokens."""
         outputs: list[np.ndarray | None] = [None] * len(sequences)
+        starts, ends = self.tokenizer.starts, self.tokenizer.ends
         with evaluating([self.model], self.device):
             for batch, packed in packed_batches(sequences, self.batch_tokens, self.device):
                 logits = self.model(packed.input_ids, packed.cu_seqlens, packed.max_seqlen).float().cpu().numpy()
                 cu = packed.cu_seqlens.tolist()
                 for k, i in enumerate(batch):
-                    outputs[i] = logits[cu[k] + 1:cu[k + 1] - 1]  # drop the start and end tokens
+                    outputs[i] = logits[cu[k] + starts:cu[k + 1] - ends]  # drop the start and end tokens
                 if progress is not None:
                     progress.update(len(batch))
         return outputs
@@ -323,12 +324,13 @@ class Tagger:
     def _onnx_logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
         """As _torch_logits, through ONNX Runtime on padded batches (sorted by length, so little padding)."""
         outputs: list[np.ndarray | None] = [None] * len(sequences)
+        starts, ends = self.tokenizer.starts, self.tokenizer.ends
         for batch in batch_indices([len(x) for x in sequences], max_tokens=self.batch_tokens):
             rows = [sequences[i] for i in batch]
             input_ids, attention_mask = pad(rows, self.tokenizer.pad_id)  # (B, L)
             logits = self.model(input_ids, attention_mask)  # (B, L, labels)
             for k, i in enumerate(batch):
-                outputs[i] = logits[k, 1:len(rows[k]) - 1]  # drop the start and end tokens
+                outputs[i] = logits[k, starts:len(rows[k]) - ends]  # drop the start and end tokens
             if progress is not None:
                 progress.update(len(batch))
         return outputs

@@ -12,12 +12,18 @@ Four kinds of checkpoint folder are read:
   DebertaV2Tokenizer, or none and config.json's ``model_type`` "deberta-v2"): the SentencePiece
   model is converted to the pipeline transformers builds, see :mod:`tagtune.text.sentencepiece`.
 
-``tokenizer.json`` covers byte-level BPE (RoBERTa, ModernBERT, mmBERT) and SentencePiece-style
-pipelines (XLM-R, the Japanese ModernBERTs: ``▁`` for spaces, Unigram or BPE, byte fallback).
-Every window is wrapped in one start and one end token: those the file's template adds, as
-transformers' ``AutoTokenizer`` reads the folder; where the template lacks one, it is taken from
-``tokenizer_config.json`` (``bos_token`` / ``eos_token`` when ``add_bos_token`` /
-``add_eos_token`` are set, else ``cls_token`` / ``sep_token``).
+``tokenizer.json`` covers byte-level BPE (RoBERTa, ModernBERT, mmBERT, Llama 3, Qwen, EuroBERT)
+and SentencePiece-style pipelines (XLM-R, the Japanese ModernBERTs, Llama 2, Mistral, Gemma:
+``▁`` for spaces, Unigram or BPE, byte fallback).
+
+The special tokens around a window are those the file's template adds, as transformers'
+``AutoTokenizer`` reads the folder (which, since transformers 5, keeps tokenizer.json's template
+whatever ``add_bos_token`` / ``add_eos_token`` say). For the Llama layout (:data:`TEMPLATE_AS_IS`:
+config.json's ``model_type``) that is all: Llama and Gemma add a start token only, Qwen nothing,
+EuroBERT both, and a window holds 0, 1 or 2 special tokens (``Tokenizer.specials``). Every other
+encoder was pretrained with a start and an end token around each text: where its template lacks
+one, it is taken from ``tokenizer_config.json`` (``bos_token`` / ``eos_token`` when
+``add_bos_token`` / ``add_eos_token`` are set, else ``cls_token`` / ``sep_token``).
 
 Whatever normalisation runs (lowercasing, accent stripping, NFKC), ``Encoding.offsets`` are
 character positions in the text the caller passed: ``text[start:end]`` is the token's source,
@@ -66,6 +72,11 @@ TOKENIZER_FILES = (
 LIBRARY_PIPELINES = ("tokenizer.json", "spm.model")
 
 DEBERTA_V2_CLASSES = ("DebertaV2Tokenizer", "DebertaV2TokenizerFast")
+
+# config.json model types whose windows get exactly the special tokens tokenizer.json's template
+# adds (the Llama layout, tagtune.models.llama): the decoders were pretrained without an end
+# token (Qwen without a start token either), so none is made up for them.
+TEMPLATE_AS_IS = frozenset({"eurobert", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"})
 
 # What a token string uses for whitespace: SentencePiece's "▁", and the byte-level BPE images of
 # the ASCII whitespace bytes (tab, newline, vertical tab, form feed, carriage return, space).
@@ -144,9 +155,11 @@ def _special(config: dict, name: str, default: str | None) -> str | None:
 
 
 def _splits_words(backend: Backend) -> bool:
-    """Whether the pipeline's pre-tokenizer cuts a text into words (at spaces at least)."""
-    pre_tokenizer = backend.pre_tokenizer
-    return pre_tokenizer is not None and len(pre_tokenizer.pre_tokenize_str("a b")) > 1
+    """Whether the pipeline's pre-tokenizer cuts a text into words (at spaces at least), after
+    the normaliser (Gemma's splits at " ", which its normaliser has already made ``▁``)."""
+    pre_tokenizer, normalizer = backend.pre_tokenizer, backend.normalizer
+    text = "a b" if normalizer is None else normalizer.normalize_str("a b")
+    return pre_tokenizer is not None and len(pre_tokenizer.pre_tokenize_str(text)) > 1
 
 
 def _inserted_mark(token: str, source: str) -> bool:
@@ -249,13 +262,16 @@ class Tokenizer:
     Load with :func:`load_tokenizer`; :meth:`save` writes files that both tagtune and
     transformers' ``AutoTokenizer`` read back. ``config`` is the folder's tokenizer_config.json
     (with special_tokens_map.json under it), where a template's missing start or end token and
-    the padding token are looked up; ``completed_template`` says whether one was.
-    ``splits_words``: whether ``Encoding.words`` are the pre-tokenizer's words (else each token
-    is a word, see :class:`Encoding`).
+    the padding token are looked up; ``completed_template`` says whether one was. With
+    ``as_is`` the template is kept as it is: ``cls_token``/``cls_id`` and
+    ``sep_token``/``sep_id`` are None where it adds no start or no end token. ``starts`` and
+    ``ends`` count the special tokens before and after a window's text (0 or 1 each),
+    ``specials`` both. ``splits_words``: whether ``Encoding.words`` are the pre-tokenizer's words
+    (else each token is a word, see :class:`Encoding`).
     """
 
     def __init__(self, backend: Backend, source: Path, kind: str, config: dict | None = None,
-                 model_file: str | None = None):
+                 model_file: str | None = None, as_is: bool = False):
         self.backend = backend
         self.source = source
         self.kind = kind  # "tokenizer.json", "spm.model", "wordpiece" or "japanese"
@@ -263,28 +279,36 @@ class Tokenizer:
         self.model_file = model_file  # the SentencePiece model of an "spm.model" tokenizer
         self.backend.no_truncation()
         self.backend.no_padding()
+        self.as_is = as_is
         (self.cls_token, self.cls_id), (self.sep_token, self.sep_id) = self._wrapping()
+        self.starts, self.ends = int(self.cls_id is not None), int(self.sep_id is not None)
         self.pad_id = self._pad_id()
         self.splits_words = kind not in LIBRARY_PIPELINES or _splits_words(backend)
         # The WordPiece and Japanese pipelines tagtune builds, and WordPiece in any pipeline (which
         # splits at whitespace and never cuts a character), give offsets that need no repair.
         self.exact_offsets = kind not in LIBRARY_PIPELINES or isinstance(backend.model, models.WordPiece)
 
-    def _wrapping(self) -> tuple[tuple[str, int], tuple[str, int]]:
+    def _wrapping(self) -> tuple[tuple[str | None, int | None], tuple[str | None, int | None]]:
         """The start and end token around every window, as (token, id).
 
         Those the backend's template puts before and after a text. Where the template adds only
-        one of them or none, the missing one comes from the config, and the template is replaced
-        so that ``encode(..., add_special_tokens=True)`` shows what the model is given.
+        one of them or none, the missing one comes from the config (unless ``as_is``: then it is
+        (None, None)), and the template is replaced so that ``encode(..., add_special_tokens=True)``
+        shows what the model is given.
         """
         template = self.backend.encode("", add_special_tokens=True).tokens
         start, end = self._template_sides(template)
-        if len(template) > 2 or (len(template) == 2 and (start is None or end is None)):
+        sides = (start is not None) + (end is not None)
+        if len(template) > 2 or ((len(template) == 2 or self.as_is) and sides != len(template)):
+            wanted = "at most one start and one end token" if self.as_is else "one start and one end token"
+            forms = "<s> $A </s>, <s> $A or $A" if self.as_is else "[CLS] $A [SEP] or <s> $A </s>"
             raise TagtuneError(
-                f"{self.source}: the tokenizer does not wrap a text in one start and one end token "
-                f"(got {template}); tagtune needs a [CLS] ... [SEP] or <s> ... </s> template"
+                f"{self.source}: the tokenizer does not wrap a text in {wanted} (got {template}); "
+                f"tagtune needs a {forms} template"
             )
-        self.completed_template = len(template) < 2
+        self.completed_template = len(template) < 2 and not self.as_is
+        if self.as_is:
+            return (start, self._id(start)), (end, self._id(end))
         if self.completed_template:
             start = start or self._configured("bos_token", "add_bos_token", "cls_token")
             end = end or self._configured("eos_token", "add_eos_token", "sep_token")
@@ -325,6 +349,14 @@ class Tokenizer:
             f"token and tokenizer_config.json names none in the vocabulary ({name}, {fallback}); "
             "tagtune wraps every window in one start and one end token"
         )
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def specials(self) -> int:
+        """Special tokens around every window: 0, 1 or 2."""
+        return self.starts + self.ends
 
     def _pad_id(self) -> int:
         for token in (_special(self.config, "pad_token", None), "[PAD]", "<pad>"):
@@ -414,7 +446,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             backend = Backend.from_file(str(path))
         except Exception as e:  # the tokenizers library raises a bare Exception on bad files
             raise TagtuneError(f"{path}: not a readable tokenizer file ({e})") from None
-        return Tokenizer(backend, directory, "tokenizer.json", _special_tokens(directory, config))
+        return Tokenizer(backend, directory, "tokenizer.json", _special_tokens(directory, config),
+                         as_is=_model_type(directory) in TEMPLATE_AS_IS)
     model_file = _sentencepiece_file(directory, config)
     if model_file is not None and _is_deberta_v2(directory, tokenizer_class):
         backend = sentencepiece.deberta_v2_backend(directory, model_file, config)
@@ -456,10 +489,15 @@ def _sentencepiece_file(directory: Path, config: dict) -> Path | None:
     return None
 
 
+def _model_type(directory: Path) -> str | None:
+    """config.json's ``model_type``, or None where the folder has no config.json."""
+    path = directory / "config.json"
+    return _read_json(path).get("model_type") if path.is_file() else None
+
+
 def _is_deberta_v2(directory: Path, tokenizer_class: str) -> bool:
     """Whether the folder's tokenizer is DebertaV2Tokenizer: tokenizer_config.json names it, or
     names no class and config.json's model_type is "deberta-v2" (as transformers picks it)."""
     if tokenizer_class:
         return tokenizer_class in DEBERTA_V2_CLASSES
-    path = directory / "config.json"
-    return path.is_file() and _read_json(path).get("model_type") == "deberta-v2"
+    return _model_type(directory) == "deberta-v2"
