@@ -1,4 +1,9 @@
-"""The one exception type tagtune raises for problems a user can fix (bad files, bad options)."""
+"""The one exception type tagtune raises for problems a user can fix (bad files, bad options), and
+the one way to show another library's exception inside its one-line message."""
+
+import re
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^\"'()\\]+")
 
 
 class TagtuneError(Exception):
@@ -24,3 +29,12 @@ class TagtuneError(Exception):
 class Terminated(KeyboardInterrupt):
     """SIGTERM during ``tagtune train``, handled as Ctrl-C is (the run stops where it is and stays
     resumable); the CLI exits with status 143 instead of 130."""
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """``Type: message`` on one short line; for a socket error, its errno and reason alone."""
+    text = str(error).strip()
+    errno = _ERRNO.search(text)
+    text = errno.group(0) if errno else (text.splitlines() or [""])[0]
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

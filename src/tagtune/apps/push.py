@@ -22,8 +22,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from tagtune.errors import TagtuneError
-from tagtune.store.hub import (BESIDE_WEIGHTS, DEFAULT_ENDPOINT, DEFAULT_REVISION, TOKENIZER_FILES, first_line,
+from tagtune.errors import TagtuneError, first_line
+from tagtune.store.hub import (BESIDE_WEIGHTS, DEFAULT_ENDPOINT, DEFAULT_REVISION, TOKENIZER_FILES,
                                is_network_error, is_repo_id, http_status, hub_endpoint, offline, tagger_files)
 from tagtune.store.layout import CONFIG_FILE, CRF_FILE, ONNX_FILE, SETTINGS_FILE, SPAN_HEAD_FILE, WEIGHT_FILES
 from tagtune.store.layout import TaggerSettings

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagtune.errors import TagtuneError
+from tagtune.errors import TagtuneError, first_line
 from tagtune.store.layout import CONFIG_FILE, CRF_FILE, ONNX_FILE, SETTINGS_FILE, SPAN_HEAD_FILE
 from tagtune.store.layout import WEIGHT_FILES as TORCH_WEIGHT_FILES  # in tagtune's order of preference
 from tagtune.text.tokenizer import TOKENIZER_FILES as _TOKENIZER_FILES
@@ -327,7 +327,6 @@ class _Where:
 
 _LOGIN = "log in with `hf auth login` or set HF_TOKEN"
 _TOKEN = "(`hf auth login` or HF_TOKEN)"
-_ERRNO = re.compile(r"\[Errno -?\d+\] [^\"'()\\]+")
 _NETWORK_MODULES = {"httpx", "httpx2", "requests", "urllib3", "ssl", "socket"}
 
 
@@ -335,15 +334,6 @@ def http_status(error) -> int | None:
     """The HTTP status of a huggingface_hub error's response, None where it has none."""
     response = getattr(error, "response", None)
     return getattr(response, "status_code", None)
-
-
-def first_line(error: BaseException, limit: int = 160) -> str:
-    """``Type: message`` on one short line; for a socket error, its errno and reason alone."""
-    text = str(error).strip()
-    errno = _ERRNO.search(text)
-    text = errno.group(0) if errno else (text.splitlines() or [""])[0]
-    text = text if len(text) <= limit else text[:limit - 1] + "…"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def is_network_error(error: BaseException) -> bool:

@@ -20,7 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
-from tagtune.errors import TagtuneError
+from tagtune.errors import TagtuneError, first_line
 
 LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 """The library each tracker imports (a missing one is named by its extra, tagtune[NAME])."""
@@ -44,12 +44,6 @@ def check_installed(names: list[str]) -> None:
         except ImportError:
             raise TagtuneError(f"--report-to {name} needs the {LIBRARIES[name]} package, which is not installed: "
                                f"pip install 'tagtune[{name}]'") from None
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    message = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
 
 
 def param_values(params: dict) -> dict[str, str]:
@@ -191,7 +185,7 @@ class Reporters:
                 for started in self.trackers[:i]:
                     self._drop(started)
                 self.trackers = []
-                raise TagtuneError(f"--report-to {tracker.name}: could not start a run ({one_line(e)})") from None
+                raise TagtuneError(f"--report-to {tracker.name}: could not start a run ({first_line(e)})") from None
         return places
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -209,7 +203,7 @@ class Reporters:
         try:
             method(*args)
         except Exception as e:
-            warnings.warn(f"--report-to {tracker.name} failed ({one_line(e)}); the run goes on without it",
+            warnings.warn(f"--report-to {tracker.name} failed ({first_line(e)}); the run goes on without it",
                           stacklevel=3)
             self._drop(tracker)
 
