@@ -65,7 +65,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tagtune.data.align import IGNORE, AlignStats, token_labels, unit_spans, units_of, windows_of, with_specials
+from tagtune.data.align import (IGNORE, AlignStats, token_labels, unit_spans, units_of, windows_of, with_ignored,
+                                with_specials)
 from tagtune.data.batching import batch_indices, fill_batch, pack
 from tagtune.data.candidates import SpanWindow, batch_candidates, candidate_labels, n_candidates, span_windows
 from tagtune.data.formats import read_examples, split_dev, tag_line
@@ -213,9 +214,9 @@ def training_windows(examples, tokenizer, label2id, settings: TaggerSettings):
         token_tags, text_stats = token_labels(ex.spans, enc, label2id, settings.scheme,
                                               settings.all_subwords, ex.source)
         stats.add(text_stats)
-        for a, b in windows_of(len(enc), settings.max_length, settings.stride):
+        for a, b in windows_of(len(enc), settings.max_length, settings.stride, tokenizer.specials):
             sequences.append(with_specials(enc.ids[a:b], tokenizer.cls_id, tokenizer.sep_id))
-            labels.append([IGNORE, *token_tags[a:b], IGNORE])
+            labels.append(with_ignored(token_tags[a:b], tokenizer.cls_id, tokenizer.sep_id))
             edges.append((a == 0, b == len(enc)))
     return sequences, labels, stats, edges
 
