@@ -115,7 +115,7 @@ def test_help_says_what_tagtune_is_with_examples():
     parser = cli.build_parser()
     commands = next(a.choices for a in parser._actions if isinstance(a.choices, dict))
     assert set(commands) == {"info", "tokenize", "train", "evaluate", "predict", "serve", "annotate", "select",
-                             "export", "label", "score", "push"}
+                             "export", "label", "score", "push", "merge"}
     for name, command in commands.items():  # each command's --help starts with what it does
         assert command.description and command.description[0].isupper() and command.description.endswith("."), name
         for action in command._actions:  # and states a default at most once per option

@@ -262,6 +262,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from tagtune.models.lora import merge_folder
+
+    out = merge_folder(args.adapter_dir, args.out, overwrite=args.overwrite)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
 def cmd_label(args) -> int:
     from tagtune.apps.label import label
 
@@ -293,6 +301,7 @@ EPILOG = """examples:
   tagtune label texts.txt -o teacher.jsonl --labels PER,ORG --llm http://localhost:11434/v1 --llm-model qwen2.5:7b
   tagtune score gold.conll teacher.jsonl
   tagtune push my-tagger your-name/my-tagger
+  tagtune merge my-lora-tagger my-merged-tagger
 
 Run 'tagtune COMMAND --help' for the options of a command."""
 
@@ -387,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "--max-span-words words, so overlapping and nested spans are learnt")
     p.add_argument("--max-span-words", type=int, metavar="N", help="with --head span, the widest span in words "
                    "(1 to 64)")
+    p.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (such as 16) on the frozen "
+                   "base model, and save a PEFT adapter folder that names --model as its base")
+    p.add_argument("--lora-alpha", type=float, metavar="A", help="with --lora, the adapters' scale is A / R "
+                   "(default: 2R)")
+    p.add_argument("--lora-dropout", type=float, metavar="P", help="with --lora, dropout on the adapters' input")
+    p.add_argument("--lora-targets", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+                   metavar="NAME,...", help="with --lora, the layers adapted, by transformers' names in a layer "
+                   "(e.g. query,value or q_proj,v_proj; default: the attention and MLP projections)")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better dev F1; "
                    "only with a dev set of at least 20 entity spans")
     p.add_argument("--no-head-prior", dest="head_prior", action="store_const", const=False,
@@ -546,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
     p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("merge", help="fold a LoRA tagger's adapters into its base model: a plain tagger folder")
+    p.add_argument("adapter_dir", help="LoRA tagger folder (tagtune train --lora), or Hub id org/name[@revision]")
+    p.add_argument("out", help="output folder for the merged tagger")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("label", help="label texts with a teacher language model behind an OpenAI-compatible API "
                        "(Ollama, vLLM, llama.cpp, OpenAI), into spans to review and train on",

@@ -144,10 +144,12 @@ def open_folder(source, backend: str = "auto", check_window: bool = True, locate
     else:
         try:
             from tagtune.models.checkpoint import load_model  # torch, kept out of the ONNX backend
+            from tagtune.models.lora import is_adapter_folder, load_adapter_model
         except ImportError:
             raise TagtuneError(f"{folder}: the PyTorch backend needs torch, which cannot be imported "
                                f"(export the tagger with `tagtune export --onnx` for the ONNX backend)") from None
-        model, _ = load_model(folder)
+        # a LoRA tagger: its base model (found as --model was), the adapters folded in
+        model, _ = load_adapter_model(folder) if is_adapter_folder(folder) else load_model(folder)
         if model.classifier is None and not span:
             raise not_a_token_classifier(folder)
     tokenizer = load_tokenizer(folder)

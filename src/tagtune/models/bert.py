@@ -25,6 +25,10 @@ from tagtune.models.config import EncoderConfig
 from tagtune.models.packed import (Dropout, LayerNorm, Linear, Packing, activation, onnx_runtime_attention,
                                    packed_attention)
 
+LORA_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense")
+"""The linear layers of a layer that LoRA adapts by default (tagtune.models.lora): attention and MLP projections."""
+
 
 class Embeddings(nn.Module):
     """Word + position (+ token type) embeddings, LayerNorm, dropout."""

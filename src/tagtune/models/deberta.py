@@ -56,6 +56,9 @@ from tagtune.safejson import excerpt
 TERMS = ("c2p", "p2c")
 """The relative attention terms implemented: content-to-position and position-to-content."""
 MAX_DISTANCE = 1_048_576
+LORA_TARGETS = ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj",
+                "attention.output.dense", "intermediate.dense", "output.dense")
+"""The linear layers of a layer that LoRA adapts by default (tagtune.models.lora): attention and MLP projections."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ CHECKPOINT_LAYERS: tuple[str, dict[str, str]] = (
     },
 )
 """(the checkpoint's layer prefix, {tagtune module path in a layer: the checkpoint's})."""
+LORA_TARGETS = bert.LORA_TARGETS
+"""BERT's layer, whose projections LoRA adapts (named q_lin ... lin2 in the checkpoints)."""
 
 
 class Encoder(bert.Encoder):

@@ -23,6 +23,8 @@ and where it has them:
 - ``CHECKPOINT_NAMES``: [(tagtune's key prefix, the checkpoint's)], and ``CHECKPOINT_LAYERS``:
   (the checkpoint's layer prefix, {tagtune module path in a layer: the checkpoint's}), for
   families whose checkpoints name things differently.
+- ``LORA_TARGETS``: the module paths in a layer (tagtune's) that LoRA adapts by default
+  (tagtune.models.lora);
 - ``unused_weights(config)``: checkpoint key prefixes (after the architecture's prefix) that
   ``config`` leaves unused, dropped on load (DeBERTa-v3's absolute positions).
 
@@ -191,6 +193,11 @@ def checkpoint_names(model_type: str) -> list[tuple[str, str]]:
     """[(tagtune's key prefix, the checkpoint's)] after the architecture's prefix: renames of
     whole modules (ModernBERT's ``encoder.final_norm`` is ``final_norm``)."""
     return list(getattr(family(model_type), "CHECKPOINT_NAMES", []))
+
+
+def lora_targets(model_type: str) -> tuple[str, ...]:
+    """The module paths in a layer (tagtune's names) that LoRA adapts by default."""
+    return tuple(family(model_type).LORA_TARGETS)
 
 
 def unused_weights(config) -> tuple[str, ...]:

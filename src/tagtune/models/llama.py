@@ -46,6 +46,9 @@ CHECKPOINT_LAYERS: tuple[str, dict[str, str]] = ("layers.", {})
 """tagtune's ``encoder.layer.N.*`` is the checkpoint's ``layers.N.*`` (module names as they are)."""
 CHECKPOINT_NAMES = [("embeddings.embed_tokens.", "embed_tokens."), ("encoder.norm.", "norm.")]
 """(tagtune's key prefix, the checkpoint's)."""
+LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj")
+"""The linear layers of a layer that LoRA adapts by default (tagtune.models.lora): attention and MLP projections."""
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 ROPE_KINDS = ("default", "linear", "llama3", "dynamic")

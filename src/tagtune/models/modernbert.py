@@ -43,6 +43,8 @@ CHECKPOINT_LAYERS: tuple[str, dict[str, str]] = ("layers.", {})
 """tagtune's ``encoder.layer.N.*`` is the checkpoint's ``layers.N.*`` (module names as they are)."""
 CHECKPOINT_NAMES = [("encoder.final_norm.", "final_norm.")]
 """(tagtune's key prefix, the checkpoint's)."""
+LORA_TARGETS = ("attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo")
+"""The linear layers of a layer that LoRA adapts by default (tagtune.models.lora): attention and MLP projections."""
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"
 ROPE_KINDS = ("default",)

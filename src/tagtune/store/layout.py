@@ -8,7 +8,8 @@ see :func:`crf_files`), kept out of model.safetensors so that transformers still
 folder as a plain token classifier. A tagger with the span head (``"head": "span"``) has instead
 the encoder alone (config.json and model.safetensors of the family's base model class) and the
 span head's weights in span_head.safetensors (SPAN_HEAD_FILE); tagtune.json then also holds
-the head's width and labels. ``tagtune train`` writes
+the head's width and labels. A LoRA tagger has no model.safetensors but PEFT's adapter folder files
+(ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE) naming its base model. ``tagtune train`` writes
 one, ``tagtune export`` copies one into an ONNX folder, and tagtune.inference.load opens one.
 This module does not import torch.
 """
@@ -48,6 +49,11 @@ SPAN_HEAD_FILE = "span_head.safetensors"
 """The span head's weights (SpanHead.state_dict()), beside the encoder's."""
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+"""A LoRA tagger (``tagtune train --lora R``): PEFT's adapter settings, which name the base model
+(``base_model_name_or_path``) whose weights the adapters apply to (tagtune.models.lora)."""
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+"""A LoRA tagger's own weights: the adapters and the classifier, under transformers' names as PEFT saves them."""
 
 @dataclass
 class TaggerSettings:

@@ -131,6 +131,19 @@ class TrainConfig:
     """With ``head="span"``: the widest span, in words (1 to 64); wider entities are warned about
     and not learnt."""
 
+    lora: int | None = None
+    """Train LoRA adapters of this rank (at least 1) on the encoder's linear layers, with the base
+    weights frozen, and save a PEFT adapter folder that names ``model`` as its base
+    (tagtune.models.lora); None trains every weight."""
+    lora_alpha: float | None = None
+    """With ``lora``: the adapters' scale is lora_alpha / lora (positive); None is 2 * lora."""
+    lora_dropout: float = 0.05
+    """With ``lora``: dropout on the adapters' input, from 0 to 1 (exclusive)."""
+    lora_targets: list[str] | None = None
+    """With ``lora``: the layers adapted, by transformers' names in a layer, as PEFT matches them
+    ("query", "dense", "q_proj", "attention.output.dense"); None adapts the family's attention and
+    MLP projections."""
+
     report_to: list[str] = field(default_factory=list)
     """Experiment trackers to report the run to, of "tensorboard", "mlflow" and "wandb" (each
     needs its extra, e.g. ``pip install 'tagtune[mlflow]'``): the settings at the start, the
@@ -164,6 +177,7 @@ class TrainConfig:
         """
         self.check_head()
         self.check_reporting()
+        self.check_lora()
         if self.scheme not in SCHEMES:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.save not in ("best", "last"):
@@ -197,6 +211,34 @@ class TrainConfig:
         every = self.log_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise TagtuneError(f"--log-every must be a whole number of steps, at least 1, got {every!r}")
+
+    def check_lora(self) -> None:
+        """Check the LoRA options: a rank of at least 1, a positive alpha, a dropout in [0, 1), target
+        names as a list of strings; none of them without ``lora``."""
+        rank = self.lora
+        if rank is None:
+            given = [option for option, value in (("--lora-alpha", self.lora_alpha), ("--lora-targets", self.lora_targets))
+                     if value is not None]
+            if given:
+                raise TagtuneError(f"{given[0]} is an option of LoRA training; add --lora R (a rank such as 16)")
+            return
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise TagtuneError(f"--lora must be a whole rank of at least 1 (such as 16), got {rank!r}")
+        alpha = self.lora_alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0):
+            raise TagtuneError(f"--lora-alpha must be a positive number (default 2 x the rank), got {alpha!r}")
+        p = self.lora_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise TagtuneError(f"--lora-dropout must be from 0 to 1 (exclusive), got {p!r}")
+        names = self.lora_targets
+        if names is not None and (isinstance(names, str) or not isinstance(names, (list, tuple)) or not names
+                                  or any(not isinstance(n, str) or not n for n in names)):
+            raise TagtuneError(f"--lora-targets must name layers, such as query,value; got {names!r}")
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        """The LoRA alpha trained with: ``lora_alpha``, or twice the rank."""
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora
 
     def check_head(self) -> None:
         """Check ``head`` and ``max_span_words``, and that the span head comes without the token

@@ -81,6 +81,7 @@ from tagtune.inference.tagger import Tagger
 from tagtune.models.checkpoint import load_model, write_model_files, write_safetensors
 from tagtune.models.config import read_config
 from tagtune.models.crf import ChainCRF
+from tagtune.models.lora import add_adapters, choose_targets, has_adapters, parameter_line, write_adapter_files
 from tagtune.models.precision import describe, use_bf16
 from tagtune.models.spanhead import SpanHead, span_loss
 from tagtune.progress import Progress, duration
@@ -341,6 +342,7 @@ def make_optimizer(model, config: TrainConfig, beside: torch.nn.Module | None = 
     """AdamW; weight decay on matrices only, never on biases and LayerNorm weights. The
     parameters of a CRF or span head ``beside`` the model are grouped the same way (a CRF's
     transition matrix with the decayed weights, its start and end vectors with the biases).
+    Frozen parameters (the base weights under LoRA adapters) are left out by AdamW.
     With ``row_gradients`` (one process on the CPU), large embedding tables keep their
     gradients by rows."""
     decay, no_decay = [], []
@@ -549,6 +551,9 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
 
     base = load_base_model(config, labels, device)
     model, tokenizer, start = base.model, base.tokenizer, base.start
+    if config.lora:  # the base frozen, adapters on its layers (the names checked against its family)
+        add_adapters(model, config.lora, config.lora_scale_alpha, config.lora_dropout,
+                     choose_targets(model.config.model_type, config.lora_targets))
     span = None
     if config.head == "span":
         settings = replace(settings, labels=labels)
@@ -810,6 +815,8 @@ def describe_run(run: Run) -> None:
     if run.start:
         run.say(f"tagtune: {run.start}")
     run.say(f"tagtune: {run.data_line}")
+    if config.lora:
+        run.say(f"tagtune: {parameter_line(run.model, run.beside, config.lora)}")
     what = (f"{len(run.labels)} labels with a span head of up to {config.max_span_words} words"
             if run.span_head is not None else f"{len(run.labels)} tags" + (" with a CRF" if config.crf else ""))
     run.say(f"tagtune: {len(run.sequences)} windows, {what}" + f", {epochs} epoch{'s' * (epochs > 1)} x "
@@ -1015,7 +1022,10 @@ def finish(run: Run) -> dict:
                 warnings.warn(kept_readme, stacklevel=2)
             if run.span_head is not None:  # beside the encoder, before its config.json
                 write_safetensors(folder / SPAN_HEAD_FILE, run.span_head.state_dict(), {"format": "pt"})
-            write_model_files(run.model, run.tokenizer, folder, files, run.pooler)
+            if has_adapters(run.model):  # PEFT's adapter folder, naming the base model as given
+                write_adapter_files(run.model, run.tokenizer, folder, run.config.model, files)
+            else:
+                write_model_files(run.model, run.tokenizer, folder, files, run.pooler)
 
         run.folder.finish(write_files)
     run.group.barrier()  # every process returns once the folder is complete

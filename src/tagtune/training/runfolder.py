@@ -25,6 +25,7 @@ from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write, replace_folder, signals_held, sync_folder, write_error
 from tagtune.models.checkpoint import torch_save, write_safetensors
 from tagtune.models.crf import ChainCRF
+from tagtune.models.lora import has_adapters, trainable_state
 from tagtune.store.runs import RUN_MARKER, marker_text, replacement_of, run_state, set_aside_of
 from tagtune.training.config import CHECKPOINT, TrainConfig
 
@@ -237,7 +238,7 @@ def prefix_of(beside: torch.nn.Module) -> str:
 
 def save_epoch_weights(work: Path, model, epoch: int, beside: torch.nn.Module | None = None) -> None:
     """Write the model's weights for ``epoch``, with those of a CRF or span head ``beside`` it."""
-    weights = dict(model.state_dict())
+    weights = dict(trainable_state(model))  # under LoRA, the adapters and heads: the base is loaded again
     if beside is not None:
         weights.update({prefix_of(beside) + k: v for k, v in beside.state_dict().items()})
     write_safetensors(epoch_weights(work, epoch), weights)
@@ -249,7 +250,7 @@ def load_epoch_weights(path: Path, model, beside: torch.nn.Module | None, device
     if beside is not None:
         prefix = prefix_of(beside)
         beside.load_state_dict({k[len(prefix):]: weights.pop(k) for k in list(weights) if k.startswith(prefix)})
-    model.load_state_dict(weights)
+    model.load_state_dict(weights, strict=not has_adapters(model))
 
 
 def remove_other_epoch_weights(work: Path, keep: set[int]) -> None:

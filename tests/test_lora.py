@@ -1,0 +1,185 @@
+"""LoRA training (``tagtune train --lora R``): only the adapters and the classifier move, the
+optimizer holds only them, the PEFT adapter folder loads in transformers + PEFT with tagtune's
+logits, predict and merge agree with the trained model, and a stopped run resumes."""
+
+import json
+
+import pytest
+import torch
+import transformers as T
+from safetensors.torch import load_file
+
+import tagtune
+from tagtune import TagtuneError
+from tagtune.apps.examples import write_conll
+from tagtune.models.checkpoint import load_model, read_weights
+from tagtune.models.lora import add_adapters, choose_targets, load_adapter_model, merge_folder
+
+from test_llama import tiny
+from test_model_parity import assert_logits_match, padded_batch
+
+peft = pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def small_train(tweets, tmp_path_factory):
+    path = tmp_path_factory.mktemp("lora-data") / "train.conll"
+    write_conll(path, tweets[:40])
+    return path
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_bert, small_train, tmp_path_factory):
+    """The tiny BERT with rank-4 adapters trained for one epoch on 40 tweets: the folder, and the
+    trained model's state as the run left it."""
+    from tagtune.training import loop
+
+    out = tmp_path_factory.mktemp("lora") / "tagger"
+    seen = {}
+    finish = loop.finish
+
+    def keep(run):
+        seen.update({k: v.detach().clone() for k, v in run.model.state_dict().items()})
+        return finish(run)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "finish", keep)
+        tagtune.train(model=str(tiny_bert), train=str(small_train), out=str(out), epochs=1, lr=5e-3, lora=4,
+                      batch_size=8, progress=False, device="cpu")
+    return out, seen
+
+
+@pytest.fixture(scope="module")
+def lora_tagger(lora_run):
+    return lora_run[0]
+
+
+def test_the_folder_is_peft_s_and_names_the_base(lora_tagger, tiny_bert):
+    names = {p.name for p in lora_tagger.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "tagtune.json", "tokenizer.json",
+            "README.md"} <= names and "model.safetensors" not in names
+    config = json.loads((lora_tagger / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_bert) and config["task_type"] == "TOKEN_CLS"
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["modules_to_save"] == ["classifier"]
+    assert "bert.encoder.layer.1.attention.self.query" in config["target_modules"]
+    assert len(config["target_modules"]) == 2 * 6
+    keys = set(load_file(lora_tagger / "adapter_model.safetensors"))
+    assert "base_model.model.bert.encoder.layer.0.intermediate.dense.lora_B.weight" in keys
+    assert {"base_model.model.classifier.weight", "base_model.model.classifier.bias"} <= keys
+    assert len(keys) == 2 * 12 + 2
+
+
+def test_base_weights_stay_and_the_adapters_moved(lora_run, tiny_bert):
+    _, trained = lora_run
+    base, _ = load_model(tiny_bert)
+    for name, value in base.state_dict().items():
+        key = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(trained.get(key, trained.get(name)), value), name
+    moved = [v for name, v in trained.items() if "lora_B" in name]
+    assert len(moved) == 12 and all(v.abs().sum() > 0 for v in moved)  # B starts at zero
+
+
+def test_transformers_and_peft_load_the_folder_with_equal_logits(lora_tagger, tiny_bert):
+    model, _ = load_adapter_model(lora_tagger, merge=False)
+    labels = model.config.labels
+    base = T.AutoModelForTokenClassification.from_pretrained(
+        tiny_bert, num_labels=len(labels), id2label=dict(enumerate(labels)))
+    ref = peft.PeftModel.from_pretrained(base, lora_tagger).eval()
+    assert_logits_match(ref, model, [14, 6])
+
+
+def test_predict_and_merge_equal_the_trained_model(lora_tagger, tmp_path, cli):
+    model, _ = load_adapter_model(lora_tagger, merge=False)
+    ids, mask = padded_batch([11, 5])
+    with torch.no_grad():
+        expected = model.forward_padded(ids, mask)
+    result = cli("merge", str(lora_tagger), str(tmp_path / "merged"))
+    assert result.returncode == 0, result.stderr
+    merged, _ = load_model(tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(merged.forward_padded(ids, mask), expected, atol=1e-5, rtol=0)
+    text = "Going to see Taylor Swift in London tomorrow with Sarah"
+    assert tagtune.Tagger.load(lora_tagger).predict(text) == tagtune.Tagger.load(tmp_path / "merged").predict(text)
+    again = cli("merge", str(lora_tagger), str(tmp_path / "merged"))
+    assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_only_adapters_and_classifier_train_and_the_optimizer_holds_only_them(tiny_bert, small_train, tmp_path):
+    from tagtune.training.config import TrainConfig
+    from tagtune.training.loop import make_optimizer
+
+    model, _ = load_model(tiny_bert, labels=["O", "B-X", "I-X"])
+    add_adapters(model, 2, 4, 0.0, choose_targets("bert", ["query", "value"]))
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {f"encoder.layer.{i}.attention.self.{m}.lora_{ab}.default.weight"
+                       for i in range(2) for m in ("query", "value") for ab in "AB"} | {"classifier.weight",
+                                                                                         "classifier.bias"}
+    optimizer = make_optimizer(model, TrainConfig(model="m", train="t", out="o"))
+    held = {id(p) for group in optimizer.groups for p in group["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_a_llama_layout_adapter_folder_loads_in_peft(tmp_path):
+    tiny("qwen3").save_pretrained(tmp_path / "base")
+    model, _ = load_model(tmp_path / "base")
+    add_adapters(model, 4, 8, 0.0, choose_targets("qwen3", None))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    from tagtune.models.lora import write_adapter_files
+
+    (tmp_path / "lora").mkdir()
+    write_adapter_files(model, None, tmp_path / "lora", str(tmp_path / "base"))
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["score"] and "model.layers.0.mlp.down_proj" in config["target_modules"]
+    ref = peft.PeftModel.from_pretrained(T.AutoModelForTokenClassification.from_pretrained(tmp_path / "base"),
+                                         tmp_path / "lora").eval()
+    assert_logits_match(ref, model.eval(), [12, 5])
+    merged, _ = load_adapter_model(tmp_path / "lora")
+    assert_logits_match(ref, merged, [9])
+
+
+def test_resume_loads_only_what_trains(lora_tagger, tiny_bert, small_train, tmp_path, monkeypatch):
+    from helpers import stop_in_epoch
+
+    out = tmp_path / "run"
+    stop_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        tagtune.train(model=str(tiny_bert), train=str(small_train), out=str(out), epochs=2, lr=5e-3, lora=4,
+                      batch_size=8, progress=False, device="cpu")
+    saved = load_file(next((out / "checkpoint").glob("model-epoch-*.safetensors")))
+    assert saved and all(".lora_" in k or k.startswith("classifier.") for k in saved)
+    monkeypatch.undo()
+    tagtune.train(model=str(tiny_bert), train=str(small_train), out=str(out), epochs=2, lr=5e-3, lora=4,
+                  batch_size=8, progress=False, device="cpu", resume=True)
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--lora", "0"], "--lora must be a whole rank of at least 1"),
+    (["--lora", "4", "--lora-dropout", "1"], "--lora-dropout must be from 0 to 1"),
+    (["--lora-alpha", "8"], "--lora-alpha is an option of LoRA training; add --lora R"),
+    (["--lora", "4", "--lora-targets", "q_proj"], "bert has no layer named 'q_proj'; its layers LoRA can adapt are "
+                                                  "attention.self.query, attention.self.key"),
+])
+def test_errors_are_one_line(cli, tiny_bert, small_train, tmp_path, options, message):
+    result = cli("train", "--model", str(tiny_bert), "--train", str(small_train), "--out", str(tmp_path / "o"),
+                 "--quiet", "--device", "cpu", *options)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_base_is_named(lora_tagger, tmp_path, cli):
+    import shutil
+
+    copy = tmp_path / "moved"
+    shutil.copytree(lora_tagger, copy)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    (copy / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))
+    (tmp_path / "texts.txt").write_text("some text\n")
+    result = cli("predict", str(copy), str(tmp_path / "texts.txt"))
+    assert result.returncode == 1 and f"its base model {tmp_path / 'gone'} cannot be found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(TagtuneError, match="not a LoRA adapter folder"):
+        merge_folder(tmp_path, tmp_path / "m")
