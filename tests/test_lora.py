@@ -183,3 +183,49 @@ def test_a_missing_base_is_named(lora_tagger, tmp_path, cli):
     assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(TagtuneError, match="not a LoRA adapter folder"):
         merge_folder(tmp_path, tmp_path / "m")
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "modernbert", "deberta-v2"])
+def test_each_family_s_adapter_folder_loads_in_peft(kind, tmp_path):
+    from conftest import tiny_hf_model
+    from tagtune.models.lora import write_adapter_files
+
+    if kind == "deberta-v2":
+        torch.manual_seed(0)
+        ref = T.DebertaV2ForTokenClassification(T.DebertaV2Config(
+            vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16, max_relative_positions=64,
+            type_vocab_size=0, num_labels=5))
+    else:
+        ref = tiny_hf_model(kind)
+    ref.save_pretrained(tmp_path / "base")
+    model, _ = load_model(tmp_path / "base")
+    add_adapters(model, 2, 4, 0.0, choose_targets(kind, None))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    (tmp_path / "lora").mkdir()
+    write_adapter_files(model, None, tmp_path / "lora", str(tmp_path / "base"))
+    base = T.AutoModelForTokenClassification.from_pretrained(tmp_path / "base")
+    peft_model = peft.PeftModel.from_pretrained(base, tmp_path / "lora").eval()
+    assert_logits_match(peft_model, model.eval(), [10, 4])
+
+
+def test_export_of_an_adapter_folder_merges_first(lora_tagger, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from tagtune.inference.export import export_onnx
+
+    report = export_onnx(lora_tagger, tmp_path / "onnx")
+    names = {p.name for p in (tmp_path / "onnx").iterdir()}
+    assert report["max_abs_logit_difference"] < 1e-4 and "model.onnx" in names and "adapter_config.json" not in names
+
+
+def test_the_hub_takes_an_adapter_folder_s_files(lora_tagger):
+    from tagtune.store.hub import files_to_fetch, tagger_files
+
+    files = tagger_files(lora_tagger)
+    assert {"config.json", "adapter_model.safetensors", "adapter_config.json", "tagtune.json"} <= set(files)
+    extras, weights = files_to_fetch(files, "org/lora")
+    assert weights == "adapter_model.safetensors" and "adapter_config.json" in extras

@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tagtune.errors import TagtuneError, first_line
-from tagtune.store.layout import CONFIG_FILE, CRF_FILE, ONNX_FILE, SETTINGS_FILE, SPAN_HEAD_FILE
+from tagtune.store.layout import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_FILE, CRF_FILE, ONNX_FILE,
+                                  SETTINGS_FILE, SPAN_HEAD_FILE)
 from tagtune.store.layout import WEIGHT_FILES as TORCH_WEIGHT_FILES  # in tagtune's order of preference
 from tagtune.text.tokenizer import TOKENIZER_FILES as _TOKENIZER_FILES
 from tagtune.version import __version__
 TOKENIZER_FILES = tuple(dict.fromkeys(_TOKENIZER_FILES + ("spm.model",)))
-BESIDE_WEIGHTS = TOKENIZER_FILES + (SETTINGS_FILE, CRF_FILE, SPAN_HEAD_FILE)
-"""The files a tagger has beside config.json and its weights, each where it has it."""
+BESIDE_WEIGHTS = TOKENIZER_FILES + (SETTINGS_FILE, CRF_FILE, SPAN_HEAD_FILE, ADAPTER_CONFIG_FILE)
+"""The files a tagger has beside config.json and its weights, each where it has it (a LoRA
+tagger's adapter_config.json, which names its base model)."""
 CARD_FILE = "README.md"
 DEFAULT_REVISION = "main"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -166,12 +168,16 @@ def hub_endpoint() -> str | None:
 def weight_form(names, read_index) -> list[str] | None:
     """The weight files of the one form tagtune loads among ``names``: model.safetensors, else
     the safetensors index and its shards, else pytorch_model.bin, else the .bin index and its
-    shards, else model.onnx (an exported tagger). ``read_index(name)`` gives an index's shard
+    shards, else a LoRA tagger's adapter_model.safetensors (its base model is found when it is
+    opened), else model.onnx (an exported tagger). ``read_index(name)`` gives an index's shard
     names. None when there is no such form."""
     for name in TORCH_WEIGHT_FILES:
         if name in names:
             return [name, *read_index(name)] if name.endswith(".index.json") else [name]
-    return [ONNX_FILE] if ONNX_FILE in names else None
+    for name in (ADAPTER_WEIGHTS_FILE, ONNX_FILE):
+        if name in names:
+            return [name]
+    return None
 
 
 def shard_names(index: Path) -> list[str]:
