@@ -19,7 +19,8 @@ Comments in the page, invisible on the site, tell the runner what a reader would
 * ``<!-- background: URL -->`` before a block: the block is a server; it is started in the
   background, the next block runs once URL answers, and it is stopped at the end of the page.
 
-The Hub ids the pages name are served by the stand-in Hub (tests/hub_server.py, HF_ENDPOINT):
+The Hub ids the pages name are served by the stand-in Hub (tests/hub_server.py, HF_ENDPOINT),
+which a page's ``tagtune push`` uploads to as a logged-in reader would (HF_TOKEN):
 sentence-transformers/all-MiniLM-L6-v2 is the packaged all-MiniLM-L6-v2, cl-tohoku/bert-base-
 japanese-v3 a tiny random BERT with that model's tokenizer settings (MeCab + WordPiece) and a
 vocabulary learnt from the Japanese texts of the pages, sbintuitions/modernbert-ja-70m a tiny
@@ -44,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from hub_server import TOKEN
 
 from tagtune.apps.examples import write_conll
 
@@ -105,7 +108,10 @@ def free_port() -> int:
 
 
 def reader_env(cwd: Path, hub_url: str) -> dict:
-    env = dict(os.environ, HF_ENDPOINT=hub_url, HF_HOME=str(cwd.parent / "hf-home"),
+    """The reader's environment: the stand-in Hub at HF_ENDPOINT, logged in with a token that may
+    write (HF_TOKEN, as a CI job sets it), large files sent over git-lfs (it serves no Xet)."""
+    env = dict(os.environ, HF_ENDPOINT=hub_url, HF_HOME=str(cwd.parent / "hf-home"), HF_TOKEN=TOKEN,
+               HF_HUB_DISABLE_XET="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("HF_HUB_CACHE", None)

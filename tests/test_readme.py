@@ -4,6 +4,7 @@ how): its blocks run in order in an empty folder holding what ``make demo`` leav
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 
@@ -46,3 +47,7 @@ def test_the_readme_blocks_run_and_the_shown_spans_are_found(stand_in_hub, tweet
     echoed = next(v for v in printed if v.get("text") == "Barack Obama visited Lisbon")
     for span in echoed["spans"]:
         assert echoed["text"][span["start"]:span["end"]] == span["text"]
+    # pushed to the Hub, then downloaded back from it by the spaCy component: the same spans
+    assert "model.safetensors" in stand_in_hub.downloads("your-name/wnut-minilm")
+    ents, n_spans = ast.literal_eval(next(r.stdout for r in results if r.stdout.startswith("([")))
+    assert ents == [(s["text"], s["label"]) for s in echoed["spans"]] and n_spans == len(ents)
