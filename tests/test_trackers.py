@@ -204,3 +204,25 @@ def test_a_resumed_run_may_report_to_other_trackers(tmp_path):
     resumed = resumed_config(TrainConfig(model=None, train=None, out=str(tmp_path), resume=True,
                                          report_to=["mlflow"], log_every=7), tmp_path)
     assert (resumed.report_to, resumed.log_every, resumed.epochs) == (["mlflow"], 7, 4)
+
+
+def test_mlflow_without_a_place_to_log_says_where_to_point_it(tmp_path, monkeypatch):
+    """mlflow-skinny (the extra) has no local database: with no MLFLOW_TRACKING_URI the run stops
+    before its first step, in one line that says what to set."""
+    from tagtune.errors import TagtuneError
+    from tagtune.training.trackers import Reporters
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    reporters = Reporters(["mlflow"])
+    try:
+        reporters.start({"lr": 1e-3}, "run")
+    except TagtuneError as e:
+        message = str(e)
+    else:  # a full mlflow install logs to its local database
+        import mlflow
+
+        mlflow.end_run()
+        pytest.skip("this mlflow has a local store")
+    assert message.startswith("--report-to mlflow: could not start a run (") and "\n" not in message
+    assert "MLFLOW_TRACKING_URI" in message and "pip install mlflow" in message

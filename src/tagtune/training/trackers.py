@@ -76,6 +76,10 @@ class Tracker:
     def abandon(self) -> None:
         """Let go of a run whose tracker failed, as far as that is safe; may raise."""
 
+    def hint(self) -> str:
+        """What to do when the run cannot start, after "; " (empty where there is nothing to add)."""
+        return ""
+
 
 class TensorBoard(Tracker):
     """torch.utils.tensorboard's SummaryWriter, logging to ``runs/<run name>-<timestamp>``."""
@@ -110,6 +114,12 @@ class MLflow(Tracker):
     goes is MLflow's to decide (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME)."""
 
     name = "mlflow"
+
+    def hint(self) -> str:
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return ""
+        return ("; set MLFLOW_TRACKING_URI to an MLflow server (http://HOST:5000), or to file:./mlruns with "
+                "MLFLOW_ALLOW_FILE_STORE=true, or pip install mlflow for its local database")
 
     def start(self, params: dict, run_name: str) -> str:
         import mlflow
@@ -185,7 +195,8 @@ class Reporters:
                 for started in self.trackers[:i]:
                     self._drop(started)
                 self.trackers = []
-                raise TagtuneError(f"--report-to {tracker.name}: could not start a run ({first_line(e)})") from None
+                raise TagtuneError(f"--report-to {tracker.name}: could not start a run ({first_line(e)}){tracker.hint()}"
+                                   ) from None
         return places
 
     def log(self, metrics: dict[str, float], step: int) -> None:
