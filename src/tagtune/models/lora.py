@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -115,10 +116,9 @@ def lora_layers(model) -> dict[str, torch.nn.Module]:
 
 
 def has_adapters(model) -> bool:
-    try:
-        return bool(lora_layers(model))
-    except ImportError:  # no peft: no model has adapters
-        return False
+    """Whether ``model`` has LoRA layers; asked of every model saved, so PEFT (which imports
+    transformers) is not imported for it: a model has adapters only once PEFT is imported."""
+    return "peft" in sys.modules and bool(lora_layers(model))
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -173,7 +173,8 @@ class TrainConfig:
                 positive, a window, token budget, stride or dev fraction out of range, or both
                 ``dev`` and ``dev_fraction``, an unknown head, a span width out of range, or
                 ``crf``, a scheme other than BIO or ``all_subwords`` with the span head, an unknown
-                tracker in ``report_to`` or ``log_every`` below 1.
+                tracker in ``report_to`` or ``log_every`` below 1, a LoRA rank below 1, alpha that is
+                not positive, dropout outside [0, 1), or a LoRA option without ``lora``.
         """
         self.check_head()
         self.check_reporting()
