@@ -6,6 +6,7 @@ gives; long texts are cut into windows that count the special tokens the tokeniz
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
@@ -81,3 +82,35 @@ def test_trained_folder_loads_in_transformers_with_tagtunes_logits(trained):
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0, [tokenizer.starts + t for t in units[0].first]]
     torch.testing.assert_close(torch.from_numpy(logits[0]), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_span_head_on_a_decoder_scores_the_tokens_of_each_word(trained, tmp_path):
+    """``--head span`` on a tokenizer that adds no start token (Qwen) or only one (Gemma): each
+    candidate is scored from the hidden states of its first and last tokens, counted from where
+    the text begins in its window."""
+    import tagtune
+    from tagtune.data.align import units_of
+    from tagtune.models.spanhead import span_probabilities
+
+    family, folder = trained
+    train = folder.parent / "train.conll"
+    out = tmp_path / "span"
+    tagtune.train(model=str(folder.parent / "base"), train=str(train), out=str(out), epochs=1, lr=1e-2,
+                  max_length=MAX_LENGTH, stride=8, progress=False, device="cpu", seed=0, head="span",
+                  max_span_words=3)
+    tagger = Tagger.load(out, device="cpu", bf16="off")
+    text = "Going to see Taylor Swift in New York"
+    found = tagger.candidates([text])[0]
+    tokenizer = load_tokenizer(out)
+    enc = tokenizer.encode(text)
+    unit = units_of(enc)
+    ids = tokenizer.encode(text, add_special_tokens=True).ids
+    assert ids == T.AutoTokenizer.from_pretrained(out)(text)["input_ids"]
+    start = torch.tensor([tokenizer.starts + unit.first[i] for i in found.start])
+    end = torch.tensor([tokenizer.starts + unit.last[j] for j in found.end])
+    with torch.no_grad():
+        hidden = tagger.model.hidden_states(torch.tensor(ids), torch.tensor([0, len(ids)], dtype=torch.int32),
+                                            len(ids))
+        probs = span_probabilities(tagger.head(hidden, start, end, torch.as_tensor(found.end - found.start)))
+    assert len(found.start) == sum(min(3, len(unit) - i) for i in range(len(unit)))
+    np.testing.assert_allclose(found.probs, probs.numpy(), atol=1e-5)

@@ -20,11 +20,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tagtune.data.align import Units, windows_of
+from tagtune.data.align import SPECIALS, Units, windows_of
 from tagtune.errors import TagtuneError
 
-CLS_TOKENS = 1
-"""Tokens before a window's text in its packed sequence: the start ([CLS]) token."""
 
 
 def n_candidates(n_units, max_width: int):
@@ -123,6 +121,7 @@ def batch_candidates(
     max_width: int,
     entities: Sequence[Sequence[tuple[int, int, int]]] | None = None,
     sources: Sequence[str] | None = None,
+    starts: int = 1,
 ) -> BatchCandidates:
     """The candidates of a packed batch of windows (sequence b is ``[CLS] tokens [SEP]`` from
     ``offsets[b]`` on, i.e. ``cu_seqlens[:-1]``).
@@ -135,6 +134,8 @@ def batch_candidates(
         max_width: K, the most units a candidate spans.
         entities: Per window, its ``(first unit, last unit + 1, label id)`` entities, for labels.
         sources: Per window, where it comes from (``file:line``), for an error in its entities.
+        starts: The special tokens before a window's text (the tokenizer's ``starts``: 1 for
+            [CLS] or a BOS token, 0 where the template adds none, as Qwen's).
     """
     if not len(firsts) == len(lasts) == len(offsets):
         raise ValueError(f"{len(firsts)} windows of first tokens, {len(lasts)} of last tokens, {len(offsets)} offsets")
@@ -147,12 +148,12 @@ def batch_candidates(
         last = np.asarray(last, dtype=np.int64)
         if first.shape != last.shape:
             raise ValueError(f"window {b}: {len(first)} first tokens but {len(last)} last tokens")
-        starts, ends = window_candidates(len(first), max_width)  # (C_b,) each
-        parts["start_token"].append(offset + CLS_TOKENS + first[starts])
-        parts["end_token"].append(offset + CLS_TOKENS + last[ends])
-        parts["window"].append(np.full(len(starts), b, dtype=np.int64))
-        parts["start_unit"].append(starts)
-        parts["end_unit"].append(ends)
+        first_units, last_units = window_candidates(len(first), max_width)  # (C_b,) each
+        parts["start_token"].append(offset + starts + first[first_units])
+        parts["end_token"].append(offset + starts + last[last_units])
+        parts["window"].append(np.full(len(first_units), b, dtype=np.int64))
+        parts["start_unit"].append(first_units)
+        parts["end_unit"].append(last_units)
         if entities is not None:
             source = sources[b] if sources is not None else ""
             labelled = candidate_labels(len(first), max_width, entities[b], source)
@@ -191,7 +192,7 @@ class SpanWindow:
 
 
 def span_windows(units: Units, length: int, max_length: int, stride: int, text: int = 0,
-                 entities: Sequence[tuple[int, int, int]] = ()) -> tuple[list[SpanWindow], int]:
+                 entities: Sequence[tuple[int, int, int]] = (), specials: int = SPECIALS) -> tuple[list[SpanWindow], int]:
     """The windows of one text of ``length`` tokens (as the token head cuts them, see
     ``tagtune.data.align.windows_of``), each with the units whose tokens lie whole in it, and
     the number of ``entities`` (text units, end excluded) that no window holds whole.
@@ -203,7 +204,7 @@ def span_windows(units: Units, length: int, max_length: int, stride: int, text: 
     first, last = np.asarray(units.first, dtype=np.int64), np.asarray(units.last, dtype=np.int64)
     windows, held = [], np.zeros(len(entities), dtype=bool)
     rows = np.asarray(entities, dtype=np.int64).reshape(-1, 3)
-    for a, b in windows_of(length, max_length, stride):
+    for a, b in windows_of(length, max_length, stride, specials):
         u0 = int(np.searchsorted(first, a, side="left"))  # units are in token order
         u1 = int(np.searchsorted(last, b, side="left"))  # the units whose last token is before b
         u1 = max(u0, u1)

@@ -206,8 +206,9 @@ def max_probability_difference(model, head, onnx_model: OnnxSpanModel, tokenizer
     worst = 0.0
     for ids, mask in _probe_batches(model.config.vocab_size, tokenizer.cls_id, tokenizer.sep_id, max_length):
         sequences = [row[:n].tolist() for row, n in zip(ids, mask.sum(1))]
-        units = [range(len(x) - 2) for x in sequences]  # the tokens between [CLS] and [SEP]
-        ours, theirs = (score_windows(scorer, sequences, units, units, head.max_width, head.num_labels)
+        units = [range(len(x) - tokenizer.specials) for x in sequences]  # the tokens between [CLS] and [SEP]
+        ours, theirs = (score_windows(scorer, sequences, units, units, head.max_width, head.num_labels,
+                                      starts=tokenizer.starts)
                         for scorer in (onnx_scorer, torch_scorer))
         worst = max(worst, *(float(np.abs(a[2] - b[2]).max()) for a, b in zip(ours, theirs)))
     return worst

@@ -100,7 +100,8 @@ class PackedSpanScorer:
 
 
 def score_windows(scorer: SpanScorer, sequences: list[list[int]], firsts: list[Sequence[int]],
-                  lasts: list[Sequence[int]], max_width: int, num_labels: int) -> list[tuple[np.ndarray, ...]]:
+                  lasts: list[Sequence[int]], max_width: int, num_labels: int,
+                  starts: int = 1) -> list[tuple[np.ndarray, ...]]:
     """Per window, its candidates' ``(start unit, end unit, probs (C, num_labels))``, in window
     units, scored by ``scorer``.
 
@@ -112,13 +113,15 @@ def score_windows(scorer: SpanScorer, sequences: list[list[int]], firsts: list[S
         lasts: Per window, the last token with characters of each of those units.
         max_width: The most units a candidate spans.
         num_labels: "none" and the entity labels, the columns of ``probs``.
+        starts: The special tokens before each window's text (the tokenizer's ``starts``).
     """
     empty = np.zeros(0, dtype=np.int64)
     scored = [(empty, empty, np.zeros((0, num_labels), dtype=np.float32))] * len(sequences)
     run = [w for w, first in enumerate(firsts) if len(first)]
 
     def candidates(batch: list[int], offsets: Sequence[int]) -> BatchCandidates:
-        return batch_candidates([firsts[run[i]] for i in batch], [lasts[run[i]] for i in batch], offsets, max_width)
+        return batch_candidates([firsts[run[i]] for i in batch], [lasts[run[i]] for i in batch], offsets, max_width,
+                                starts=starts)
 
     for batch, found, probs in scorer.score([sequences[w] for w in run], candidates):
         cuts = np.cumsum(np.bincount(found.window, minlength=len(batch)))[:-1]
@@ -258,7 +261,8 @@ class SpanTagger:
         windows: list[SpanWindow] = []
         for t, (enc, unit) in enumerate(zip(encodings, units)):
             if len(unit):
-                windows += span_windows(unit, len(enc), self.max_length, self.stride, text=t)[0]
+                windows += span_windows(unit, len(enc), self.max_length, self.stride, text=t,
+                                        specials=self.tokenizer.specials)[0]
         scored = self._window_probabilities(windows, [enc.ids for enc in encodings])
         per_text: list[list[int]] = [[] for _ in texts]
         for w, window in enumerate(windows):
@@ -280,7 +284,7 @@ class SpanTagger:
         sequences = [with_specials(ids[w.text][slice(*w.tokens)], self.tokenizer.cls_id, self.tokenizer.sep_id)
                      for w in windows]
         return score_windows(self.scorer, sequences, [w.firsts for w in windows], [w.lasts for w in windows],
-                             self.max_width, len(self.labels) + 1)
+                             self.max_width, len(self.labels) + 1, starts=self.tokenizer.starts)
 
     def _spans(self, found: TextCandidates, chosen: np.ndarray) -> list[Span]:
         """The ``chosen`` candidates of a text as character spans, sorted by (start, end)."""

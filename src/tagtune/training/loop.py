@@ -272,7 +272,8 @@ def span_training_windows(examples: list[Example], tokenizer, labels: list[str],
         if len(entities) < len(found):
             data.too_wide += len(found) - len(entities)
             wide_example = wide_example or ex.source
-        windows, cut = span_windows(units, len(enc), settings.max_length, settings.stride, t, entities)
+        windows, cut = span_windows(units, len(enc), settings.max_length, settings.stride, t, entities,
+                                    tokenizer.specials)
         if cut:
             data.cut += cut
             cut_example = cut_example or ex.source
@@ -916,7 +917,7 @@ def forward_backward(run: Run, indices: list[int], stepping: bool) -> torch.Tens
         windows = [run.span_windows[i] for i in mine]
         found = batch_candidates([w.firsts for w in windows], [w.lasts for w in windows],
                                  batch.cu_seqlens[:len(mine)].tolist(), run.span_head.max_width,
-                                 [w.entities for w in windows])
+                                 [w.entities for w in windows], starts=run.tokenizer.starts)
         candidates = padded_candidates(found, device)
     batch = batch.to(device)
     # The loss of the whole batch is the mean over its labelled tokens (or candidates); each
