@@ -22,11 +22,11 @@ def still_bert(tmp_path_factory):
                           attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
 
 
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args: str, cwd=None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "tagtune", *args]
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
 
 
 def tagtune(*args: str) -> subprocess.CompletedProcess:
@@ -96,7 +96,7 @@ def test_two_processes_train_like_one(still_bert, wnut_files, tmp_path, batching
 
 def test_two_processes_train_the_span_head_like_one(still_bert, tmp_path):
     """--head span: the encoder and the span head (its gradients averaged with the encoder's)
-    end as one process leaves them, and so do the dev scores."""
+    end as one process leaves them, and so do the dev scores. Only rank 0 reports to a tracker."""
     from test_span_nested import NESTED
     from test_span_train import write_jsonl
 
@@ -106,8 +106,11 @@ def test_two_processes_train_the_span_head_like_one(still_bert, tmp_path):
               "--bf16", "off", "--seed", "3", "--save", "last", "--quiet"]
     one = tagtune(*common, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    two = torchrun(2, *common, "--out", str(tmp_path / "two"))
+    two = torchrun(2, *common, "--out", str(tmp_path / "two"), "--report-to", "tensorboard", "--log-every", "1",
+                   cwd=tmp_path)
     assert two.returncode == 0, two.stderr
+    writers = {p.name.split(".")[-2] for p in (tmp_path / "runs").rglob("events.out.tfevents.*")}
+    assert len(writers) == 1  # the event files (events.out.tfevents.TIME.HOST.PID.N) of one process: rank 0
     start = load_file(still_bert / "model.safetensors")
     for name in ("model.safetensors", "span_head.safetensors"):
         a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
