@@ -396,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--max-span-words words, so overlapping and nested spans are learnt")
     p.add_argument("--max-span-words", type=int, metavar="N", help="with --head span, the widest span in words "
                    "(1 to 64)")
+    p.add_argument("--attention", choices=["causal", "bidirectional"],
+                   help="attention of the model (default: the family's, causal for decoders, bidirectional for "
+                        "encoders); kept in tagtune.json, which only tagtune reads")
+    p.add_argument("--checkpointing", action="store_const", const=True,
+                   help="recompute each layer's activations in the backward pass instead of storing them: "
+                        "less memory, about a third more compute")
     p.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (such as 16) on the frozen "
                    "base model, and save a PEFT adapter folder that names --model as its base")
     p.add_argument("--lora-alpha", type=float, metavar="A", help="with --lora, the adapters' scale is A / R "

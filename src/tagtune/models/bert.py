@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from tagtune.models.config import EncoderConfig
-from tagtune.models.packed import (Dropout, LayerNorm, Linear, Packing, activation, onnx_runtime_attention,
-                                   packed_attention)
+from tagtune.models.packed import (Dropout, LayerNorm, LayerStack, Linear, Packing, activation,
+                                   onnx_runtime_attention, packed_attention)
 
 LORA_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                 "intermediate.dense", "output.dense")
@@ -132,14 +132,14 @@ class Layer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
-class Encoder(nn.Module):
+class Encoder(LayerStack):
     def __init__(self, config: EncoderConfig, attention_output_dropout: float | None = None):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config, attention_output_dropout) for _ in range(config.num_hidden_layers))
 
     def forward(self, x, packing: Packing):
         for layer in self.layer:
-            x = layer(x, packing)
+            x = self.run_layer(layer, x, packing)
         return x
 
 

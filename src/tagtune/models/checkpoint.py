@@ -22,7 +22,7 @@ import torch
 
 from tagtune.errors import TagtuneError
 from tagtune.files import atomic_save, atomic_write, new_folder_beside, replace_folder, write_error
-from tagtune.models.config import EncoderConfig, check_memory, device_memory, read_config
+from tagtune.models.config import EncoderConfig, attended, check_memory, device_memory, read_config
 from tagtune.models.families import OTHER_TASKS, TAGTUNE_LAYERS, checkpoint_layers, checkpoint_names, unused_weights
 from tagtune.models.packed import TokenClassifier
 from tagtune.store.hub import resolve
@@ -185,21 +185,23 @@ def is_token_classifier(config: EncoderConfig) -> bool:
 
 
 def load_model(source: str | os.PathLike, labels: list[str] | None = None,
-               train_on=None) -> tuple[TokenClassifier, LoadReport]:
+               train_on=None, attention: str | None = None) -> tuple[TokenClassifier, LoadReport]:
     """A TokenClassifier from a checkpoint folder or Hub repo id (downloaded when not cached).
 
     ``labels`` None keeps the head of a token-classification checkpoint (and gives a base
     checkpoint no head); labels that differ from the checkpoint's get a new head initialised
     as HF initialises one (normal(0, initializer_range) weights, zero bias). ``train_on``: the
     device it will be trained on, whose memory must hold weights, gradients and AdamW state;
-    checked, as config.json is, before anything is allocated.
+    checked, as config.json is, before anything is allocated. ``attention``: "causal" or
+    "bidirectional" (``tagtune train --attention``); None keeps the one the folder's tagtune.json
+    names, else the family's (see tagtune.models.config.attended).
     """
     directory = resolve(source)
     config = read_config(directory)
     own_labels = config.labels if is_token_classifier(config) else []
     if labels is None:
         labels = own_labels
-    config = config.with_labels(list(labels))
+    config = attended(config.with_labels(list(labels)), directory, attention)
     limit = device_memory(train_on) if train_on is not None else None
     if limit is not None:
         check_memory(config, str(directory / "config.json"), training=True, limit=limit)

@@ -22,6 +22,7 @@ from tagtune.errors import TagtuneError
 from tagtune.models import families
 from tagtune.models.families import ARCHITECTURES, Architecture
 from tagtune.safejson import excerpt
+from tagtune.store.layout import ATTENTIONS, SETTINGS_FILE, attention_of
 
 
 # Bounds on the integers of config.json, by tagtune's name of the key (DistilBERT's dim,
@@ -153,6 +154,31 @@ class EncoderConfig:
                                    f"and label {i}")
             seen[label] = i
         return replace(self, id2label=dict(enumerate(labels)))
+
+    @property
+    def attention(self) -> str:
+        """"causal" or "bidirectional": how this config's attention runs."""
+        return ATTENTIONS[0] if self.causal else ATTENTIONS[1]
+
+    @property
+    def default_attention(self) -> str:
+        """The family's attention: "causal" for the decoders, "bidirectional" for the encoders."""
+        return ATTENTIONS[0] if self.arch.defaults.get("causal", False) else ATTENTIONS[1]
+
+    def with_attention(self, attention: str | None, what: str = "--attention") -> EncoderConfig:
+        """A copy whose attention is ``attention`` ("causal" or "bidirectional"); None keeps the
+        family's. Causal attention is for the Llama layout (the decoders, and EuroBERT); an encoder
+        family asked for it is an error naming the family, ``what`` naming where it was asked."""
+        if attention is None:
+            return self
+        if attention not in ATTENTIONS:
+            raise TagtuneError(f"{what} {excerpt(attention)} is not one of {', '.join(ATTENTIONS)}")
+        causal = attention == ATTENTIONS[0]
+        if causal and self.arch.family != "llama":
+            raise TagtuneError(f"{what} causal is not supported for {self.model_type}: an encoder family, whose "
+                               "attention is bidirectional (causal attention is for the decoders: llama, mistral, "
+                               "qwen2, qwen3, gemma, gemma2)")
+        return replace(self, causal=causal)
 
     def parameter_count(self) -> int | None:
         """The parameters of the model this config describes (TokenClassifier.num_parameters()),
@@ -414,6 +440,15 @@ def check_memory(config: EncoderConfig, source: str, training: bool = False,
              f"vocab_size {config.vocab_size:,}")
     raise TagtuneError(f"{source}: this model ({shape}) has about {_amount(config.parameter_count())} parameters "
                        f"and would need about {_bytes(need)} of memory {what}; {whose.format(_bytes(available))}")
+
+
+def attended(config: EncoderConfig, directory: str | Path, attention: str | None = None) -> EncoderConfig:
+    """``config`` with the attention its model is built with: ``attention`` where given (``tagtune
+    train --attention``), else the one tagtune.json in ``directory`` names (a tagger trained with
+    it), else the family's. The one place training and loading decide it."""
+    if attention is not None:
+        return config.with_attention(attention)
+    return config.with_attention(attention_of(Path(directory)), f"{Path(directory) / SETTINGS_FILE}: attention")
 
 
 def read_config(directory: str | Path) -> EncoderConfig:

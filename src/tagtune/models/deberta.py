@@ -50,7 +50,7 @@ from torch import nn
 from tagtune.errors import TagtuneError
 from tagtune.models.bert import Intermediate, ResidualOutput
 from tagtune.models.config import EncoderConfig
-from tagtune.models.packed import Dropout, LayerNorm, Linear, Packing, kernels, packed_attention
+from tagtune.models.packed import Dropout, LayerNorm, LayerStack, Linear, Packing, kernels, packed_attention
 from tagtune.safejson import excerpt
 
 TERMS = ("c2p", "p2c")
@@ -321,7 +321,7 @@ class Layer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
-class Encoder(nn.Module):
+class Encoder(LayerStack):
     """The layers, the relative embeddings they share, and the LayerNorm over those."""
 
     def __init__(self, config: EncoderConfig):
@@ -346,5 +346,5 @@ class Encoder(nn.Module):
                 low, high = int(index.min()), int(index.max())
                 rel, index = rel[low:high + 1], index - low
         for layer in self.layer:
-            x = layer(x, packing, rel, index)
+            x = self.run_layer(layer, x, packing, rel, index)
         return x

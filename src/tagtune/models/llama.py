@@ -39,7 +39,7 @@ from torch import nn
 
 from tagtune.errors import TagtuneError
 from tagtune.models.config import EncoderConfig
-from tagtune.models.packed import Linear, Packing, activation, packed_attention
+from tagtune.models.packed import LayerStack, Linear, Packing, activation, packed_attention
 from tagtune.safejson import excerpt
 
 CHECKPOINT_LAYERS: tuple[str, dict[str, str]] = ("layers.", {})
@@ -350,7 +350,7 @@ class Layer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
-class Encoder(nn.Module):
+class Encoder(LayerStack):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         s = settings(config)
@@ -364,5 +364,5 @@ class Encoder(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (T, 1, D)
         rotary = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         for layer in self.layer:
-            x = layer(x, packing, rotary)
+            x = self.run_layer(layer, x, packing, rotary)
         return self.norm(x)

@@ -37,7 +37,7 @@ from tagtune.models.config import read_config
 from tagtune.models.families import checkpoint_layers, lora_targets
 from tagtune.store.hub import resolve
 from tagtune.store.layout import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CRF_FILE, SETTINGS_FILE,
-                                  SPAN_HEAD_FILE)
+                                  SPAN_HEAD_FILE, attention_of)
 
 PEFT_PREFIX = "base_model.model."
 """PEFT's prefix of every key in adapter_model.safetensors (PeftModel.base_model.model)."""
@@ -247,7 +247,7 @@ def load_adapter_model(folder: str | os.PathLike, merge: bool = True):
     except TagtuneError as e:
         raise TagtuneError(f"{folder}: its base model {base} cannot be found ({e}); adapter_config.json names it "
                            "in base_model_name_or_path") from None
-    model, report = load_model(base, labels=labels)
+    model, report = load_model(base, labels=labels, attention=attention_of(folder))
     if not labels:
         model.head = None
     weights = read_safetensors(folder / ADAPTER_WEIGHTS_FILE) if (folder / ADAPTER_WEIGHTS_FILE).is_file() else None

@@ -36,7 +36,7 @@ from torch import nn
 
 from tagtune.errors import TagtuneError
 from tagtune.models.config import ACTIVATIONS, EncoderConfig
-from tagtune.models.packed import Dropout, LayerNorm, Linear, Packing, activation, packed_attention
+from tagtune.models.packed import Dropout, LayerNorm, LayerStack, Linear, Packing, activation, packed_attention
 from tagtune.safejson import excerpt
 
 CHECKPOINT_LAYERS: tuple[str, dict[str, str]] = ("layers.", {})
@@ -248,7 +248,7 @@ class Layer(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class Encoder(nn.Module):
+class Encoder(LayerStack):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         s = settings(config)
@@ -260,7 +260,7 @@ class Encoder(nn.Module):
         """x: (T, C) -> (T, C)."""
         rotary = {kind: r(packing.positions) for kind, r in self.rotary.items()}
         for layer in self.layer:
-            x = layer(x, packing, rotary[layer.kind])
+            x = self.run_layer(layer, x, packing, rotary[layer.kind])
         return self.final_norm(x)
 
 

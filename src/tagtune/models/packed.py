@@ -123,6 +123,26 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+class LayerStack(nn.Module):
+    """A family's Encoder: its layers run through :meth:`run_layer`, which checkpoints them when training asks."""
+
+    checkpointing = False
+    """Recompute each layer's activations in the backward pass instead of storing them
+    (``tagtune train --checkpointing``); set by training, off for inference."""
+
+    def run_layer(self, layer: nn.Module, *args):
+        """``layer(*args)``; with ``checkpointing``, while the layer trains with gradients on, its
+        activations are not stored but recomputed in the backward pass (activation checkpointing,
+        torch.utils.checkpoint without reentrance; the RNG state is replayed, so dropout draws the
+        same masks, and loss and gradients are those of the plain call). Only the layer's inputs are
+        kept: one hidden state per layer."""
+        if self.checkpointing and layer.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+
 def dropout_mask(x, p: float):
     """A dropout mask for ``x`` scaled by 1 / (1 - p), from 16-bit uniforms: one 64-bit random
     word gives four, each compared with ``p`` (so an element is dropped with probability ``p``

@@ -49,6 +49,9 @@ SPAN_HEAD_FILE = "span_head.safetensors"
 """The span head's weights (SpanHead.state_dict()), beside the encoder's."""
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+ATTENTIONS = ("causal", "bidirectional")
+"""The attentions a model may be trained and run with (``tagtune train --attention``; tagtune.json's
+``attention``)."""
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 """A LoRA tagger (``tagtune train --lora R``): PEFT's adapter settings, which name the base model
 (``base_model_name_or_path``) whose weights the adapters apply to (tagtune.models.lora)."""
@@ -76,6 +79,11 @@ class TaggerSettings:
     """Span head: the widest candidate span, in words."""
     labels: list[str] | None = None
     """Span head: its entity labels, sorted (label id i + 1 is ``labels[i]``, 0 is none)."""
+    attention: str | None = None
+    """"causal" or "bidirectional" where the model was trained with other attention than its
+    family's (``tagtune train --attention``); None: the family's (decoders causal, encoders
+    bidirectional). config.json cannot say it, so transformers would run such a folder with its
+    family's attention."""
 
     @classmethod
     def read(cls, directory: Path, labels: list[str], config=None) -> TaggerSettings:
@@ -100,6 +108,7 @@ class TaggerSettings:
             raise TagtuneError(f"{path}: max_length {settings.max_length} and stride {settings.stride} must be "
                                "3 <= max_length <= 1,048,576 and 0 <= stride < max_length - 2")
         settings.check_head(path)
+        check_attention(settings.attention, path)
         if config is not None:
             config.check_window(settings.max_length, f"{path}: max_length")
         return settings
@@ -125,7 +134,25 @@ class TaggerSettings:
         if self.head == "token":  # and those of token taggers likewise
             for name in ("head", "max_span_words", "labels"):
                 del values[name]
+        if self.attention is None:  # the family's attention
+            del values["attention"]
         return json.dumps(values, indent=2) + "\n"
+
+
+def attention_of(directory: Path) -> str | None:
+    """The attention tagtune.json of ``directory`` names (None without one, or naming none: the
+    family's); read before the model is built, checked as :meth:`TaggerSettings.read` checks it."""
+    path = Path(directory) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    return check_attention(safejson.read_object(path).get("attention"), path)
+
+
+def check_attention(attention, path: Path) -> str | None:
+    """``attention`` as tagtune.json (``path``) may hold it: None, or one of ATTENTIONS."""
+    if attention is not None and attention not in ATTENTIONS:
+        raise TagtuneError(f"{path}: attention {safejson.excerpt(attention)} is not one of {', '.join(ATTENTIONS)}")
+    return attention
 
 
 def settings_files(settings: TaggerSettings) -> dict[str, str]:

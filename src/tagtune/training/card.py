@@ -134,6 +134,9 @@ def training_section(config: TrainConfig, history: list[dict], kept: int, train:
         f"- head: {head}",
         f"- epochs: {epochs}; kept: {kept_line}",
         f"- precision: {'fp32' if precision == 'fp32' else 'bf16 mixed precision'}",
+        *([f"- attention: {config.attention} (tagtune.json keeps it; transformers' token classifier runs the "
+           "family's attention, so where that differs only tagtune and its ONNX export run this tagger as trained)"]
+          if config.attention else []),
         f"- learning rate {config.lr:g}, windows of {config.max_length} tokens (stride {config.stride}), "
         f"seed {config.seed}",
         "",

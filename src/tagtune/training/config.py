@@ -8,7 +8,7 @@ from tagtune.data.align import windows_of
 from tagtune.data.schemes import SCHEMES
 from tagtune.errors import TagtuneError
 from tagtune.models.precision import check_bf16
-from tagtune.store.layout import HEADS, MAX_SPAN_WORDS, TaggerSettings
+from tagtune.store.layout import ATTENTIONS, HEADS, MAX_SPAN_WORDS, TaggerSettings
 
 
 CHECKPOINT = "checkpoint/state.pt"
@@ -130,6 +130,16 @@ class TrainConfig:
     max_span_words: int = 8
     """With ``head="span"``: the widest span, in words (1 to 64); wider entities are warned about
     and not learnt."""
+    attention: str | None = None
+    """"causal" (each token sees itself and the tokens before it) or "bidirectional" (every token
+    of its window); None: the family's, causal for the decoders (llama, mistral, qwen2, qwen3,
+    gemma, gemma2), bidirectional for the encoders, which cannot be causal. Kept in tagtune.json,
+    so the trained tagger runs with it wherever tagtune opens it; transformers' token classifier
+    runs the family's attention whatever tagtune.json says."""
+    checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of storing them
+    (activation checkpointing): training needs less memory for about a third more compute, with
+    the same loss and gradients."""
 
     lora: int | None = None
     """Train LoRA adapters of this rank (at least 1) on the encoder's linear layers, with the base
@@ -179,6 +189,8 @@ class TrainConfig:
         self.check_head()
         self.check_reporting()
         self.check_lora()
+        if self.attention is not None and self.attention not in ATTENTIONS:
+            raise TagtuneError(f"--attention must be causal or bidirectional, got {self.attention!r}")
         if self.scheme not in SCHEMES:
             raise TagtuneError(f"scheme {self.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.save not in ("best", "last"):

@@ -552,6 +552,8 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
 
     base = load_base_model(config, labels, device)
     model, tokenizer, start = base.model, base.tokenizer, base.start
+    attention = model.config.attention  # kept in tagtune.json where it is not the family's
+    settings = replace(settings, attention=None if attention == model.config.default_attention else attention)
     if config.lora:  # the base frozen, adapters on its layers (the names checked against its family)
         add_adapters(model, config.lora, config.lora_scale_alpha, config.lora_dropout,
                      choose_targets(model.config.model_type, config.lora_targets))
@@ -674,12 +676,14 @@ def load_base_model(config: TrainConfig, labels: list[str], device: torch.device
     span head of a span tagger that fits), on ``device``, and its tokenizer."""
     torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
     span = config.head == "span"
-    model, report = load_model(config.model, labels=[] if span else labels, train_on=device)
+    model, report = load_model(config.model, labels=[] if span else labels, train_on=device,
+                               attention=config.attention)
     if span:  # the encoder alone: a checkpoint's token head and head transform are left out
         model.head = None
     model.config.check_window(config.max_length, "--max-length")
     tokenizer = load_tokenizer(report.directory)
     check_vocab(tokenizer, model.config, report.directory)
+    model.encoder.checkpointing = config.checkpointing
     model.to(device)
     start, keeps_span_head = (None, False) if config.resume else tagger_start(config, report.directory, labels,
                                                                                report.new_head)
