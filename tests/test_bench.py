@@ -176,3 +176,32 @@ def test_label_bench_smoke(tmp_path):
     assert taught["teacher"]["labelled"]["train"]["requests"] == 27 and taught["seeds"] == [42]
     assert 0 < taught["teacher"]["train_scores"]["f1"] < 1  # the stand-in's errors are in the teacher's labels
     assert 0 <= taught["medians"]["teacher"]["f1"] <= 1 and taught["student_texts_per_second"] > 0
+
+
+@pytest.mark.parametrize("family, architecture", [("eurobert", "EuroBertForMaskedLM"), ("qwen3", "Qwen3ForCausalLM")])
+def test_llama_layout_checkpoints_tokenize_as_the_trainer_does(family, architecture, tiny_bert, tweets, tmp_path):
+    """--family eurobert and qwen3 learn a byte-level BPE on the training texts; transformers'
+    tokenizer of the folder gives the Trainer's words the pieces tagtune gives the whole text, and
+    tagtune loads the checkpoint."""
+    sys.path.insert(0, str(BENCH))
+    import transformers
+    from train_bench import random_model
+
+    from tagtune.models.checkpoint import load_model
+    from tagtune.text.tokenizer import load_tokenizer
+
+    words = [tokens for tokens, _ in tweets[:60]]
+    texts = [" ".join(tokens) for tokens in words]
+    folder = random_model(family, tmp_path / family, tiny_bert, texts)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == [architecture]
+    assert config["hidden_size"] == json.loads((tiny_bert / "config.json").read_text())["hidden_size"]
+    ours = [e.ids for e in load_tokenizer(folder).encode_batch(texts)]
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)(words, is_split_into_words=True)["input_ids"]
+    if family == "eurobert":  # the same pieces, between <|begin_of_text|> and <|end_of_text|>
+        assert [ids[1:-1] for ids in theirs] == ours
+        assert {ids[0] for ids in theirs} == {config["bos_token_id"]}
+    else:  # Qwen2Tokenizer's add_prefix_space also puts a space before a word's inner pieces (":", "//")
+        assert sum(a == b for a, b in zip(theirs, ours)) >= len(texts) / 2
+    model, report = load_model(folder, labels=["O", "B-X", "I-X"])
+    assert report.new_head and model.config.model_type == family
