@@ -57,6 +57,18 @@ BYTES_PER_PARAMETER = 4
 """fp32 weights."""
 TRAINING_COPIES = 4
 """Weights, gradients and AdamW's two moments, each as large as the weights."""
+OPTIMIZER_BYTES = 12
+"""Per trained parameter: its fp32 gradient and AdamW's two fp32 moments."""
+# Bytes that autograd keeps for the backward pass per token, layer and unit of width, in fp32
+# training with dropout and an MLP 4x as wide. Measured once on the CPU by summing the distinct
+# tensors that torch.autograd.graph.saved_tensors_hooks sees packed in one training forward
+# pass, over a tiny (width 64, 2 layers) and two small models (256 x 4, 384 x 6), batches of 512
+# to 2,048 tokens: BERT 111-136, DistilBERT 107-132, Qwen2 118-124, ModernBERT 119-139 (the
+# Llama layout and ModernBERT counted with BERT), DeBERTa-v2 177-236 (its relative attention
+# terms). The larger end is kept: the estimate is for refusing runs that cannot fit.
+ACTIVATION_BYTES = {"deberta": 236}
+"""By family (Architecture.family); the others take DEFAULT_ACTIVATION_BYTES."""
+DEFAULT_ACTIVATION_BYTES = 140
 
 # Activations by their HF config names. "gelu" is the exact erf form; "gelu_new" and
 # "gelu_pytorch_tanh" are the tanh approximation.
@@ -420,6 +432,69 @@ def device_memory(device) -> tuple[int, str] | None:
     if name == "cpu":
         return memory_limit()
     return None  # other accelerators: not known here
+
+
+@dataclass
+class MemoryPlan:
+    """What a training run holds in memory, in bytes (see :func:`memory_plan`)."""
+
+    weights: int
+    optimizer: int
+    """Gradients and AdamW's two moments of the trained parameters."""
+    activations: int
+    """Kept for the backward pass at the largest batch."""
+    tokens: int
+    """Tokens of the largest batch."""
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.optimizer + self.activations
+
+    def line(self, free: tuple[int, str] | None) -> str:
+        """``weights 87 MB, gradients+AdamW 264 MB, activations ~410 MB at 4,096 tokens a batch;
+        3.2 GB free`` (``free``: bytes and whose, see :func:`free_memory`)."""
+        return (f"weights {_bytes(self.weights)}, gradients+AdamW {_bytes(self.optimizer)}, activations "
+                f"~{_bytes(self.activations)} at {self.tokens:,} tokens a batch"
+                + (f"; {free[1].format(_bytes(free[0]))}" if free is not None else ""))
+
+
+def memory_plan(config: EncoderConfig, parameters: int, trained: int, tokens: int,
+                checkpointing: bool = False) -> MemoryPlan:
+    """The memory of training the model of ``config`` (``parameters`` fp32 weights, ``trained``
+    of them with gradients and AdamW state: all, or with LoRA the adapters and heads) on batches
+    of up to ``tokens`` tokens. Activations: tokens x layers x width x the family's bytes
+    (ACTIVATION_BYTES); with ``checkpointing`` one fp32 hidden state per layer is kept, and one
+    layer's activations at a time while it is recomputed."""
+    per_layer = tokens * config.hidden_size * ACTIVATION_BYTES.get(config.arch.family, DEFAULT_ACTIVATION_BYTES)
+    layers = config.num_hidden_layers
+    activations = (tokens * config.hidden_size * 4 * layers + per_layer if checkpointing else per_layer * layers)
+    return MemoryPlan(parameters * BYTES_PER_PARAMETER, trained * OPTIMIZER_BYTES, activations, tokens)
+
+
+def free_memory(device) -> tuple[int, str] | None:
+    """(bytes, phrase) of the memory free for training on ``device``: a CUDA GPU's free memory
+    (torch.cuda.mem_get_info), or on the CPU the available RAM (MemAvailable of /proc/meminfo)
+    within :func:`memory_limit`; None where it cannot be told."""
+    name = str(device) if device is not None else "cpu"
+    if name.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(name))
+        return free, f"{{}} free on {name}"
+    if name != "cpu":
+        return None
+    available = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = memory_limit()
+    if available is None:
+        return limit
+    return (min(available, limit[0]) if limit else available), "{} free"
 
 
 def check_memory(config: EncoderConfig, source: str, training: bool = False,

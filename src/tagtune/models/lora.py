@@ -170,6 +170,23 @@ def adapter_weights(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def stored_base(base: str) -> str:
+    """``base`` as adapter_config.json keeps it: a local folder as its absolute path, so that the
+    adapter folder loads from any working directory; a Hub id as given."""
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(base)
+
+
+def check_not_adapters(directory: Path, given: str) -> None:
+    """A one-line error when ``directory`` (``given`` as --model) is a LoRA adapter folder, which a
+    run cannot start from: it holds no base weights."""
+    if is_adapter_folder(directory):
+        base = read_adapter_config(directory).base_model_name_or_path
+        raise TagtuneError(f"{given}: a LoRA adapter folder, which holds no base weights to train from; merge it "
+                           f"first (tagtune merge {given} MERGED) and train --model MERGED, or train on its base "
+                           f"model ({base}) again")
+
+
 def adapter_config(model, base: str):
     """PEFT's LoraConfig of ``model``'s adapters, naming ``base`` as the base model."""
     from peft import LoraConfig
@@ -183,7 +200,7 @@ def adapter_config(model, base: str):
     return LoraConfig(
         r=first.r[ADAPTER], lora_alpha=first.lora_alpha[ADAPTER], lora_dropout=getattr(dropout, "p", 0.0),
         target_modules=[hf_name(name, model.config, encoder_only) for name in layers],
-        modules_to_save=heads or None, base_model_name_or_path=str(base),
+        modules_to_save=heads or None, base_model_name_or_path=stored_base(base),
         task_type="FEATURE_EXTRACTION" if encoder_only else "TOKEN_CLS",
     )
 

@@ -79,13 +79,15 @@ from tagtune.inference.load import check_vocab, head_of, load_span_head
 from tagtune.inference.spantagger import SpanTagger
 from tagtune.inference.tagger import Tagger
 from tagtune.models.checkpoint import load_model, write_model_files, write_safetensors
-from tagtune.models.config import read_config
+from tagtune.models.config import free_memory, memory_plan, read_config
 from tagtune.models.crf import ChainCRF
-from tagtune.models.lora import add_adapters, choose_targets, has_adapters, parameter_line, write_adapter_files
+from tagtune.models.lora import (add_adapters, check_not_adapters, choose_targets, has_adapters, parameter_line,
+                                 write_adapter_files)
 from tagtune.models.precision import describe, use_bf16
 from tagtune.models.spanhead import SpanHead, span_loss
 from tagtune.progress import Progress, duration
 from tagtune.spans import Example
+from tagtune.store.hub import resolve
 from tagtune.store.layout import SETTINGS_FILE, SPAN_HEAD_FILE, TaggerSettings, crf_files, settings_files
 from tagtune.text.tokenizer import load_tokenizer
 from tagtune.training.card import write_card
@@ -485,6 +487,8 @@ class Run:
     log: object = None
     reporters: Reporters = field(default_factory=Reporters)
     """The experiment trackers the run reports to (``--report-to``; rank 0's, none elsewhere)."""
+    memory: str = ""
+    """The memory plan's line (see check_run_memory)."""
     pooler: dict | None = None
     """The base checkpoint's pooler weights, written unchanged beside a span tagger's encoder
     (see write_model_files)."""
@@ -593,10 +597,11 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
             model.classifier.bias.copy_(label_prior(seq_labels, len(labels)).to(device))
     if group.active:
         torch.manual_seed(config.seed * 1009 + group.rank)  # each process its own dropout masks
-    batch_size, max_tokens, batches_per_epoch = batch_plan(config, lengths)
+    batch_size, max_tokens, batches_per_epoch, largest = batch_plan(config, lengths)
     total_steps = config.epochs * math.ceil(batches_per_epoch / config.accumulation)
     crf = ChainCRF(labels, config.scheme).to(device) if config.crf else None
     beside = crf if crf is not None else span_head
+    memory = check_run_memory(model, beside, config, device, largest)
     optimizer = make_optimizer(model, config, beside, row_gradients=device.type == "cpu" and not group.active)
     schedule = make_schedule(optimizer, config, total_steps)
     mode = group.on_main(precision, config, device)  # measured on one process, the same for all
@@ -610,7 +615,7 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
               labelled=labelled, edges=edges, batch_size=batch_size, max_tokens=max_tokens,
               batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state,
               span_windows=span.windows if span is not None else None, span_head=span_head, crf=crf,
-              start=start, pooler=base.pooler)
+              start=start, pooler=base.pooler, memory=memory)
     if group.main:
         atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
         run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
@@ -676,6 +681,7 @@ def load_base_model(config: TrainConfig, labels: list[str], device: torch.device
     span head of a span tagger that fits), on ``device``, and its tokenizer."""
     torch.manual_seed(config.seed)  # the new head's initialisation, the same in every process
     span = config.head == "span"
+    check_not_adapters(resolve(config.model), config.model)
     model, report = load_model(config.model, labels=[] if span else labels, train_on=device,
                                attention=config.attention)
     if span:  # the encoder alone: a checkpoint's token head and head transform are left out
@@ -777,14 +783,31 @@ def resumed_from(name: str, state: dict, epochs: int) -> str:
     return f"resuming {name} from the end of epoch {done} of {epochs} (step {state['step']}){then}"
 
 
-def batch_plan(config: TrainConfig, lengths: list[int]) -> tuple[int | None, int | None, int]:
-    """(batch_size, max_tokens, batches per epoch). Bucketing turns a window count into the
-    token budget of that many mean-length windows."""
+def batch_plan(config: TrainConfig, lengths: list[int]) -> tuple[int | None, int | None, int, int]:
+    """(batch_size, max_tokens, batches per epoch, tokens of the largest batch). Bucketing turns a
+    window count into the token budget of that many mean-length windows."""
     batch_size, max_tokens = config.batch_size, config.max_tokens
     if config.bucket and max_tokens is None:
         batch_size, max_tokens = None, max(1, round(config.batch_size * sum(lengths) / len(lengths)))
-    batches_per_epoch = len(batch_indices(lengths, batch_size, max_tokens, config.seed, 0, config.bucket))
-    return batch_size, max_tokens, batches_per_epoch
+    batches = batch_indices(lengths, batch_size, max_tokens, config.seed, 0, config.bucket)
+    return batch_size, max_tokens, len(batches), max(sum(lengths[i] for i in b) for b in batches)
+
+
+def check_run_memory(model, beside: torch.nn.Module | None, config: TrainConfig, device: torch.device,
+                     tokens: int) -> str:
+    """The memory plan's line (weights, gradients and AdamW state of what is trained, activations
+    at the largest batch of ``tokens``, the memory free on ``device``); a one-line error when the
+    run needs more than is free."""
+    parameters = [*model.parameters(), *(beside.parameters() if beside is not None else [])]
+    plan = memory_plan(model.config, sum(p.numel() for p in parameters),
+                       sum(p.numel() for p in parameters if p.requires_grad), tokens, config.checkpointing)
+    free = free_memory(device)
+    if free is not None and plan.total > free[0]:
+        ways = [way for way, open_ in (("--lora 16", not config.lora), ("--checkpointing", not config.checkpointing),
+                                       ("a smaller --batch-size or --max-tokens", True)) if open_]
+        raise TagtuneError(f"training needs more memory than is free on {device} ({plan.line(free)}); "
+                           f"try {', '.join(ways[:-1]) + ' or ' if len(ways) > 1 else ''}{ways[-1]}")
+    return plan.line(free)
 
 
 def start_state(config: TrainConfig, group: Group, folder: RunFolder, model, optimizer: AdamW,
@@ -830,6 +853,7 @@ def describe_run(run: Run) -> None:
             + (" (length-bucketed)" if config.bucket else "")
             + f", on {run.device}, {precision_note(config, run.device, run.mode)}"
             + (f", {run.group.world} processes" if run.group.active else ""))
+    run.say(f"tagtune: memory: {run.memory}")
 
 
 # -- the loop: per epoch, train on every batch, then evaluate, keep the best and save -----------
