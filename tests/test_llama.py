@@ -150,3 +150,17 @@ def test_flash_attention_takes_causal_and_sliding_layers_under_cuda_rules(tmp_pa
     assert gpu.varlen_calls == model.config.num_hidden_layers
     assert {c["window_size"] for c in gpu.calls} == (windows or {(-1, -1)})
     assert_within_bf16(ours, expected, kind)
+
+
+def test_a_config_without_rope_theta_has_the_default_base(tmp_path):
+    """A config.json whose rope settings leave out rope_theta rotates with transformers' default
+    base, 10000."""
+    ref = tiny("llama")
+    ref.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.pop("rope_theta", None)
+    raw["rope_parameters"] = {"rope_type": "default"}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    reloaded = T.AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.rope_parameters["rope_theta"] == 10000.0
+    assert_logits_match(reloaded, load_model(tmp_path)[0], [30, 6])

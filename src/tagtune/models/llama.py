@@ -152,7 +152,8 @@ def _rope(raw: dict, head_dim: int, max_positions: int, source: str) -> tuple[fl
     if params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)) not in (1, 1.0, None):
         raise TagtuneError(f"{source}: partial_rotary_factor is {excerpt(params.get('partial_rotary_factor'))}; "
                            "only rotating every dimension (1.0) is supported")
-    theta = _positive({"rope_theta": params.get("rope_theta", raw.get("rope_theta"))}, "rope_theta", 10_000.0, source)
+    given = params.get("rope_theta", raw.get("rope_theta"))
+    theta = _positive({} if given is None else {"rope_theta": given}, "rope_theta", 10_000.0, source)
     # on the CPU even where the model is built on the meta device (counting its parameters)
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))  # (D / 2,)
     if rope == "linear":
