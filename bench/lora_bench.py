@@ -102,6 +102,8 @@ def main() -> None:
             print(f"bench: {kind}, seed {seed} ...", flush=True)
             r = train_and_test(work, f"{kind}-{seed}", args.model, [*options, "--seed", str(seed), *common], test, env)
             runs[kind].append(r)
+            if args.json:  # after each run, so that a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, **machine()}, indent=2))
             print(f"  {kind:4} seed {seed}: test F1 {r['f1_seqeval_words']:.4f} (words), {r['f1_char_spans']:.4f} "
                   f"(char spans); {r['train_tokens_per_second']:.0f} tokens/s; peak RSS {r['peak_rss_mb']:.0f} MB; "
                   f"{r['precision']}; load average {r['load_before']:.2f} before, {r['load_after']:.2f} after",
