@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -28,8 +27,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from flops import machine, machine_line  # noqa: E402
-from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
-from train_bench import epoch_entries, precision_of, run, scores, spans_to_word_tags, word_ranges  # noqa: E402
+from tagtune.apps.examples import minilm_dir  # noqa: E402
+from train_bench import (epoch_entries, precision_of, run, scores, spans_to_word_tags, split_tweets,  # noqa: E402
+                         word_ranges, write_split)
 
 TARGETS = {"peak_rss_mb": ("<=", 0.6), "train_tokens_per_second": (">=", 1.3)}
 """LoRA / full ratios aimed at: (comparison, ratio)."""
@@ -77,17 +77,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    sentences = wnut_sentences()
-    random.Random(0).shuffle(sentences)
-    test, rest = sentences[:args.test_size], sentences[args.test_size:]
+    train, dev, test = split_tweets(args.test_size, args.smoke)
     if args.smoke:
-        test, rest, args.epochs = test[:40], rest[:160], 1
-    n_dev = len(rest) // 10
-    dev, train = rest[:n_dev], rest[n_dev:]
+        args.epochs = 1
     work = Path(tempfile.mkdtemp(prefix="tagtune-lora-bench-"))
-    for name, part in (("train", train), ("dev", dev), ("test", test)):
-        write_conll(work / f"{name}.conll", part)
-    (work / "test.txt").write_text("".join(" ".join(tokens) + "\n" for tokens, _ in test), encoding="utf-8")
+    write_split(work, train, dev, test)
     print(f"bench: {len(train)} train / {len(dev)} dev / {len(test)} test tweets, {args.epochs} epochs, "
           f"full lr {args.lr}, LoRA r={args.rank} lr {args.lora_lr}, --batch-size {args.batch_size}, "
           f"--bf16 {args.bf16}; work folder {work}", flush=True)

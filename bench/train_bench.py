@@ -177,6 +177,25 @@ def byte_level_tokenizer(family: str, texts: list[str], folder: Path) -> dict:
             "bos_token_id": ids["<|begin_of_text|>"], "mask_token_id": ids["<|mask|>"]}
 
 
+def split_tweets(test_size: int, smoke: bool = False) -> tuple[list, list, list]:
+    """WNUT-2016 shuffled with seed 0: (train, dev, test), the test the first ``test_size`` tweets
+    and dev the first tenth of the rest; ``smoke``: 40 test tweets and 160 others."""
+    sentences = wnut_sentences()
+    random.Random(0).shuffle(sentences)
+    test, rest = sentences[:test_size], sentences[test_size:]
+    if smoke:
+        test, rest = test[:40], rest[:160]
+    n_dev = len(rest) // 10
+    return rest[n_dev:], rest[:n_dev], test
+
+
+def write_split(work: Path, train: list, dev: list, test: list) -> None:
+    """``work``/{train,dev,test}.conll and test.txt, the test tweets' words joined by spaces, a line each."""
+    for name, part in (("train", train), ("dev", dev), ("test", test)):
+        write_conll(work / f"{name}.conll", part)
+    (work / "test.txt").write_text("".join(" ".join(tokens) + "\n" for tokens, _ in test), encoding="utf-8")
+
+
 def random_model(family: str, folder: Path, like: Path, texts: list[str] | None = None) -> Path:
     """A randomly initialised pretraining checkpoint (seed 0) of ``family`` with the width,
     depth, heads and tokenizer of the model in ``like``.
@@ -260,19 +279,13 @@ def main() -> None:
     args = parser.parse_args()
     use_kernels(args.kernels)
 
-    sentences = wnut_sentences()
-    random.Random(0).shuffle(sentences)
-    test, rest = sentences[:args.test_size], sentences[args.test_size:]
+    train, dev, test = split_tweets(args.test_size, args.smoke)
     if args.smoke:
-        test, rest, args.epochs = test[:40], rest[:160], 1
-    n_dev = len(rest) // 10
-    dev, train = rest[:n_dev], rest[n_dev:]
-    labels = tag_names(sorted({t[2:] for _, tags in sentences for t in tags if t != "O"}), "BIO")
+        args.epochs = 1
+    labels = tag_names(sorted({t[2:] for _, tags in wnut_sentences() for t in tags if t != "O"}), "BIO")
 
     work = Path(tempfile.mkdtemp(prefix="tagtune-bench-"))
-    for name, part in (("train", train), ("dev", dev), ("test", test)):
-        write_conll(work / f"{name}.conll", part)
-    (work / "test.txt").write_text("".join(" ".join(tokens) + "\n" for tokens, _ in test), encoding="utf-8")
+    write_split(work, train, dev, test)
     print(f"bench: {len(train)} train / {len(dev)} dev / {len(test)} test tweets, {args.epochs} epochs, "
           f"lr {args.lr}, batch {args.batch_size}, max length {args.max_length}; work folder {work}", flush=True)
     if args.family != "pretrained":

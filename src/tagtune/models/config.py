@@ -289,6 +289,17 @@ class EncoderConfig:
         families.check(self, source)
 
 
+def read_flag(raw: dict, key: str, source: str, default: bool = False, null_is_default: bool = False) -> bool:
+    """config.json's true/false ``key`` (``default`` where it is missing, and where it is null when
+    ``null_is_default``); anything else is a TagtuneError naming ``source``."""
+    value = raw.get(key, default)
+    if value is None and null_is_default:
+        return default
+    if not isinstance(value, bool):
+        raise TagtuneError(f"{source}: {key} is {excerpt(value)}; it must be true or false")
+    return value
+
+
 def _shown_value(value: object) -> str:
     return safejson.shown(value, name_numbers=False)
 

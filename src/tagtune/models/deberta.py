@@ -49,7 +49,7 @@ from torch import nn
 
 from tagtune.errors import TagtuneError
 from tagtune.models.bert import Intermediate, ResidualOutput
-from tagtune.models.config import EncoderConfig
+from tagtune.models.config import EncoderConfig, read_flag
 from tagtune.models.packed import Dropout, LayerNorm, LayerStack, Linear, Packing, kernels, packed_attention
 from tagtune.safejson import excerpt
 
@@ -86,13 +86,6 @@ class Settings:
     def scale(self) -> float:
         """1 + the number of terms: the scores are divided by sqrt(head_dim * scale)."""
         return 1.0 + len(self.terms)
-
-
-def _flag(raw: dict, key: str, default: bool, source: str) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise TagtuneError(f"{source}: {key} is {excerpt(value)}; it must be true or false")
-    return value
 
 
 def _distance(raw: dict, key: str, source: str) -> int:
@@ -146,13 +139,13 @@ def settings(config: EncoderConfig, source: str = "config.json") -> Settings:
     buckets = _distance(raw, "position_buckets", source)
     max_distance = _distance(raw, "max_relative_positions", source)
     s = Settings(
-        relative_attention=_flag(raw, "relative_attention", False, source),
+        relative_attention=read_flag(raw, "relative_attention", source),
         terms=_terms(raw, source),
         buckets=max(buckets, 0),
         max_distance=max_distance if max_distance >= 1 else config.max_position_embeddings,
-        share_att_key=_flag(raw, "share_att_key", False, source),
+        share_att_key=read_flag(raw, "share_att_key", source),
         norm_rel_embeddings=_norm_rel_embeddings(raw, source),
-        position_biased_input=_flag(raw, "position_biased_input", True, source),
+        position_biased_input=read_flag(raw, "position_biased_input", source, default=True),
     )
     if s.relative_attention and s.buckets:
         if s.buckets < 2:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from tagtune.errors import TagtuneError
-from tagtune.models.config import EncoderConfig
+from tagtune.models.config import EncoderConfig, read_flag
 from tagtune.models.packed import LayerStack, Linear, Packing, activation, packed_attention
 from tagtune.safejson import excerpt
 
@@ -114,15 +114,6 @@ class Settings:
     """Gemma 2: scores capped at +-softcap by tanh."""
 
 
-def _flag(raw: dict, key: str, source: str) -> bool:
-    value = raw.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise TagtuneError(f"{source}: {key} is {excerpt(value)}; it must be true or false")
-    return value
-
-
 def _positive(raw: dict, key: str, default, source: str, integer: bool = False):
     value = raw.get(key, default)
     if value is None:
@@ -184,7 +175,7 @@ def _layer_types(raw: dict, flavour: Flavour, layers: int, source: str) -> tuple
         return tuple(kinds)
     if flavour.windows == "all":
         return (SLIDING,) * layers
-    if flavour.windows == "qwen" and _flag(raw, "use_sliding_window", source):
+    if flavour.windows == "qwen" and read_flag(raw, "use_sliding_window", source, null_is_default=True):
         first = _positive(raw, "max_window_layers", 28, source, integer=True)
         return tuple(SLIDING if i >= first else FULL for i in range(layers))
     if flavour.windows == "alternate":
@@ -205,7 +196,7 @@ def settings(config: EncoderConfig, source: str = "config.json") -> Settings:
         raise TagtuneError(f"{source}: head_dim {head_dim} must be even (rotary positions rotate pairs)")
     layer_types = _layer_types(raw, flavour, config.num_hidden_layers, source)
     window = None
-    if flavour.windows == "qwen" and not _flag(raw, "use_sliding_window", source):
+    if flavour.windows == "qwen" and not read_flag(raw, "use_sliding_window", source, null_is_default=True):
         layer_types = (FULL,) * len(layer_types)  # Qwen2Config: sliding_window is None without use_sliding_window
     if SLIDING in layer_types:
         sliding = _positive(raw, "sliding_window", 4096, source, integer=True)
@@ -213,12 +204,12 @@ def settings(config: EncoderConfig, source: str = "config.json") -> Settings:
             layer_types = (FULL,) * len(layer_types)
         else:
             window = sliding - 1
-    if _flag(raw, "use_bidirectional_attention", source):
+    if read_flag(raw, "use_bidirectional_attention", source, null_is_default=True):
         raise TagtuneError(f"{source}: use_bidirectional_attention true is not supported; tagtune's own setting "
                            "decides whether attention is causal")
     if raw.get("token_classification_bias", True) is not True:
         raise TagtuneError(f"{source}: token_classification_bias false is not supported (the classifier has a bias)")
-    attention_bias = _flag(raw, "attention_bias", source)
+    attention_bias = read_flag(raw, "attention_bias", source, null_is_default=True)
     softcap, query_scale = None, head_dim ** -0.5
     if flavour.sandwich:
         softcap = _positive(raw, "attn_logit_softcapping", 50.0, source)
@@ -228,7 +219,7 @@ def settings(config: EncoderConfig, source: str = "config.json") -> Settings:
         inv_freq=_rope(raw, head_dim, config.max_position_embeddings, source),
         qkv_bias=attention_bias if flavour.qkv_bias is None else flavour.qkv_bias,
         output_bias=attention_bias if flavour.output_bias is None else flavour.output_bias,
-        mlp_bias=flavour.mlp_bias and _flag(raw, "mlp_bias", source),
+        mlp_bias=flavour.mlp_bias and read_flag(raw, "mlp_bias", source, null_is_default=True),
         query_scale=query_scale, softcap=softcap,
     )
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from tagtune.errors import TagtuneError
-from tagtune.models.config import ACTIVATIONS, EncoderConfig
+from tagtune.models.config import ACTIVATIONS, EncoderConfig, read_flag
 from tagtune.models.packed import Dropout, LayerNorm, LayerStack, Linear, Packing, activation, packed_attention
 from tagtune.safejson import excerpt
 
@@ -68,13 +68,6 @@ class Settings:
     classifier_activation: str = "gelu"
     mlp_dropout: float = 0.0
     initializer_cutoff_factor: float = 2.0
-
-
-def _flag(raw: dict, key: str, source: str) -> bool:
-    value = raw.get(key, False)
-    if not isinstance(value, bool):
-        raise TagtuneError(f"{source}: {key} is {excerpt(value)}; it must be true or false")
-    return value
 
 
 def _number(raw: dict, key: str, default: float, source: str, low: float = 0.0, high: float = math.inf) -> float:
@@ -144,10 +137,10 @@ def settings(config: EncoderConfig, source: str = "config.json") -> Settings:
         layer_types=_layer_types(raw, config.num_hidden_layers, source),
         window=_integer(raw, "local_attention", 128, source) // 2,
         rope_theta=_rope_theta(raw, source),
-        attention_bias=_flag(raw, "attention_bias", source),
-        mlp_bias=_flag(raw, "mlp_bias", source),
-        norm_bias=_flag(raw, "norm_bias", source),
-        classifier_bias=_flag(raw, "classifier_bias", source),
+        attention_bias=read_flag(raw, "attention_bias", source),
+        mlp_bias=read_flag(raw, "mlp_bias", source),
+        norm_bias=read_flag(raw, "norm_bias", source),
+        classifier_bias=read_flag(raw, "classifier_bias", source),
         classifier_activation=classifier_activation,
         mlp_dropout=_number(raw, "mlp_dropout", 0.0, source, high=1.0),
         initializer_cutoff_factor=3.0 if cutoff is None else _number(raw, "initializer_cutoff_factor", 2.0, source),
