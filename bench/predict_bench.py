@@ -3,6 +3,7 @@ with tagtune's precisions and backends side by side.
 
     .venv/bin/python bench/predict_bench.py [--model TAGGER_DIR] [--repeat 2] [--sides pipeline,tagtune,...]
     .venv/bin/python bench/predict_bench.py --smoke
+    .venv/bin/python bench/predict_bench.py --breakdown [--texts 4000] [--rounds 3] [--against OLD/src]
 
 All sides tag the same texts (the WNUT-2016 tweets, repeated ``--repeat`` times) with the same
 trained tagger folder (default: runs/wnut-minilm from ``make demo``; without it, MiniLM with a
@@ -76,6 +77,89 @@ json.dump({"seconds": seconds, "precision": tagger.precision, "peak_rss_mb": pea
 """
 
 
+BREAKDOWN = """
+import json, sys, time
+start = time.perf_counter()
+from tagtune.apps import predict as predict_app  # what `tagtune predict` imports
+import tagtune.__main__ as entry
+import torch
+from tagtune.models import checkpoint
+from tagtune.inference import tagger as tagger_module
+imported = time.perf_counter() - start
+model_dir, texts_file, out_file, stats_file, exit_mode = sys.argv[1:6]
+timers = {"build": 0.0, "read weights": 0.0}
+
+def timed(name, f):
+    def run(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return f(*args, **kwargs)
+        finally:
+            timers[name] += time.perf_counter() - t
+    return run
+
+build = "_unfilled_model" if hasattr(checkpoint, "_unfilled_model") else "TokenClassifier"
+setattr(checkpoint, build, timed("build", getattr(checkpoint, build)))
+checkpoint.read_weights = timed("read weights", checkpoint.read_weights)
+t = time.perf_counter()
+tagger = tagger_module.Tagger.load(model_dir, constrained=True)
+load = time.perf_counter() - t
+texts = [line.rstrip("\\n") for line in open(texts_file, encoding="utf-8")]
+chunks = [texts[lo:lo + 512] for lo in range(0, len(texts), 512)]  # as `tagtune predict` reads them
+
+# attention: packed_attention as each family module calls it, marked for the profiler
+import tagtune.models.packed as packed
+def marked(f):
+    def attention(*args, **kwargs):
+        with torch.profiler.record_function("tagtune.attention"):
+            return f(*args, **kwargs)
+    return attention
+original = packed.packed_attention
+for name, module in list(sys.modules.items()):
+    if name.startswith("tagtune.models.") and getattr(module, "packed_attention", None) is original:
+        module.packed_attention = marked(original)
+
+cut = forward = merge = decode = write = 0.0
+results = []
+for chunk in chunks:
+    t0 = time.perf_counter(); windows = tagger._cut(chunk)
+    t1 = time.perf_counter(); outputs = tagger._logits(windows.sequences)
+    t2 = time.perf_counter(); logits = tagger._merge(windows, outputs)
+    t3 = time.perf_counter(); results += tagger.spans(logits, windows.units)
+    t4 = time.perf_counter()
+    cut += t1 - t0; forward += t2 - t1; merge += t3 - t2; decode += t4 - t3
+t = time.perf_counter()
+with open(out_file, "w", encoding="utf-8") as f:
+    for text, spans in zip(texts, results):
+        f.write(json.dumps({"text": text, "spans": [s.to_dict(text) for s in spans]}, ensure_ascii=False) + "\\n")
+write = time.perf_counter() - t
+
+# the forward passes again under the profiler: the shares of linear layers, attention and the rest
+sequences = [s for chunk in chunks[:int(sys.argv[6])] for s in tagger._cut(chunk).sequences]
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+    t = time.perf_counter(); tagger._logits(sequences); profiled = time.perf_counter() - t
+linear = attention = 0.0
+shapes = {}
+for e in prof.events():
+    if e.name == "aten::linear":  # the model's Linear layers (F.linear); attention calls no linear
+        linear += e.cpu_time_total / 1e6
+        key = str(e.input_shapes[1]) if e.input_shapes else "?"
+        shapes[key] = shapes.get(key, 0.0) + e.cpu_time_total / 1e6
+    elif e.name == "tagtune.attention":
+        attention += e.cpu_time_total / 1e6
+stats = {"import": imported, "load": load, "build": timers["build"], "read_weights": timers["read weights"],
+         "tokenise_window": cut, "forward": forward, "merge": merge, "decode": decode, "write": write,
+         "profiled_forward": profiled, "profiled_linear": linear, "profiled_attention": attention,
+         "linear_by_weight_shape": shapes, "precision": tagger.precision, "texts": len(texts),
+         "threads": torch.get_num_threads()}
+json.dump(stats, open(stats_file, "w"))
+sys.stdout.flush()
+open(stats_file + ".end", "w").write(repr(time.time()))
+if exit_mode == "quick" and hasattr(entry, "quick_exit"):
+    entry.quick_exit()
+"""
+
+
 def random_head_tagger(folder: Path) -> Path:
     import torch
 
@@ -145,8 +229,18 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="100 tweets, to check the bench runs")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--kernels", choices=["native", "avx2"], default="native", help=KERNELS_HELP)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where a whole `python -m tagtune predict` process spends its time, on --texts texts")
+    parser.add_argument("--texts", type=int, default=4000, help="--breakdown: texts (the 400 WNUT test tweets repeated)")
+    parser.add_argument("--profiled-chunks", type=int, default=2,
+                        help="--breakdown: chunks of 512 texts run again under torch.profiler")
+    parser.add_argument("--against", metavar="SRC", help="--breakdown: also time the whole process with this "
+                        "tagtune source folder first on the path (e.g. an older commit's src), in turns")
     args = parser.parse_args()
     use_kernels(args.kernels)
+    if args.breakdown:
+        breakdown(args)
+        return
     sides = (args.sides or (",".join(SMOKE_SIDES) if args.smoke else ",".join(SIDES))).split(",")
     unknown = [side for side in sides if side not in SIDES]
     if unknown or len(sides) < 2:
@@ -236,6 +330,109 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "gemm_gflops_per_second": gemm / 1e9,
                                                "padded_path_agreement": [same, len(padded)], "dev_tweets": len(dev),
                                                **here}, indent=2))
+
+
+def breakdown_texts(count: int) -> list[str]:
+    """The WNUT-2016 test tweets of train_bench's split (400), repeated up to ``count`` texts."""
+    from train_bench import split_tweets
+
+    _, _, test = split_tweets(400)
+    texts = [" ".join(tokens) for tokens, _ in test]
+    return (texts * -(-count // len(texts)))[:count]
+
+
+def whole_process(model: Path, texts: Path, out: Path, src: str | None) -> dict:
+    """``python -m tagtune predict MODEL TEXTS -o OUT --quiet`` (with ``src`` first on the path)."""
+    env = dict(os.environ, **({"PYTHONPATH": src} if src else {}))
+    return run([sys.executable, "-m", "tagtune", "predict", str(model), str(texts), "-o", str(out), "--quiet",
+                "--overwrite"], env)
+
+
+def in_process(model: Path, texts: Path, work: Path, profiled_chunks: int) -> dict:
+    """The BREAKDOWN child's stages, and its exit: from its last line to the end of the process."""
+    import subprocess
+    import time
+
+    stats = work / "breakdown.json"
+    subprocess.run([sys.executable, "-c", BREAKDOWN, str(model), str(texts), str(work / "breakdown.jsonl"),
+                    str(stats), "quick", str(profiled_chunks)], check=True)
+    ended = time.time()
+    measured = json.loads(stats.read_text())
+    measured["exit"] = ended - float(Path(str(stats) + ".end").read_text())
+    return measured
+
+
+def breakdown(args) -> None:
+    """``--breakdown``: where the time of a whole `tagtune predict` process goes."""
+    import time
+
+    work = Path(tempfile.mkdtemp(prefix="tagtune-predict-breakdown-"))
+    model = Path(args.model)
+    if not (model / "config.json").is_file():
+        print(f"bench: {model} not found; using MiniLM with a random head", flush=True)
+        model = random_head_tagger(work / "tagger")
+    texts = breakdown_texts(args.texts)
+    (work / "texts.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    print(f"bench: {len(texts)} texts, tagger {model}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    sides = {"this tree": None, **({"against": args.against} if args.against else {})}
+    whole: dict[str, list[float]] = {side: [] for side in sides}
+    for n in range(max(1, args.rounds)):  # the sides in turns, the order reversed each round
+        for side in list(sides) if n % 2 == 0 else list(sides)[::-1]:
+            result = whole_process(model, work / "texts.txt", work / f"out-{len(whole[side])}.jsonl", sides[side])
+            whole[side].append(result["wall_seconds"])
+            print(f"bench: {side}: whole process {result['wall_seconds']:.2f} s, load average "
+                  f"{result['load_before']:.2f} -> {result['load_after']:.2f}", flush=True)
+    outputs = {(work / f"out-{k}.jsonl").read_bytes() for k in range(len(whole["this tree"]))}
+    interpreter = run([sys.executable, "-c", "pass"])["wall_seconds"]
+    imports = run([sys.executable, "-c", "import tagtune.apps.predict, tagtune.__main__, torch"])["wall_seconds"]
+    t = time.perf_counter()
+    stages = in_process(model, work / "texts.txt", work, args.profiled_chunks)
+    in_process_seconds = time.perf_counter() - t
+    total = statistics.median(whole["this tree"])
+    share = stages["forward"] / stages["profiled_forward"]
+    linear = stages["profiled_linear"] * share
+    attention = stages["profiled_attention"] * share
+    rows = [
+        ("interpreter start-up", interpreter),
+        ("imports (torch, tagtune)", imports - interpreter),
+        ("model build", stages["build"]),
+        ("read weights", stages["read_weights"]),
+        ("rest of loading (tokenizer, bf16 copies)", stages["load"] - stages["build"] - stages["read_weights"]),
+        ("tokenising and windowing", stages["tokenise_window"]),
+        ("forward: linear layers' matmuls", linear),
+        ("forward: attention", attention),
+        ("forward: other ops", stages["forward"] - linear - attention),
+        ("merging windows", stages["merge"]),
+        ("decoding", stages["decode"]),
+        ("writing", stages["write"]),
+        ("exit", stages["exit"]),
+    ]
+    accounted = sum(seconds for _, seconds in rows)
+    rows.append(("overlapped (-) or unaccounted (+)", total - accounted))
+    print(f"\n{'whole tagtune predict process':44}{total:>9.2f} s  100.0%   (median of {len(whole['this tree'])}; "
+          f"in-process breakdown run {in_process_seconds:.1f} s)")
+    for name, seconds in rows:
+        print(f"{name:44}{seconds:>9.2f} s  {100 * seconds / total:5.1f}%")
+    other = (total - linear) / total
+    print(f"\nnot a linear layer's matmul: {100 * other:.1f}% of the whole process (target 15%: "
+          f"{'met' if other <= 0.15 else 'not met'})")
+    print(f"precision {stages['precision']}, {stages['threads']} torch threads; the forward split by the shares "
+          f"torch.profiler gave on the first {args.profiled_chunks} chunks of 512 texts "
+          f"(aten::linear, and packed_attention as marked here)")
+    print("the stages are timed one after the other; `tagtune predict` overlaps tokenising and decoding with "
+          "the forward passes, hence the overlapped line")
+    if len(outputs) != 1:
+        print("bench: the whole-process runs' outputs differ!")
+    for side, times in whole.items():
+        print(f"{side}: whole process " + ", ".join(f"{x:.2f}" for x in times) + f" s (median {statistics.median(times):.2f})")
+    if args.against:
+        print(f"this tree / against: {total / statistics.median(whole['against']):.3f}")
+    print(machine_line(machine()) + f"; load average now {os.getloadavg()[0]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "whole_seconds": whole, "stages": stages,
+                                               "rows": dict(rows), "not_linear_share": other,
+                                               "interpreter": interpreter, "imports": imports, **machine()},
+                                              indent=2))
 
 
 def padded_path_spans(tagger, texts: list[str]) -> list[list[dict]]:

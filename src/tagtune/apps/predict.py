@@ -33,6 +33,7 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -146,7 +147,8 @@ def _predict(model_dir, input, output, device, batch_texts, progress, argmax, ba
             print(f"tagtune: reading {name} as {what}" + (f": {total:,} {UNITS[format]}" if counted else ""),
                   file=sys.stderr, flush=True)
         records = read_records(lines, name, format)
-        return _write(tagger, records, total, output, batch_texts, progress, UNITS.get(format, "texts"), group)
+        return _write(tagger, records, total, output, batch_texts, progress, UNITS.get(format, "texts"), group,
+                      ahead=counted)
     finally:
         if input != "-":
             source.close()
@@ -245,7 +247,10 @@ def _put_in_place(finished: Path, output: str, before: os.stat_result | None) ->
 
 
 def _write(tagger, records: Iterator[dict], total: int, output: str, batch_texts: int, progress: bool, unit: str,
-           group: Group) -> int:
+           group: Group, ahead: bool = False) -> int:
+    """Tag ``records`` chunk by chunk into ``output``. ``ahead``: the next chunk may be read while
+    one is tagged (Tagger.predict_chunks), for a regular file; not for stdin, whose next line may
+    not be written yet when the answer to the last is due."""
     rank, world = group.rank, group.world
     mine = sum(min(batch_texts, total - k * batch_texts) for k in range(rank, -(-total // batch_texts), world))
     before = check_output(output, overwrite=True) if output != "-" else None  # its mode, if it exists
@@ -253,34 +258,40 @@ def _write(tagger, records: Iterator[dict], total: int, output: str, batch_texts
     if world == 1:
         fd, target = _temporary_file(out) if out is not None else (None, None)
         return _write_parts(tagger, records, mine, output, out, _Sink(output, target, fd), None, before,
-                            batch_texts, progress, unit, group)
+                            batch_texts, progress, unit, group, ahead)
     # One part file per process, in a new private folder beside the output, removed at the end.
     folder = Path(group.on_main(_temporary_folder, out))
     try:
         return _write_parts(tagger, records, mine, output, out, _Sink(output, folder / f"part.{rank}"), folder,
-                            before, batch_texts, progress, unit, group)
+                            before, batch_texts, progress, unit, group, ahead)
     finally:
         if rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_parts(tagger, records, mine, output, out, sink: _Sink, folder, before, batch_texts, progress, unit,
-                 group: Group) -> int:
+                 group: Group, ahead: bool = False) -> int:
     rank, world = group.rank, group.world
-    count = 0
     sizes: list[int] = []  # texts per chunk, for joining the parts
+    own: deque[list[dict]] = deque()  # this process's chunks read, not yet written
+
+    def texts_of_own_chunks() -> Iterator[list[str]]:
+        while chunk := list(islice(records, batch_texts)):
+            sizes.append(len(chunk))
+            if (len(sizes) - 1) % world == rank:
+                own.append(chunk)
+                yield [r["text"] for r in chunk]
+
+    texts = texts_of_own_chunks()
+    if ahead and hasattr(tagger, "predict_chunks"):
+        tagged = tagger.predict_chunks(texts)
+    else:
+        tagged = map(tagger.predict, texts)
     try:
         with Progress(mine, "predicting", unit, enabled=progress and mine > 0) as bar:
-            while True:
-                chunk = list(islice(records, batch_texts))
-                if not chunk:
-                    break
-                sizes.append(len(chunk))
-                count += len(chunk)
-                if (len(sizes) - 1) % world != rank:
-                    continue
-                texts = [r["text"] for r in chunk]
-                for record, spans in zip(chunk, tagger.predict(texts)):
+            for found in tagged:
+                chunk = own.popleft()
+                for record, spans in zip(chunk, found):
                     result = dict(record)
                     result["spans"] = [s.to_dict(record["text"]) for s in spans]
                     sink.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -288,6 +299,8 @@ def _write_parts(tagger, records, mine, output, out, sink: _Sink, folder, before
                 bar.update(len(chunk))
         sink.close()
     except BaseException:
+        if hasattr(tagged, "close"):
+            tagged.close()  # the helper thread stopped first
         sink.discard()
         raise
     if world > 1:
@@ -311,7 +324,7 @@ def _write_parts(tagger, records, mine, output, out, sink: _Sink, folder, before
         except BaseException:
             sink.discard()
             raise
-    return count
+    return sum(sizes)
 
 
 def join_parts(parts: list[Path], sizes: list[int], joined: Path | None, output: str = "-") -> None:

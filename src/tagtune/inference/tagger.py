@@ -14,6 +14,8 @@ an exported folder is served where torch is not installed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -260,11 +262,75 @@ class Tagger:
         """
         if min_score is not None:
             min_score = check_min_score(min_score)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TagtuneError(f"text {i} is a {type(text).__name__}, not a string")
+        _check_texts(texts)
         unit_logits, units = self.unit_logits(texts, progress)
         return self.spans(unit_logits, units, min_score=min_score)
+
+    def predict_chunks(self, chunks: Iterable[list[str]], progress: Progress | None = None,
+                       min_score: float | None = None) -> Iterator[list[list[Span]]]:
+        """Spans of each text of each chunk, a list per chunk, in order: what ``predict`` gives
+        for each chunk, with the work around the model overlapped with it.
+
+        While the model runs on a chunk, a second thread tokenises and windows the next chunk
+        and decodes the one before (the tokenizer releases the GIL; numpy does in part), so
+        only the model's forward passes and the writing of results stay in turn. The next
+        chunk is taken from ``chunks`` before the spans of the current one are given; an error
+        raised in taking it is raised after those spans, where ``predict`` chunk by chunk would
+        raise it.
+
+        Args:
+            chunks: Lists of texts, e.g. 512 lines of a file at a time.
+            progress: Told of the work as it is done: ``update(n)`` after each batch of n
+                windows.
+            min_score: Spans scoring below it (0 to 1) are dropped; None: the tagger's.
+
+        Yields:
+            Per chunk, one list of spans per text, each in the order of its text.
+
+        Raises:
+            TagtuneError: When a text is not a string, or ``min_score`` not a number from 0 to 1.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        if min_score is not None:
+            min_score = check_min_score(min_score)
+        chunks = iter(chunks)
+        helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagtune-predict")
+        try:
+            cut, error = self._cut_next(chunks, helper)
+            decoded = None  # the spans of the chunk before, being decoded
+            while cut is not None:
+                try:
+                    windows = cut.result()
+                except BaseException:
+                    if decoded is not None:  # the chunk before comes first, as chunk by chunk
+                        yield decoded.result()
+                    raise
+                cut, error = self._cut_next(chunks, helper)
+                outputs = self._logits(windows.sequences, progress)  # while the helper cuts the next chunk
+                if decoded is not None:
+                    yield decoded.result()
+                decoded = helper.submit(self._decode, windows, outputs, min_score)
+            if decoded is not None:
+                yield decoded.result()
+            if error is not None:
+                raise error
+        finally:
+            helper.shutdown(wait=True, cancel_futures=True)
+
+    def _cut_next(self, chunks: Iterator[list[str]], helper) -> tuple:
+        """``(future of the next chunk's _Windows or None at the end, the error taking it raised or None)``."""
+        try:
+            texts = next(chunks, None)
+            if texts is None:
+                return None, None
+            _check_texts(texts)
+        except Exception as e:  # raised where predict chunk by chunk would raise it
+            return None, e
+        return helper.submit(self._cut, texts), None
+
+    def _decode(self, windows: _Windows, outputs: list[np.ndarray], min_score: float | None) -> list[list[Span]]:
+        return self.spans(self._merge(windows, outputs), windows.units, min_score=min_score)
 
     def unit_logits(self, texts: list[str], progress: Progress | None = None) -> tuple[list[np.ndarray], list[Units]]:
         """The model's logits for each text at its units, the positions that carry a label.
@@ -282,6 +348,11 @@ class Tagger:
             Per text its logits, ``(units, labels)`` float32, and its Units (each unit's token
                 and characters).
         """
+        windows = self._cut(texts)
+        return self._merge(windows, self._logits(windows.sequences, progress)), windows.units
+
+    def _cut(self, texts: list[str]) -> _Windows:
+        """Tokenise ``texts`` and cut them into windows of at most ``max_length`` tokens."""
         s = self.settings
         encodings = self.tokenizer.encode_batch(texts)
         units = [units_of(enc, s.all_subwords) for enc in encodings]
@@ -291,21 +362,27 @@ class Tagger:
                 windows += [(t, a, b) for a, b in windows_of(len(enc), s.max_length, s.stride, self.tokenizer.specials)]
         sequences = [with_specials(encodings[t].ids[a:b], self.tokenizer.cls_id, self.tokenizer.sep_id)
                      for t, a, b in windows]
+        return _Windows(len(texts), units, windows, sequences)
+
+    def _logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
+        """Per window: the logits without the start and end tokens, from the backend."""
         if self.backend == "torch":
-            outputs = self._torch_logits(sequences, progress)
-        else:
-            outputs = self._onnx_logits(sequences, progress)
-        per_text: list[list[int]] = [[] for _ in texts]
-        for w, (t, _, _) in enumerate(windows):
+            return self._torch_logits(sequences, progress)
+        return self._onnx_logits(sequences, progress)
+
+    def _merge(self, windows: _Windows, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Per text: its windows' logits merged, at its units."""
+        per_text: list[list[int]] = [[] for _ in range(windows.texts)]
+        for w, (t, _, _) in enumerate(windows.windows):
             per_text[t].append(w)
         result = []
         for t, ws in enumerate(per_text):
             if not ws:
                 result.append(np.zeros((0, len(self.labels)), dtype=np.float32))
                 continue
-            merged = merge_windows([windows[w][1:] for w in ws], [outputs[w] for w in ws])
-            result.append(merged[units[t].first])
-        return result, units
+            merged = merge_windows([windows.windows[w][1:] for w in ws], [outputs[w] for w in ws])
+            result.append(merged[windows.units[t].first])
+        return result
 
     def _torch_logits(self, sequences: list[list[int]], progress=None) -> list[np.ndarray]:
         """Per sequence: logits (length - specials, labels) without the start and end tokens."""
@@ -419,6 +496,26 @@ class Tagger:
                 padded[k, :x.shape[0]] = x
                 mask[k, :x.shape[0]] = True
             yield lo, padded, mask
+
+
+@dataclass
+class _Windows:
+    """Texts tokenised and cut into windows, ready for the model."""
+
+    texts: int
+    """How many texts."""
+    units: list[Units]
+    """Per text, its units."""
+    windows: list[tuple[int, int, int]]
+    """Per window: (text index, first token, end token)."""
+    sequences: list[list[int]]
+    """Per window: its token ids with the start and end tokens."""
+
+
+def _check_texts(texts: list) -> None:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TagtuneError(f"text {i} is a {type(text).__name__}, not a string")
 
 
 def _above(spans: list[list[Span]], min_score: float) -> list[list[Span]]:
