@@ -1,4 +1,5 @@
-"""`tagtune train --lora 16` against full fine-tuning of the same model on the same data, in one run.
+"""`tagtune train --lora 16` (with and without --checkpointing) against full fine-tuning of the same
+model on the same data, in one run.
 
     .venv/bin/python bench/lora_bench.py            # WNUT-2016, MiniLM, 3 epochs, seeds 42,43,44
     .venv/bin/python bench/lora_bench.py --smoke    # a few sentences, 1 epoch: seconds, for CI
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds; each run trains once per seed")
     parser.add_argument("--test-size", type=int, default=400)
+    parser.add_argument("--kinds", default="full,lora,lora-checkpointing",
+                        help="the runs beside full fine-tuning: lora, lora-checkpointing (--lora with --checkpointing)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -87,7 +90,9 @@ def main() -> None:
           f"--bf16 {args.bf16}; work folder {work}", flush=True)
     common = ["--epochs", str(args.epochs), "--max-length", str(args.max_length), "--warmup", "0.1",
               "--weight-decay", "0.01", "--batch-size", str(args.batch_size), "--bf16", args.bf16]
-    kinds = {"full": ["--lr", str(args.lr)], "lora": ["--lr", str(args.lora_lr), "--lora", str(args.rank)]}
+    lora = ["--lr", str(args.lora_lr), "--lora", str(args.rank)]
+    kinds = {"full": ["--lr", str(args.lr)], "lora": lora, "lora-checkpointing": [*lora, "--checkpointing"]}
+    kinds = {kind: kinds[kind] for kind in ["full", *[k for k in args.kinds.split(",") if k != "full"]]}
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
     seeds = [int(x) for x in args.seeds.split(",")][: 1 if args.smoke else None]
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
@@ -98,22 +103,27 @@ def main() -> None:
             runs[kind].append(r)
             if args.json:  # after each run, so that a run cut short keeps what it measured
                 Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, **machine()}, indent=2))
-            print(f"  {kind:4} seed {seed}: test F1 {r['f1_seqeval_words']:.4f} (words), {r['f1_char_spans']:.4f} "
+            print(f"  {kind} seed {seed}: test F1 {r['f1_seqeval_words']:.4f} (words), {r['f1_char_spans']:.4f} "
                   f"(char spans); {r['train_tokens_per_second']:.0f} tokens/s; peak RSS {r['peak_rss_mb']:.0f} MB; "
                   f"{r['precision']}; load average {r['load_before']:.2f} before, {r['load_after']:.2f} after",
                   flush=True)
     medians = {kind: {key: statistics.median(r[key] for r in rs) for key in KEYS} for kind, rs in runs.items()}
     print(f"\nmedians over seeds {seeds}:")
-    print(f"{'':26}{'full':>14}{'lora':>14}{'lora/full':>12}   target")
+    others = [kind for kind in kinds if kind != "full"]
+    print(f"{'':26}{'full':>14}" + "".join(f"{kind:>20}{'/full':>8}" for kind in others) + "   target")
     for key in KEYS:
-        full, lora = medians["full"][key], medians["lora"][key]
-        ratio = lora / full if full else float("nan")
-        target = ""
-        if key in TARGETS:
-            op, bound = TARGETS[key]
-            met = ratio <= bound if op == "<=" else ratio >= bound
-            target = f"{op} {bound}x: {'met' if met else 'missed'}"
-        print(f"{key:26}{full:>14.4g}{lora:>14.4g}{ratio:>12.3f}   {target}")
+        full = medians["full"][key]
+        line, verdicts = f"{key:26}{full:>14.4g}", []
+        for kind in others:
+            value = medians[kind][key]
+            ratio = value / full if full else float("nan")
+            line += f"{value:>20.4g}{ratio:>8.3f}"
+            if key in TARGETS:
+                op, bound = TARGETS[key]
+                met = ratio <= bound if op == "<=" else ratio >= bound
+                verdicts.append(f"{kind} {'met' if met else 'missed'}")
+        target = f"{TARGETS[key][0]} {TARGETS[key][1]}x: {', '.join(verdicts)}" if key in TARGETS else ""
+        print(f"{line}   {target}")
     here = machine()
     print(machine_line(here))
     if args.json:

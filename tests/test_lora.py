@@ -215,3 +215,67 @@ def test_the_hub_takes_an_adapter_folder_s_files(lora_tagger):
     assert {"config.json", "adapter_model.safetensors", "adapter_config.json", "tagtune.json"} <= set(files)
     extras, weights = files_to_fetch(files, "org/lora")
     assert weights == "adapter_model.safetensors" and "adapter_config.json" in extras
+
+
+def test_the_fused_layer_gives_peft_s_logits_and_gradients(tiny_bert):
+    """tagtune's LoRA layer against PEFT's on the same model and adapters: logits, the adapters'
+    gradients and the input's, in fp32."""
+    from tagtune.models.lora import lora_layers
+
+    torch.manual_seed(0)
+    ours, _ = load_model(tiny_bert, labels=["O", "B-X", "I-X"])
+    theirs, _ = load_model(tiny_bert, labels=["O", "B-X", "I-X"])
+    theirs.load_state_dict(ours.state_dict())
+    targets = choose_targets("bert", None)
+    add_adapters(ours, 4, 8, 0.0, targets)
+    names = list(lora_layers(ours))
+    peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=8, target_modules=names), theirs)
+    with torch.no_grad():
+        for name, layer in lora_layers(ours).items():
+            layer.lora_B["default"].weight.normal_(0, 0.1)
+            other = theirs.get_submodule(name)
+            other.lora_A["default"].weight.copy_(layer.lora_A["default"].weight)
+            other.lora_B["default"].weight.copy_(layer.lora_B["default"].weight)
+    ids, mask = padded_batch([12, 7])
+    outputs = []
+    for model in (ours, theirs):
+        model.eval()  # no dropout: gradients still flow
+        for name, p in model.named_parameters():
+            p.requires_grad = "lora_" in name or name.startswith("classifier.") or name.startswith("embeddings.")
+        logits = model.forward_padded(ids, mask)
+        (logits.square().mean()).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        outputs.append((logits.detach(), grads))
+    (ours_logits, ours_grads), (their_logits, their_grads) = outputs
+    torch.testing.assert_close(ours_logits, their_logits, atol=1e-5, rtol=0)
+    assert set(ours_grads) == set(their_grads) and any("embeddings." in n for n in ours_grads)
+    for name in ours_grads:  # the embeddings' gradient came back through every layer's input
+        torch.testing.assert_close(ours_grads[name], their_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_product_s_gradients_with_dropout(dtype):
+    """LoraProduct against autograd on the formula it computes (fp64), with a shared dropout
+    mask: q, k and v reading one input draw one mask."""
+    from tagtune.models.lora import LoraProduct, shared_dropout
+
+    torch.manual_seed(0)
+    x = torch.randn(30, 16, dtype=dtype, requires_grad=True)
+    weight, bias = torch.randn(24, 16).to(dtype), torch.randn(24)
+    a, b = torch.randn(4, 16, requires_grad=True), torch.randn(24, 4, requires_grad=True)
+    dropped, keep = shared_dropout(x, 0.3)
+    again, same = shared_dropout(x, 0.3)
+    assert again is dropped and same is keep and 0.55 < (keep > 0).float().mean() < 0.85
+    assert shared_dropout(x.detach().clone(), 0.3)[1] is not keep
+    y = LoraProduct.apply(x, weight, bias, a, b, 2.0, dropped, keep)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    ours = x.grad, a.grad, b.grad
+    x64, a64, b64 = (t.detach().double().requires_grad_() for t in (x, a, b))
+    ref = x64 @ weight.double().t() + bias.double() + 2.0 * ((x64 * keep.double()) @ a64.t()) @ b64.t()
+    ref.backward(grad.double())
+    tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.3, rtol=0.05)
+    torch.testing.assert_close(y.double(), ref.detach(), **tolerance)
+    assert a.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    for got, want in zip(ours, (x64.grad, a64.grad, b64.grad)):
+        torch.testing.assert_close(got.double(), want, **tolerance)

@@ -98,16 +98,16 @@ class LowPrecisionLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lowp):
         """x: (T, in) in lowp's dtype -> (T, out)."""
-        ctx.save_for_backward(x, lowp)
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, lowp)  # a frozen weight needs no x
         ctx.has_bias = bias is not None
         return F.linear(x, lowp, None if bias is None else bias.to(lowp.dtype))
 
     @staticmethod
     def backward(ctx, grad):
         x, lowp = ctx.saved_tensors
-        grad_x = grad @ lowp  # (T, in)
-        grad_weight = (grad.t() @ x).float()  # (out, in)
-        grad_bias = grad.sum(0, dtype=torch.float32) if ctx.has_bias else None
+        grad_x = grad @ lowp if ctx.needs_input_grad[0] else None  # (T, in)
+        grad_weight = (grad.t() @ x).float() if ctx.needs_input_grad[1] else None  # (out, in)
+        grad_bias = grad.sum(0, dtype=torch.float32) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None
 
 
@@ -587,9 +587,10 @@ class TokenClassifier(nn.Module):
 
     @torch.no_grad()
     def refresh_low_precision(self) -> None:
-        """Copy the fp32 weights into their low-precision copies (after an optimizer step)."""
+        """Copy the fp32 weights into their low-precision copies (after an optimizer step); frozen
+        weights (LoRA's base) have not moved."""
         for m in self.modules():
-            if isinstance(m, Linear) and m.lowp is not None:
+            if isinstance(m, Linear) and m.lowp is not None and m.weight.requires_grad:
                 m.lowp.copy_(m.weight)
 
     def encode(self, input_ids, packing: Packing, token_type_ids=None):
