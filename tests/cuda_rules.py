@@ -13,8 +13,13 @@
   ``window_size`` (left, right) as FlashAttention reads it. ``varlen="old"`` gives the first
   PyTorch varlen_attn's signature, with no ``window_size``; ``varlen=None`` none at all;
 - layer_norm (functional, torch., aten's) refuses weights or biases of another dtype than its
-  input, as CUDA's kernel does ("expected scalar type BFloat16 but found Float"); under autocast
-  it runs in fp32, as CUDA's autocast runs it;
+  input, as CUDA's kernel does ("expected scalar type BFloat16 but found Float");
+- the CPU's bf16 autocast (``torch.autocast("cpu", dtype=torch.bfloat16)``, which training's
+  "autocast" mode enters for CPU tensors) follows CUDA's autocast lists instead of the CPU's
+  (:data:`AUTOCAST_BF16`, :data:`AUTOCAST_FP32`): matrix products and attention in bf16;
+  layer_norm, softmax, log_softmax, the losses, exp, log, pow, rsqrt and sum in fp32; the rest
+  in its inputs' dtypes. The CPU's own lists leave layer_norm, softmax and log_softmax in
+  their inputs' dtypes;
 - ``gpu.varlen_calls`` counts the calls that reached the varlen op, and ``gpu.host_syncs`` lists
   what, on a GPU, would wait for it: a tensor read on the host (``item``, ``tolist``, ``bool``,
   ``int``, ``float``, ``cpu``, ``numpy``).
@@ -121,6 +126,18 @@ class SimulatedCuda(packed.CudaRules):
 
 
 LAYER_NORMS = (F.layer_norm, torch.layer_norm, torch.native_layer_norm)
+AUTOCAST_BF16 = frozenset({
+    "linear", "matmul", "__matmul__", "__rmatmul__", "mm", "mv", "bmm", "addmm", "addmv", "addr", "addbmm", "baddbmm",
+    "scaled_dot_product_attention", "conv1d", "conv2d", "conv3d", "prelu"})
+"""The functions CUDA's autocast runs in its low-precision dtype ("lower_precision_fp" in PyTorch's
+aten/src/ATen/autocast_mode.cpp, by the torch-level names the models call)."""
+AUTOCAST_FP32 = frozenset({
+    "layer_norm", "native_layer_norm", "group_norm", "rms_norm", "softmax", "log_softmax", "cross_entropy",
+    "nll_loss", "binary_cross_entropy_with_logits", "mse_loss", "l1_loss", "smooth_l1_loss", "kl_div", "exp", "expm1",
+    "log", "log1p", "log2", "log10", "pow", "__pow__", "__rpow__", "rsqrt", "reciprocal", "softplus", "sum", "prod",
+    "cumsum", "cumprod", "logsumexp", "norm", "cosine_similarity", "cdist", "dist"})
+"""The functions CUDA's autocast runs in fp32 ("fp32" and "fp32_set_opt_dtype" there; the latter
+only without a dtype argument)."""
 HOST_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
               torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy}
 
@@ -147,13 +164,9 @@ class CudaKernels(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            return self.cuda_autocast(func, args, kwargs)
         if func in LAYER_NORMS:
-            if torch.is_autocast_enabled("cpu"):  # CUDA's autocast runs layer_norm in fp32
-                def fp32(value):
-                    return value.float() if isinstance(value, torch.Tensor) else value
-
-                with torch.autocast("cpu", enabled=False):
-                    return func(*map(fp32, args), **{k: fp32(v) for k, v in kwargs.items()})
             given = {**dict(zip(("input", "normalized_shape", "weight", "bias"), args)), **kwargs}
             x = given["input"]
             for name in ("weight", "bias"):
@@ -164,6 +177,32 @@ class CudaKernels(TorchFunctionMode):
         elif func in HOST_READS and not self.inside_kernel:
             self.host_syncs.append(func.__name__)
         return func(*args, **kwargs)
+
+
+    def cuda_autocast(self, func, args, kwargs):
+        """``func`` as CUDA's bf16 autocast runs it (:data:`AUTOCAST_BF16`, :data:`AUTOCAST_FP32`),
+        with the CPU's autocast off; a kernel's own calls, and host reads, as they are."""
+        name = getattr(func, "__name__", "")
+        dtype = None
+        if not self.inside_kernel:
+            if name in AUTOCAST_BF16:
+                dtype = torch.bfloat16
+            elif name in AUTOCAST_FP32 and kwargs.get("dtype") is None:
+                dtype = torch.float32
+            elif func in HOST_READS:
+                self.host_syncs.append(name)
+
+        def cast(value):
+            if dtype is not None and isinstance(value, torch.Tensor) and value.dtype in FLOATS:
+                return value.to(dtype)
+            return value
+
+        with torch.autocast("cpu", enabled=False):
+            return func(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+
+
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+"""The dtypes autocast casts (not fp64, as CUDA's autocast leaves it)."""
 
 
 def _scalar(dtype: torch.dtype) -> str:
