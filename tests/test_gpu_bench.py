@@ -193,3 +193,33 @@ def test_tiny_bench_on_cuda(tmp_path):
         tagtune = results["results"]["tagtune"]
         assert tagtune["precision"].endswith("in bfloat16"), tagtune["precision"]
         assert tagtune["varlen_calls"] == tagtune["attention_calls"] > 0, tagtune["attention"]
+
+
+def test_sh_dry_run_installs_nothing_and_checks_no_gpu(tmp_path):
+    """--dry-run: no venv made, nothing installed, no CUDA check; what is missing said; then the
+    bench's own dry run."""
+    code, err, calls = run_sh(tmp_path, "--dry-run")
+    assert code == 0, err
+    assert not any(call.startswith(("python3 -m venv", PIP)) or "--check" in call for call in calls), calls
+    assert "gpu_bench: dry run: would install torch>=2.6" in [line.strip() for line in err.splitlines()]
+    assert calls[-1] == "python3 bench/gpu_bench.py --dry-run"
+
+
+def test_dry_run_rehearses_tagtune_on_the_cpu(tmp_path, capsys, monkeypatch):
+    """gpu_bench.py --dry-run --only tagtune in this process: tagtune trains under the CUDA rules
+    with every training attention call on the varlen kernel in bf16; the table, what a GPU run
+    measures and the line that says no figure is a GPU measurement."""
+    import gpu_bench
+
+    out = tmp_path / "dry.json"
+    monkeypatch.setattr(sys, "argv", ["gpu_bench.py", "--dry-run", "--only", "tagtune", "--json", str(out)])
+    gpu_bench.main()
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[-1] == gpu_bench.DRY_RUN_LINE
+    assert "NVIDIA H100 80GB HBM3: 989 TFLOP/s" in printed and "NVIDIA H200: 989 TFLOP/s" in printed
+    assert "torch.cuda.max_memory_allocated()" in printed
+    record = json.loads(out.read_text())
+    tagtune = record["results"]["tagtune"]
+    assert tagtune["varlen_calls"] == tagtune["attention_calls"] > 0 and tagtune["precision"].endswith("bfloat16")
+    assert tagtune["epochs_measured"] == 1 and tagtune["tokens_per_second"] > 0 and tagtune["mfu"] > 0
+    assert tagtune["peak_memory_mib"] is None and record["train_tweets"] == 32
