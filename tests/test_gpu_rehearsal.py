@@ -163,8 +163,6 @@ def test_bf16_autocast_boundaries_of_a_training_step(models, kind, crf):
     assert not any(op.startswith("_scaled_dot_product") for op in cpu["forward"])
 
 
-@pytest.mark.xfail(strict=True, reason="rotary positions (cos, sin in the residual stream's fp32) promote q and "
-                                       "k to fp32 under autocast, which FlashAttention refuses: models/llama.py")
 def test_llama_layout_attention_takes_the_varlen_kernel_under_autocast(models):
     step = training_step(models["qwen3"], "autocast", crf=False)
     assert len(step["varlen"]) == step["layers"]

@@ -295,7 +295,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(total, self.kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotate(q, *rotary), rotate(k, *rotary)
+        # under autocast the rotary angles are in the residual stream's fp32 and promote q and k to
+        # it; back to the projections' dtype (bf16), which FlashAttention's varlen kernel takes
+        q, k = rotate(q, *rotary).to(v.dtype), rotate(k, *rotary).to(v.dtype)
         if self.q_factor != 1.0:
             q = q * self.q_factor
         if self.kv_heads != self.heads:  # each key and value head serves a group of query heads
