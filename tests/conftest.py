@@ -194,7 +194,7 @@ def trained_tagger(tmp_path_factory, tweets):
     train = folder / "train.conll"
     write_conll(train, tweets[:600])
     out = folder / "tagger"
-    tagtune.train(model=str(minilm_dir()), train=str(train), out=str(out), epochs=2, lr=2e-4,
+    tagtune.train(model=str(minilm_dir()), train=str(train), out=str(out), epochs=2, lr=4e-4,
                   seed=0, progress=False, device="cpu")
     return out
 
