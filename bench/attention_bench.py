@@ -17,7 +17,7 @@ licence paragraphs), 114,115 tokens. The pretraining recorded in BENCHMARKS.md a
 bench/results-attention-cpu.json (``pretraining``) ran its 10 minutes on 2 cores shared with
 other work (load average 6 to 12): 57 steps of 32 x 128 tokens (233,472 tokens, 2 passes over
 the text), final LM loss 6.73 on the training text and 6.77 on the dev tweets (ln 4,001 = 8.29
-for a uniform guess), so barely past unigram statistics. On the machine at rest a step takes
+for a uniform guess), so barely past unigram statistics. At a load average near 4 a step took
 about 0.5 s, 20 times as many in the same 10 minutes.
 
 It is a tiny decoder pretrained briefly, not a real LLM: the F1 compares the two attentions on
