@@ -1,5 +1,5 @@
 """Span scores: how well a span's probability says which predicted spans are right, against the mean
-probability of its tags (what tagtune's score was before).
+probability of its tags (what tagtune's score was before), and with the temperature fitted on dev.
 
     .venv/bin/python bench/calibration_bench.py                # train WNUT-2016 / MiniLM, 3 epochs (minutes on 2 cores)
     .venv/bin/python bench/calibration_bench.py --tagger DIR   # score a tagger trained already
@@ -14,14 +14,18 @@ all-MiniLM-L6-v2 is fine-tuned on them as tagtune.apps.demo does (lr 1e-4, batch
 kept). A tagger given with --tagger should have been trained on the same split (train_bench's
 runs are); one trained on all tweets (tagtune.apps.demo's) has seen the test tweets.
 
-Every span the tagger predicts on the test tweets gets two scores from the same logits: the old
-one, the mean over its units of the decoded tag's softmax probability, and the new one, the
-probability that exactly those units form one entity of its label (tagtune.data.decode.decode_spans).
-A span is right when a gold span has exactly its characters and label. For each score the bench
-prints the expected calibration error (10 equal-width bins: the spans' share in a bin times the
-gap between their fraction right and their mean score, summed), the average precision of
-rightness with spans ranked by score, the precision of the top 10% and top 50% of spans by score,
-and the highest score; then both reliability tables.
+Every span the tagger predicts on the test tweets gets three scores from the same logits: the
+old one, the mean over its units of the decoded tag's softmax probability; the span probability,
+the probability that exactly those units form one entity of its label (tagtune.data.decode.decode_spans);
+and the same with the logits divided by the temperature T that ``tagtune train`` fitted on the dev
+tweets and kept in tagtune.json (a --tagger folder without one gets T fitted here on the dev
+split, tagtune.inference.evaluate.calibrate). A span is right when a gold span has exactly its
+characters and label. For each score the bench prints the expected calibration error (10
+equal-width bins: the spans' share in a bin times the gap between their fraction right and their
+mean score, summed), the average precision of rightness with spans ranked by score, the Brier
+score (mean squared gap between score and rightness), the precision of the top 10% and top 50%
+of spans by score, and the highest score; then the reliability tables. All three rest on the
+same spans (T changes no span).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
-from tagtune.data.metrics import expected_calibration_error, reliability, scored_spans  # noqa: E402
+from tagtune.data.metrics import (average_precision, brier_score, expected_calibration_error,  # noqa: E402
+                                  reliability, scored_spans)
 
 
 def split(test_size: int, smoke: bool):
@@ -68,15 +73,23 @@ def train_tagger(work: Path, train, dev, epochs: int, bf16: str, smoke: bool) ->
     return out
 
 
-def both_scores(tagger, texts: list[str]):
-    """Per text, the predicted spans twice: with the mean tag probability as score, and with the
-    span probability. Both from one set of logits; the spans are the same."""
-    from tagtune.data.decode import decode
+def all_scores(tagger, texts: list[str], temperature: float):
+    """Per text, the predicted spans three times: with the mean tag probability as score, with the
+    span probability, and with the span probability at ``temperature``. All from one set of
+    logits; the spans are the same."""
+    from tagtune.data.decode import decode, decode_spans
     from tagtune.data.schemes import entities_from_tags
     from tagtune.spans import Span
 
     unit_logits, units = tagger.unit_logits(texts)
-    new = tagger.spans(unit_logits, units)
+    s = tagger.settings
+
+    def spans_at(t: float) -> list[list]:
+        return [decode_spans(logits, tagger.labels, unit.ranges, s.scheme, tagger.constrained,
+                             transitions=tagger.transitions, temperature=t) if len(logits) else []
+                for logits, unit in zip(unit_logits, units)]
+
+    new, tempered = spans_at(1.0), spans_at(temperature)
     old = []
     for logits, unit in zip(unit_logits, units):
         if not len(logits):
@@ -86,20 +99,11 @@ def both_scores(tagger, texts: list[str]):
         tags = [tagger.labels[i] for i in ids]
         old.append([Span(unit.ranges[i][0], unit.ranges[j - 1][1], kind, sum(probs[i:j]) / (j - i))
                     for i, j, kind in entities_from_tags(tags, tagger.settings.scheme)])
-    assert [[(s.start, s.end, s.label) for s in row] for row in old] == \
-        [[(s.start, s.end, s.label) for s in row] for row in new], "both ways must find the same spans"
-    return old, new
+    def keys(rows):
+        return [[(s.start, s.end, s.label) for s in row] for row in rows]
 
-
-def average_precision(scored: list[tuple[float, bool]]) -> float:
-    """Mean, over the right spans, of the precision of the spans ranked at or above each (ranked by
-    score, highest first; ties in prediction order). 0 without a right span."""
-    hits, total = 0, 0.0
-    for rank, (_, right) in enumerate(sorted(scored, key=lambda x: -x[0]), start=1):
-        if right:
-            hits += 1
-            total += hits / rank
-    return total / hits if hits else 0.0
+    assert keys(old) == keys(new) == keys(tempered), "every score must rest on the same spans"
+    return old, new, tempered
 
 
 def top_precision(scored: list[tuple[float, bool]], fraction: float) -> tuple[float, int]:
@@ -115,7 +119,7 @@ def figures(scored: list[tuple[float, bool]]) -> dict:
     p10, n10 = top_precision(scored, 0.1)
     p50, n50 = top_precision(scored, 0.5)
     return {"ece": expected_calibration_error(scored), "average_precision": average_precision(scored),
-            "precision_top_10pct": p10, "spans_top_10pct": n10, "precision_top_50pct": p50,
+            "brier": brier_score(scored), "spans": len(scored), "precision_top_10pct": p10, "spans_top_10pct": n10, "precision_top_50pct": p50,
             "spans_top_50pct": n50, "max_score": max((s for s, _ in scored), default=0.0),
             "bins": reliability(scored)}
 
@@ -150,9 +154,18 @@ def main() -> None:
               f"{len(test)} test tweets; work folder {work}", flush=True)
         folder = train_tagger(work, train, dev, epochs, args.bf16, args.smoke)
     tagger = Tagger.load(folder, device="cpu")
-    old, new = both_scores(tagger, [ex.text for ex in gold])
+    temperature, fitted = tagger.settings.temperature, "fitted by tagtune train on the dev tweets"
+    if temperature == 1.0:  # a folder trained before calibration: fitted here, on the same dev split
+        from tagtune.inference.evaluate import calibrate
+
+        write_conll(work / "dev.conll", dev)
+        temperature, fitted = calibrate(tagger, read_examples(str(work / "dev.conll")))["temperature"], \
+            "fitted here on the dev tweets"
+    print(f"bench: temperature {temperature:.4f}, {fitted}", flush=True)
+    old, new, tempered = all_scores(tagger, [ex.text for ex in gold], temperature)
     truth = [ex.spans for ex in gold]
-    scored = {"mean tag probability": scored_spans(truth, old), "span probability": scored_spans(truth, new)}
+    scored = {"mean tag probability": scored_spans(truth, old), "span probability": scored_spans(truth, new),
+              "calibrated span probability": scored_spans(truth, tempered)}
     results = {name: figures(pairs) for name, pairs in scored.items()}
 
     pairs = scored["span probability"]
@@ -161,14 +174,14 @@ def main() -> None:
           f"{right / max(len(pairs), 1):.4f}, recall {right / max(n_gold, 1):.4f} ({n_gold} gold spans); "
           f"{time.perf_counter() - start:.0f} s")
     names = list(results)
-    print(f"\n{'':30}" + "".join(f"{name:>22}" for name in names))
+    print(f"\n{'':30}" + "".join(f"{name:>29}" for name in names))
     rows = [("expected calibration error", "ece"), ("average precision", "average_precision"),
-            ("precision of top 10% spans", "precision_top_10pct"), ("precision of top 50% spans", "precision_top_50pct"),
+            ("Brier score", "brier"), ("precision of top 10% spans", "precision_top_10pct"), ("precision of top 50% spans", "precision_top_50pct"),
             ("max score", "max_score")]
     for title, key in rows:
-        print(f"{title:30}" + "".join(f"{results[name][key]:>22.4f}" for name in names))
+        print(f"{title:30}" + "".join(f"{results[name][key]:>29.4f}" for name in names))
     print(f"{'spans in the top 10% / 50%':30}" + "".join(
-        f"{str(results[name]['spans_top_10pct']) + ' / ' + str(results[name]['spans_top_50pct']):>22}"
+        f"{str(results[name]['spans_top_10pct']) + ' / ' + str(results[name]['spans_top_50pct']):>29}"
         for name in names))
     for name in names:
         print(f"\nreliability, {name}: bin, spans, mean score, fraction right")
@@ -177,7 +190,9 @@ def main() -> None:
                 print(f"  {b['low']:.1f}-{b['high']:.1f} {b['count']:>6} {b['mean_score']:>10.4f} {b['correct']:>10.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "spans": len(pairs), "right": right,
-                                               "gold": n_gold, "results": results}, indent=2))
+                                               "gold": n_gold, "temperature": temperature, "temperature_from": fitted,
+                                               "load": open("/proc/loadavg").read().split()[:3],
+                                               "results": results}, indent=2))
 
 
 if __name__ == "__main__":

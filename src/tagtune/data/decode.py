@@ -27,6 +27,15 @@ probabilities are those of the CRF. Log-softmax or raw logits as emissions give 
 the two differ at each position by one constant shared by all labels, so every path's score
 shifts by the same amount, which cancels in p(path) and in Viterbi's argmax.
 
+Temperature (``temperature`` T > 0, tagtune.json's ``temperature``, fitted on dev by
+tagtune.data.metrics.fit_temperature) scales the scores only: the spans' probabilities come from the
+lattice of ``logits / T``, and a CRF's ``start``/``trans``/``end`` are divided by T alike, so
+that p(path) is proportional to exp(score(path) / T) for the same score as at T = 1. The tags are
+always decoded from the logits as they are (at T = 1), and dividing every path's score by one
+T > 0 keeps the best path the best (dividing the emissions alone would not, with a CRF), so the
+spans never change with T, only their scores. Softmax probabilities a span head gives are
+tempered the same way (``temper_probs``: softmax(log(p) / T) = softmax(logits / T)).
+
 Arrays may be numpy arrays or anything ``as_array`` turns into one (a CPU or GPU torch tensor).
 """
 
@@ -77,6 +86,33 @@ class Transitions(NamedTuple):
         """These scores where the boolean ``start``/``trans``/``end`` allow the step, -inf elsewhere."""
         return Transitions(*(np.where(as_array(allowed).astype(bool), np.asarray(score, dtype=np.float64), -np.inf)
                              for allowed, score in zip((start, trans, end), self)))
+
+    def scaled(self, temperature: float) -> Transitions:
+        """These scores divided by ``temperature`` (-inf stays -inf)."""
+        return Transitions(*(np.asarray(x, dtype=np.float64) / temperature for x in self))
+
+
+def check_temperature(value, name: str = "temperature") -> float:
+    """``value`` as a float if it is a finite number > 0, else a TagtuneError saying so."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
+        raise TagtuneError(f"{name} must be a number above 0, got {value!r} (1 keeps the model's own scores)")
+    return float(value)
+
+
+def temper_probs(probs, temperature: float = 1.0) -> np.ndarray:
+    """Softmax probabilities ``probs: (..., K)`` as they would be with their logits divided by
+    ``temperature``: softmax(log(probs) / T), float64; at T = 1, ``probs`` as they are. A
+    probability that underflowed to 0 stays 0."""
+    if temperature == 1.0:
+        return as_array(probs)
+    probs = np.asarray(as_array(probs), dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        logp = np.log(probs) / temperature
+    top = logp.max(axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    p = np.exp(logp - top)
+    total = p.sum(axis=-1, keepdims=True)
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
 
 
 def log_scores(x, dtype=np.float64) -> np.ndarray:
@@ -354,7 +390,7 @@ def _constraints(labels: list[str], scheme: str, constrained: bool, transitions:
 
 
 def decode(logits, labels: list[str], scheme: str = "BIO", constrained: bool = True, mask=None,
-           transitions: Transitions | None = None):
+           transitions: Transitions | None = None, temperature: float = 1.0):
     """Tag ids and the probabilities of the chosen tags, from ``logits``.
 
     ``logits: (N, L)`` gives ``(ids, probs)``, two lists of N; ``(B, N, L)`` gives two lists of
@@ -362,14 +398,15 @@ def decode(logits, labels: list[str], scheme: str = "BIO", constrained: bool = T
     all positions when None). ``labels`` names the L outputs; with ``constrained`` the best
     sequence the scheme allows is taken (``viterbi``), scored with a CRF's ``transitions`` when
     given, else each position's argmax (which a CRF does not change). ``probs`` are each chosen
-    tag's softmax probability at its position; a span's probability is ``decode_spans``'s.
+    tag's softmax probability at its position, of ``logits / temperature`` (the ids do not depend
+    on it); a span's probability is ``decode_spans``'s.
     """
     logits, mask, single = _batched(logits, labels, mask)
     if constrained:
         ids = viterbi(logits, mask, *_constraints(labels, scheme, True, transitions))
     else:
         ids = argmax_decode(logits)
-    probs = np.take_along_axis(softmax(logits), ids[..., None], axis=-1)[..., 0]  # (B, N)
+    probs = np.take_along_axis(softmax(logits / temperature), ids[..., None], axis=-1)[..., 0]  # (B, N)
     lengths = mask.sum(axis=1).tolist()
     ids, probs = ids.tolist(), probs.tolist()
     ids = [row[:n] for row, n in zip(ids, lengths)]
@@ -378,7 +415,8 @@ def decode(logits, labels: list[str], scheme: str = "BIO", constrained: bool = T
 
 
 def decode_spans(logits, labels: list[str], ranges, scheme: str = "BIO", constrained: bool = True,
-                 mask=None, transitions: Transitions | None = None) -> list[Span] | list[list[Span]]:
+                 mask=None, transitions: Transitions | None = None,
+                 temperature: float = 1.0) -> list[Span] | list[list[Span]]:
     """Spans with their probabilities as scores, from ``logits``.
 
     ``logits: (N, L)`` with ``ranges``, the N character ranges of its positions, gives a list of
@@ -387,19 +425,28 @@ def decode_spans(logits, labels: list[str], ranges, scheme: str = "BIO", constra
     from them as ``spans_from_tags`` does, and each span's score is its ``span_probabilities``
     under the lattice decoded: the scheme's with ``constrained`` (with a CRF's ``transitions``
     added to it when given: the CRF's marginals), else the one where every tag path is allowed
-    and each position is on its own (a CRF's ``transitions`` are then not used).
+    and each position is on its own (a CRF's ``transitions`` are then not used). With a
+    ``temperature`` T, the scores are those of the lattice of ``logits / T`` (and a CRF's scores
+    / T); the spans are the same at every T.
     """
-    logits, mask, single, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions)
+    logits, mask, single, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions,
+                                                      temperature)
     out = _spans(logits, labels, [ranges] if single else ranges, scheme, mask, constraints, ids)
     return out[0] if single else out
 
 
-def _decoded(logits, labels, scheme, constrained, mask, transitions):
-    """``(logits, mask, single, constraints, ids)``: the batch as ``_batched`` gives it, the lattice's
-    constraints, and the tag ids ``decode`` takes (Viterbi under them, or each position's argmax)."""
+def _decoded(logits, labels, scheme, constrained, mask, transitions, temperature: float = 1.0):
+    """``(logits, mask, single, constraints, ids)``: the batch as ``_batched`` gives it and the
+    lattice's constraints, both divided by ``temperature`` for the scores, and the tag ids
+    ``decode`` takes (Viterbi under the constraints, or each position's argmax) from the logits
+    as they are, so that they do not depend on the temperature."""
     logits, mask, single = _batched(logits, labels, mask)
     constraints = _constraints(labels, scheme, constrained, transitions)
     ids = viterbi(logits, mask, *constraints) if constrained else argmax_decode(logits)  # (B, N)
+    if temperature != 1.0:
+        logits = logits / np.float32(temperature)
+        if isinstance(constraints, Transitions):  # a CRF's scores; the scheme's 0/-inf stay as they are
+            constraints = constraints.scaled(temperature)
     return logits, mask, single, constraints, ids
 
 
@@ -433,12 +480,13 @@ def _spans(logits, labels, ranges, scheme, mask, constraints, ids, lattice: Latt
 
 
 def uncertainty(logits, labels: list[str], scheme: str = "BIO", constrained: bool = True, mask=None,
-                transitions: Transitions | None = None) -> np.ndarray:
+                transitions: Transitions | None = None, temperature: float = 1.0) -> np.ndarray:
     """Per row of ``logits: (B, N, L)`` (``mask`` as in ``decode``): the expected share of its
     positions whose decoded tag is wrong, the mean over its real positions of 1 - p(the tag
     ``decode`` takes there), p being the position's marginal under the lattice ``decode_spans``
-    scores spans with; 0 for a row without positions. ``(B,)`` float64."""
-    logits, mask, single, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions)
+    scores spans with (at ``temperature``); 0 for a row without positions. ``(B,)`` float64."""
+    logits, mask, single, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions,
+                                                      temperature)
     out = _uncertainty(forward_backward(logits, mask, *constraints), ids, mask)
     return out[0] if single else out
 
@@ -451,10 +499,12 @@ def _uncertainty(lattice: Lattice, ids: np.ndarray, mask: np.ndarray) -> np.ndar
 
 
 def spans_and_uncertainty(logits, labels: list[str], ranges, scheme: str = "BIO", constrained: bool = True,
-                          mask=None, transitions: Transitions | None = None) -> tuple[list[list[Span]], np.ndarray]:
+                          mask=None, transitions: Transitions | None = None,
+                          temperature: float = 1.0) -> tuple[list[list[Span]], np.ndarray]:
     """``(decode_spans(...), uncertainty(...))`` of a batch ``logits: (B, N, L)``, from one decode
     and one lattice."""
-    logits, mask, _, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions)
+    logits, mask, _, constraints, ids = _decoded(logits, labels, scheme, constrained, mask, transitions,
+                                                 temperature)
     lattice = forward_backward(logits, mask, *constraints)
     return _spans(logits, labels, ranges, scheme, mask, constraints, ids, lattice), _uncertainty(lattice, ids, mask)
 

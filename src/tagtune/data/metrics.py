@@ -17,7 +17,9 @@ share one counting and scoring routine, whose numbers are seqeval's:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 
 from tagtune.data.schemes import entities_from_tags
 from tagtune.spans import Span
@@ -178,3 +180,85 @@ def calibration(gold, pred, bins: int = 10) -> dict:
     n_gold = sum(len({_key(s) for s in spans}) for spans in gold)
     return {"spans": len(scored), "gold": n_gold, "ece": expected_calibration_error(scored, bins),
             "bins": reliability(scored, bins), "thresholds": threshold_curve(scored, n_gold)}
+
+
+def average_precision(scored: list[tuple[float, bool]]) -> float:
+    """Mean, over the right spans, of the precision of the spans ranked at or above each (ranked by
+    score, highest first; ties in the given order): how well the scores rank right spans before
+    wrong ones, whatever their scale. 0 without a right span."""
+    hits, total = 0, 0.0
+    for rank, (_, right) in enumerate(sorted(scored, key=lambda x: -x[0]), start=1):
+        if right:
+            hits += 1
+            total += hits / rank
+    return total / hits if hits else 0.0
+
+
+def brier_score(scored: list[tuple[float, bool]]) -> float:
+    """The mean of (score - correct)^2 over the spans, correct being 1 or 0; 0 without spans."""
+    return sum((score - bool(right)) ** 2 for score, right in scored) / len(scored) if scored else 0.0
+
+
+NLL_FLOOR = 1e-7
+"""Scores are held within [NLL_FLOOR, 1 - NLL_FLOOR] in ``log_loss``, so that one span scored 1 and
+wrong costs a finite -log(1e-7) = 16.1 rather than infinity."""
+
+
+def log_loss(scored: list[tuple[float, bool]]) -> float:
+    """The mean negative log-likelihood of the spans' correctness under their scores: -log(score)
+    for a right span, -log(1 - score) for a wrong one; 0 without spans."""
+    total = 0.0
+    for score, right in scored:
+        p = min(max(score, NLL_FLOOR), 1.0 - NLL_FLOOR)
+        total -= math.log(p if right else 1.0 - p)
+    return total / len(scored) if scored else 0.0
+
+
+def score_quality(scored: list[tuple[float, bool]], bins: int = 10) -> dict:
+    """``spans``, ``right``, ``ece`` (``expected_calibration_error``), ``average_precision``,
+    ``brier`` (``brier_score``) and ``nll`` (``log_loss``) of ``(score, correct)`` pairs."""
+    return {"spans": len(scored), "right": sum(bool(r) for _, r in scored),
+            "ece": expected_calibration_error(scored, bins), "average_precision": average_precision(scored),
+            "brier": brier_score(scored), "nll": log_loss(scored)}
+
+
+TEMPERATURES = (0.05, 20.0)
+"""The range ``fit_temperature`` searches."""
+
+
+def fit_temperature(scores_at: Callable[[float], list[float]], correct: list[bool], grid: int = 25,
+                    tolerance: float = 1e-3) -> float:
+    """The temperature T in TEMPERATURES that minimises the mean negative log-likelihood
+    (``log_loss``) of ``correct`` under ``scores_at(T)``, the scores of the same spans, in the
+    same order, with the logits divided by T.
+
+    A search over log T: ``grid`` points evenly spaced over the range (and T = 1), then
+    golden-section search between the best point's neighbours down to ``tolerance`` in log T.
+    The likelihood of one T is not always unimodal in T; the grid finds the best basin, the
+    golden section its bottom. The T returned never scores worse than T = 1 on these spans.
+    """
+    correct = [bool(c) for c in correct]
+
+    def loss(log_t: float) -> float:
+        return log_loss(list(zip(scores_at(math.exp(log_t)), correct)))
+
+    low, high = (math.log(t) for t in TEMPERATURES)
+    points = sorted({low + (high - low) * k / (grid - 1) for k in range(grid)} | {0.0})
+    losses = [loss(x) for x in points]
+    best = min(range(len(points)), key=lambda k: (losses[k], abs(points[k])))  # a tie: nearer T = 1
+    a, b = points[max(best - 1, 0)], points[min(best + 1, len(points) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    while b - a > tolerance:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    candidates = [(losses[best], points[best]), (fc, c), (fd, d)]
+    value, log_t = min(candidates, key=lambda x: (x[0], abs(x[1])))
+    return math.exp(log_t) if value < losses[points.index(0.0)] else 1.0

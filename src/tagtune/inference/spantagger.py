@@ -26,7 +26,7 @@ import numpy as np
 
 from tagtune.data.align import Units, units_of, with_specials
 from tagtune.data.candidates import BatchCandidates, SpanWindow, batch_candidates, span_windows
-from tagtune.data.decode import check_min_score
+from tagtune.data.decode import check_min_score, check_temperature, temper_probs
 from tagtune.data.spandecode import (
     candidate_labels,
     check_overlap,
@@ -154,6 +154,10 @@ class SpanTagger:
         scorer: What scores the candidates of a batch of windows on the backend.
         overlap: The overlap rule of a call that names none ("nested", "flat" or "any").
         min_score: The least score of a span, for a call that names none.
+        temperature: The head's logits are divided by it before the softmax (tagtune.json's
+            ``temperature``, fitted on dev; 1: the head's own probabilities). The overlap rules
+            weigh a candidate by log(p_label / p_none), which it divides by the same T, so the
+            spans kept are the same at every T except where a score crosses ``min_score``.
 
     Example:
         ```python
@@ -165,18 +169,19 @@ class SpanTagger:
     def __init__(self, model: TokenClassifier | OnnxSpanModel, head: SpanHead | None, tokenizer: Tokenizer,
                  labels: list[str], max_width: int, max_length: int = 128, stride: int = 32,
                  device: str | torch.device = "cpu", batch_tokens: int = BATCH_TOKENS, overlap: str = "nested",
-                 min_score: float = 0.5):
+                 min_score: float = 0.5, temperature: float = 1.0):
         """A span tagger over a loaded encoder and span head, both moved to ``device``, or over
         an ONNX span graph (``head`` None; it runs on the CPU).
 
         Raises:
             ValueError: When the head's outputs are not "none" and the ``labels``, or
                 ``max_width`` is wider than the head's widths.
-            TagtuneError: When ``overlap`` or ``min_score`` is out of range, or an ONNX graph
-                is given a device other than the CPU.
+            TagtuneError: When ``overlap``, ``min_score`` or ``temperature`` is out of range, or
+                an ONNX graph is given a device other than the CPU.
         """
         check_overlap(overlap)
         self.overlap, self.min_score = overlap, check_min_score(min_score)
+        self.temperature = check_temperature(temperature)
         self.backend = getattr(model, "backend", "torch")
         outputs = model if self.backend == "onnx" else head  # an ONNX graph holds its head
         if outputs.num_labels != len(labels) + 1:
@@ -252,7 +257,8 @@ class SpanTagger:
         return spans, unsure
 
     def candidates(self, texts: list[str]) -> list[TextCandidates]:
-        """The candidates of each text with the head's probabilities, merged over its windows."""
+        """The candidates of each text with the head's probabilities (at the tagger's
+        ``temperature``), merged over its windows."""
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TagtuneError(f"text {i} is a {type(text).__name__}, not a string")
@@ -275,7 +281,7 @@ class SpanTagger:
                 out.append(TextCandidates(empty, empty, np.zeros((0, width)), units[t]))
                 continue
             start, end, probs = merge_window_candidates([windows[w].units for w in ws], *zip(*(scored[w] for w in ws)))
-            out.append(TextCandidates(start, end, probs, units[t]))
+            out.append(TextCandidates(start, end, temper_probs(probs, self.temperature), units[t]))
         return out
 
     def _window_probabilities(self, windows: list[SpanWindow],

@@ -25,7 +25,7 @@ import numpy as np
 
 from tagtune import safejson
 from tagtune.data.align import window_size
-from tagtune.data.decode import Transitions
+from tagtune.data.decode import Transitions, check_temperature
 from tagtune.data.schemes import SCHEMES, guess_scheme, transition_mask
 from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write
@@ -84,6 +84,11 @@ class TaggerSettings:
     family's (``tagtune train --attention``); None: the family's (decoders causal, encoders
     bidirectional). config.json cannot say it, so transformers would run such a folder with its
     family's attention."""
+    temperature: float = 1.0
+    """What the logits are divided by before the span scores are computed (the token head's and a
+    CRF's scores alike, or the span head's logits), fitted on dev after training (``tagtune train``
+    with a dev set) so that a span scored p is right about p of the time; the spans themselves do
+    not depend on it. 1.0 (absent from tagtune.json): the scores as the model gives them."""
 
     @classmethod
     def read(cls, directory: Path, labels: list[str], config=None) -> TaggerSettings:
@@ -109,6 +114,7 @@ class TaggerSettings:
                                "3 <= max_length <= 1,048,576 and 0 <= stride < max_length - 2")
         settings.check_head(path)
         check_attention(settings.attention, path)
+        settings.temperature = check_temperature(settings.temperature, f"{path}: temperature")
         if config is not None:
             config.check_window(settings.max_length, f"{path}: max_length")
         return settings
@@ -136,6 +142,8 @@ class TaggerSettings:
                 del values[name]
         if self.attention is None:  # the family's attention
             del values["attention"]
+        if self.temperature == 1.0:  # scores as the model gives them: the folder reads as it always has
+            del values["temperature"]
         return json.dumps(values, indent=2) + "\n"
 
 

@@ -47,7 +47,7 @@ _YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
 
 
 def write_card(folder: Path, config: TrainConfig, history: list[dict], kept: int, train: list[Example],
-               dev: list[Example], precision: str) -> str | None:
+               dev: list[Example], precision: str, calibration: dict | None = None) -> str | None:
     """Write ``folder``/README.md (see render_card), unless a README.md there lacks MARKER: then
     it is kept as it is, and the returned line says so (None when the card was written)."""
     path = folder / CARD_FILE
@@ -59,15 +59,16 @@ def write_card(folder: Path, config: TrainConfig, history: list[dict], kept: int
         if not own:
             return (f"{path}: a README.md not written by tagtune (no {MARKER} in it); kept as it is, "
                     "so no model card was written")
-    atomic_write(path, render_card(config, history, kept, train, dev, precision))
+    atomic_write(path, render_card(config, history, kept, train, dev, precision, calibration))
     return None
 
 
 def render_card(config: TrainConfig, history: list[dict], kept: int, train: list[Example], dev: list[Example],
-                precision: str) -> str:
+                precision: str, calibration: dict | None = None) -> str:
     """The card's text for the run of ``config`` whose epoch ``kept`` is the tagger; ``history``
     is metrics.jsonl's entries, ``train`` and ``dev`` the texts trained and scored on,
-    ``precision`` the training precision mode ("fp32", "bf16" or "autocast")."""
+    ``precision`` the training precision mode ("fp32", "bf16" or "autocast"), ``calibration``
+    the temperature fitted on dev with its before and after (metrics.jsonl's ``calibration``)."""
     name = Path(config.out).name or str(config.out)
     epoch = next(h for h in history if h.get("epoch") == kept and "train_loss" in h)
     meta = {"library_name": "tagtune", "pipeline_tag": "token-classification"}
@@ -88,6 +89,7 @@ def render_card(config: TrainConfig, history: list[dict], kept: int, train: list
         labels_section(train, dev),
         training_section(config, history, kept, train, dev, precision),
         scores_section(config, epoch),
+        *([score_calibration(calibration)] if calibration else []),
         usage_section(config),
     ]
     return front_matter(meta) + "\n" + MARKER + "\n\n" + "\n\n".join(sections) + "\n"
@@ -166,6 +168,24 @@ def scores_section(config: TrainConfig, epoch: dict) -> str:
         "| label | precision | recall | F1 | dev spans |",
         "|---|---:|---:|---:|---:|",
         *rows,
+    ])
+
+
+def score_calibration(calibration: dict) -> str:
+    """The card's section on the temperature that calibrates the span scores (fitted on dev)."""
+    before, after = calibration["before"], calibration["after"]
+    return "\n".join([
+        "## Span scores",
+        "",
+        f"Each span's score is a probability, calibrated: the logits are divided by the temperature "
+        f"{calibration['temperature']:.3f} (kept in tagtune.json), fitted on the dev predictions so that spans "
+        f"scored about p are right about p of the time. Over those {before['spans']:,} dev spans "
+        f"({before['right']:,} right):",
+        "",
+        "| span scores | expected calibration error | average precision | Brier score |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {row['ece']:.4f} | {row['average_precision']:.4f} | {row['brier']:.4f} |"
+          for name, row in (("the model's own", before), ("calibrated", after))),
     ])
 
 

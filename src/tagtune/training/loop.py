@@ -6,7 +6,8 @@ its labels and width are the run's, see tagger_start), cut texts into labelled w
 (the span head's: windows with their entities, see span_training_windows), then per epoch:
 batches from (seed, epoch), forward, loss, backward, clip, step, schedule, log; evaluate on dev;
 keep the best model by entity F1; save a resumable checkpoint; stop early when dev F1 stops
-improving.
+improving. At the end, with a dev set, one temperature for the kept model's span scores is
+fitted on its dev predictions (calibrate_scores) and kept in tagtune.json.
 
 With ``report_to``, rank 0 sends the run to experiment trackers (tagtune.training.trackers):
 its settings at the start, the loss and learning rate every ``log_every`` steps, each epoch's
@@ -70,11 +71,12 @@ from tagtune.data.align import (IGNORE, AlignStats, token_labels, unit_spans, un
 from tagtune.data.batching import batch_indices, fill_batch, pack
 from tagtune.data.candidates import SpanWindow, batch_candidates, candidate_labels, n_candidates, span_windows
 from tagtune.data.formats import read_examples, split_dev, tag_line
+from tagtune.data.metrics import calibration
 from tagtune.data.schemes import OUTSIDE, entity_type, guess_scheme, tag_names
 from tagtune.distributed import Group, device_for, from_environment, leave
 from tagtune.errors import TagtuneError
 from tagtune.files import atomic_write, write_error
-from tagtune.inference.evaluate import evaluate_examples
+from tagtune.inference.evaluate import calibrate, evaluate_examples
 from tagtune.inference.load import check_vocab, head_of, load_span_head
 from tagtune.inference.spantagger import SpanTagger
 from tagtune.inference.tagger import Tagger
@@ -1033,10 +1035,12 @@ def finish(run: Run) -> dict:
     the run marked finished. Returns the kept epoch's train loss and dev scores."""
     state, work = run.state, run.work
     kept = state["best_epoch"] if run.keeps_best else state["epoch"]
+    calibrated = None
     if run.group.main:
         if kept != state["epoch"]:  # the model holds the last epoch's weights; the best is an earlier one
             run.unsaved = False  # the last epoch's weights are gone: a failure resumes from the checkpoint
             load_epoch_weights(epoch_weights(work, kept), run.model, run.beside, run.device)
+        calibrated = calibrate_scores(run) if run.dev_examples else None
         files = settings_files(run.settings)
         if run.crf is not None:
             files.update(crf_files(run.crf.transitions(), run.labels))
@@ -1044,9 +1048,11 @@ def finish(run: Run) -> dict:
         def write_files(folder: Path) -> None:
             span_words = run.settings.max_span_words if run.span_head is not None else None
             write_report(folder, state["history"], run.labels, kept_epoch=kept, data=run.data_line,
-                         note=run.small_dev, span_words=span_words)
+                         note=run.small_dev, span_words=span_words,
+                         calibration=calibrated and calibrated["dev_calibration"],
+                         temperature=calibrated and calibrated["calibration"])
             kept_readme = write_card(folder, run.config, state["history"], kept, run.train_examples,
-                                     run.dev_examples, run.mode)
+                                     run.dev_examples, run.mode, calibrated and calibrated["calibration"])
             if kept_readme:
                 warnings.warn(kept_readme, stacklevel=2)
             if run.span_head is not None:  # beside the encoder, before its config.json
@@ -1063,7 +1069,34 @@ def finish(run: Run) -> dict:
     if "dev" in epoch_log:
         scores.update(epoch_log["dev"], per_label=epoch_log["dev_per_label"])
     return {"out": str(Path(run.config.out)), "epoch": kept, "train_loss": epoch_log["train_loss"],
-            "dev_texts": len(run.dev_examples), **scores}
+            "dev_texts": len(run.dev_examples), **scores, "calibration": calibrated and calibrated["calibration"]}
+
+
+def calibrate_scores(run: Run) -> dict:
+    """Fit the temperature of the kept model's span scores on dev (rank 0, after the kept weights
+    are loaded; tagtune.inference.evaluate.calibrate) and keep it in ``run.settings``, so that
+    tagtune.json holds it. Says the before and after, appends them to metrics.jsonl as
+    ``{"epoch", "step", "calibration": {"temperature", "before", "after"}}`` (the kept epoch, the
+    last step), and returns that ``calibration`` with
+    ``dev_calibration``, tagtune.data.metrics.calibration of the dev predictions at the temperature."""
+    if run.crf is not None:
+        run.tagger.transitions = run.crf.transitions()
+    fit = calibrate(run.tagger, run.dev_examples)
+    run.settings = replace(run.settings, temperature=fit["temperature"])
+    before, after = fit["before"], fit["after"]
+    run.say(f"tagtune: span scores calibrated on dev: temperature {fit['temperature']:.3f}; over "
+            f"{before['spans']} spans ({before['right']} right), ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
+            f"average precision {before['average_precision']:.4f} -> {after['average_precision']:.4f}, "
+            f"Brier {before['brier']:.4f} -> {after['brier']:.4f}")
+    entry = {"temperature": fit["temperature"], "before": before, "after": after}
+    try:
+        with open(run.work / "metrics.jsonl", "a", encoding="utf-8") as log:
+            kept = run.state["best_epoch"] if run.keeps_best else run.state["epoch"]
+            log.write(json.dumps({"epoch": kept, "step": run.state["step"], "calibration": entry}) + "\n")
+    except OSError as e:
+        raise write_error(run.work / "metrics.jsonl", e) from None
+    return {"calibration": entry,
+            "dev_calibration": calibration([ex.spans for ex in run.dev_examples], fit["predicted"])}
 
 
 def save_last_epoch(run: Run) -> None:

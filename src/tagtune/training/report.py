@@ -192,26 +192,39 @@ def threshold_chart(calibration: dict) -> str:
                        "score threshold", "precision, recall", body)
 
 
-def calibration_section(calibration: dict, epoch) -> str:
-    """The page's part on span scores: a sentence, the two charts."""
+def calibration_section(calibration: dict, epoch, temperature: dict | None = None) -> str:
+    """The page's part on span scores: a sentence, the fitted temperature's before and after
+    (``temperature``, the ``calibration`` entry of metrics.jsonl) when there is one, the two charts."""
     which = f", epoch {epoch}" if epoch is not None else ""
+    fitted = ""
+    if temperature:
+        before, after = temperature["before"], temperature["after"]
+        rows = "".join(f"<tr><td>{name}</td><td>{_f(before[key])}</td><td>{_f(after[key])}</td></tr>"
+                       for name, key in (("expected calibration error", "ece"),
+                                         ("average precision", "average_precision"), ("Brier score", "brier")))
+        fitted = (f"<p>The scores are the model's with its logits divided by the temperature "
+                  f"{temperature['temperature']:.3f}, fitted on these dev predictions (kept in tagtune.json); "
+                  f"over the {before['spans']} spans it was fitted on ({before['right']} right):</p>\n"
+                  f"<table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>\n")
     return (f"<h2>Span scores (dev{which})</h2>\n"
             "<p>A span's score is the probability, under the tagger, that exactly its characters form one "
             "entity of its label. Of the spans scored about <i>p</i>, a share of about <i>p</i> should be "
             f"right: the bars should reach the diagonal. {calibration['spans']} predicted spans, "
             f"{calibration['gold']} gold spans.</p>\n"
-            f"{reliability_chart(calibration)}\n{threshold_chart(calibration)}")
+            f"{fitted}{reliability_chart(calibration)}\n{threshold_chart(calibration)}")
 
 
 def render(history: list[dict], labels: list[str], title: str = "tagtune training report",
            kept_epoch: int | None = None, data: str | None = None, note: str | None = None,
-           calibration: dict | None = None, span_words: int | None = None) -> str:
+           calibration: dict | None = None, span_words: int | None = None, temperature: dict | None = None) -> str:
     """The page. ``kept_epoch``: the epoch whose model the folder holds (default: the best by dev
     F1, or the last without dev scores); ``data``: a line on the train and dev texts; ``note``: a
     remark on the dev set (e.g. that it is too small to pick the best epoch); ``calibration``: the
     kept model's dev predictions summed up by tagtune.data.metrics.calibration (default: the kept epoch
     entry's ``dev_calibration``, if any); ``span_words``: the run trained a span head of spans
-    of up to that many words (``--head span``), whose ``labels`` are entity labels, not tags."""
+    of up to that many words (``--head span``), whose ``labels`` are entity labels, not tags;
+    ``temperature``: the temperature fitted on dev with its before and after (metrics.jsonl's
+    ``calibration`` entry), ``calibration`` then being the dev predictions at it."""
     epochs = [h for h in history if "train_loss" in h]
     with_dev = [h for h in epochs if "dev" in h]
     if kept_epoch is None and epochs:
@@ -268,7 +281,7 @@ def render(history: list[dict], labels: list[str], title: str = "tagtune trainin
 
     if calibration is None and kept is not None:
         calibration = kept.get("dev_calibration")
-    scores_part = calibration_section(calibration, kept_epoch) if calibration else ""
+    scores_part = calibration_section(calibration, kept_epoch, temperature) if calibration else ""
 
     chips = "".join(f"<li>{html.escape(label)}</li>" for label in labels)
     paragraphs = "".join(f"<p>{html.escape(text)}</p>" for text in (data, note) if text)
@@ -309,9 +322,9 @@ td:first-child, th:first-child {{ text-align: left; }} tr.total td, tr.kept td {
 
 def write_report(directory: Path, history: list[dict], labels: list[str], kept_epoch: int | None = None,
                  data: str | None = None, note: str | None = None, calibration: dict | None = None,
-                 span_words: int | None = None) -> Path:
+                 span_words: int | None = None, temperature: dict | None = None) -> Path:
     """report.html in ``directory`` (see render)."""
     path = Path(directory) / "report.html"
     atomic_write(path, render(history, labels, kept_epoch=kept_epoch, data=data, note=note,
-                              calibration=calibration, span_words=span_words))
+                              calibration=calibration, span_words=span_words, temperature=temperature))
     return path
