@@ -434,7 +434,7 @@ class Tagger:
         for lo, padded, mask in self._padded(unit_logits, chunk):
             ranges = [u.ranges for u in units[lo:lo + len(padded)]]
             out += _above(decode_spans(padded, self.labels, ranges, self.settings.scheme, self.constrained, mask,
-                                       self.transitions), min_score)
+                                       self.transitions, self.settings.temperature), min_score)
         return out
 
     def spans_and_uncertainty(self, unit_logits: list, units: list[Units], chunk: int = 256,
@@ -459,7 +459,7 @@ class Tagger:
         for lo, padded, mask in self._padded(unit_logits, chunk):
             ranges = [u.ranges for u in units[lo:lo + len(padded)]]
             found, wrong = spans_and_uncertainty(padded, self.labels, ranges, self.settings.scheme, self.constrained,
-                                                 mask, self.transitions)
+                                                 mask, self.transitions, self.settings.temperature)
             spans += _above(found, min_score)
             unsure += wrong.tolist()
         return spans, unsure
@@ -481,7 +481,7 @@ class Tagger:
         out: list[float] = []
         for _, padded, mask in self._padded(unit_logits, chunk):
             out += uncertainty(padded, self.labels, self.settings.scheme, self.constrained, mask,
-                               self.transitions).tolist()
+                               self.transitions, self.settings.temperature).tolist()
         return out
 
     def _padded(self, unit_logits: list, chunk: int):
@@ -534,11 +534,12 @@ def _span_tagger(opened, device, overlap: str, min_score: float, bf16: str) -> S
     if opened.backend == "onnx":
         check_onnx_options(device, bf16)
         return SpanTagger(opened.model, None, *window, batch_tokens=ONNX_BATCH_TOKENS, overlap=overlap,
-                          min_score=min_score)
+                          min_score=min_score, temperature=settings.temperature)
     import torch
 
     device = _torch_device(device) if device is not None else default_device()
-    tagger = SpanTagger(opened.model.eval(), opened.span_head, *window, device, overlap=overlap, min_score=min_score)
+    tagger = SpanTagger(opened.model.eval(), opened.span_head, *window, device, overlap=overlap, min_score=min_score,
+                        temperature=settings.temperature)
     if use_bf16(bf16, device):
         opened.model.use_low_precision(torch.bfloat16)
     return tagger
