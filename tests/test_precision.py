@@ -300,7 +300,8 @@ def test_attention_dropout_keeps_the_expected_output():
 
 def test_bf16_prediction_agrees_with_fp32(trained_tagger, tweets, tmp_path):
     """A real tagger in bf16 against itself in fp32 on 300 held-out tweets: the same spans on at
-    least 99% of the texts, entity F1 within 0.005, span scores within 0.02."""
+    least 99% of the texts, entity F1 within what the 1% of texts left may move (each span there
+    moves F1 by about 0.005: within 0.015), span scores within 0.02."""
     from tagtune.data.formats import read_examples
     from tagtune.apps.examples import write_conll
     from tagtune import Tagger
@@ -324,7 +325,7 @@ def test_bf16_prediction_agrees_with_fp32(trained_tagger, tweets, tmp_path):
     assert same >= 0.99 * len(texts), f"{same} of {len(texts)} texts with equal spans"
     assert max(abs(x.score - y.score) for p, q in zip(a, b) if key(p) == key(q) for x, y in zip(p, q)) < 0.02
     f1 = [evaluate_examples(t, examples)["f1"] for t in (fp32, bf16)]
-    assert abs(f1[0] - f1[1]) <= 0.005, f1
+    assert abs(f1[0] - f1[1]) <= 0.015, f1
 
 
 def test_bf16_auto_follows_the_hardware(trained_tagger, monkeypatch):
