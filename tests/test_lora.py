@@ -279,3 +279,24 @@ def test_the_fused_product_s_gradients_with_dropout(dtype):
     assert a.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
     for got, want in zip(ours, (x64.grad, a64.grad, b64.grad)):
         torch.testing.assert_close(got.double(), want, **tolerance)
+
+
+def test_training_adapters_imports_no_peft(tiny_bert):
+    """PEFT (which imports transformers' model code, 160 MB) is only the reader of adapter folders:
+    adding, training and saving adapters does without it."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, tempfile, torch
+from tagtune.models.checkpoint import load_model
+from tagtune.models.lora import add_adapters, choose_targets, write_adapter_files
+model, _ = load_model({str(tiny_bert)!r}, labels=["O", "B-X", "I-X"])
+add_adapters(model, 2, 4, 0.1, choose_targets("bert", None))
+model.train()
+model.forward_padded(torch.randint(5, 99, (2, 7)), torch.ones(2, 7, dtype=torch.long)).sum().backward()
+write_adapter_files(model, None, tempfile.mkdtemp(), "base")
+assert "peft" not in sys.modules and "transformers" not in sys.modules, sorted(sys.modules)[:5]
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
