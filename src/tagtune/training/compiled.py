@@ -23,6 +23,7 @@ model trains eager.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -51,7 +52,7 @@ class Compiled:
     active: bool
     reason: str | None = None
     shapes: set = field(default_factory=set)
-    """(tokens, dtype) of each batch the encoder has run: a compiled layer's versions."""
+    """(tokens, dtype) of each training batch the encoder has run: a compiled layer's versions."""
     _before: float = 0.0
 
     @property
@@ -59,6 +60,11 @@ class Compiled:
         """Seconds spent compiling since :func:`compile_model` (tracing, Inductor's code generation and
         the C++ compiler's), forward and backward."""
         return compile_seconds() - self._before if self.active else 0.0
+
+    def eager(self):
+        """A context in which the compiled layers run eager: for dev evaluation, whose batch shapes
+        would each compile again (no gradients, eval mode) for a few passes."""
+        return torch.compiler.set_stance("force_eager") if self.active else contextlib.nullcontext()
 
     def line(self) -> str:
         """``compiled: 3 shapes, 41.2 s`` for the run's log line; "" when not compiled."""
@@ -114,7 +120,8 @@ def compile_model(model: torch.nn.Module, mode: str = "default") -> Compiled:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     break_at_attention()
     done = Compiled(active=True, _before=compile_seconds())
-    model.encoder.register_forward_pre_hook(lambda _, args: done.shapes.add((args[0].shape[0], args[0].dtype)))
+    model.encoder.register_forward_pre_hook(
+        lambda encoder, args: done.shapes.add((args[0].shape[0], args[0].dtype)) if encoder.training else None)
     for layer in model.encoder.layer:
         layer.compile(dynamic=False, mode=None if mode == "default" else mode)
     return done
