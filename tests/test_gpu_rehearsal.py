@@ -211,6 +211,9 @@ for name, lora in (("full", None), ("lora", 2)):
 if group.main:
     open(result, "w").write(json.dumps(found))
 leave(group)
+sys.stdout.flush(), sys.stderr.flush()
+import os
+os._exit(0)  # two DDP wrappers in one process: a reducer's thread at the interpreter's teardown once aborted it
 """
 
 
