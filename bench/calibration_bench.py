@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import tempfile
 import time
@@ -42,12 +43,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
 
-from tagtune.apps.examples import minilm_dir, write_conll  # noqa: E402
-from train_bench import split_tweets  # noqa: E402
+from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
 from tagtune.data.metrics import (average_precision, brier_score, expected_calibration_error,  # noqa: E402
                                   reliability, scored_spans)
+
+
+def split(test_size: int, smoke: bool):
+    """(train, dev, test) WNUT-2016 sentences, as train_bench.py splits them."""
+    sentences = wnut_sentences()
+    random.Random(0).shuffle(sentences)
+    test, rest = sentences[:test_size], sentences[test_size:]
+    if smoke:
+        test, rest = test[:20], rest[:30]
+    n_dev = len(rest) // 10
+    return rest[n_dev:], rest[:n_dev], test
 
 
 def train_tagger(work: Path, train, dev, epochs: int, bf16: str, smoke: bool) -> Path:
@@ -130,7 +140,7 @@ def main() -> None:
     from tagtune.data.formats import read_examples
     from tagtune.inference.tagger import Tagger
 
-    train, dev, test = split_tweets(args.test_size, args.smoke, smoke_sizes=(20, 30))
+    train, dev, test = split(args.test_size, args.smoke)
     work = Path(tempfile.mkdtemp(prefix="tagtune-calibration-"))
     write_conll(work / "test.conll", test)
     gold = read_examples(str(work / "test.conll"))  # the texts and character spans training reads
