@@ -281,6 +281,18 @@ def test_the_fused_product_s_gradients_with_dropout(dtype):
         torch.testing.assert_close(got.double(), want, **tolerance)
 
 
+def test_the_shared_mask_goes_with_its_input():
+    """The dropped copy and mask kept for q, k and v are let go when their input is freed: no
+    batch's activations stay behind in the module after its backward."""
+    from tagtune.models import lora
+
+    x = torch.randn(8, 4)
+    lora.shared_dropout(x, 0.5)
+    assert lora._last_dropped[0]() is x
+    del x
+    assert lora._last_dropped == (None, None, None)
+
+
 def test_training_adapters_imports_no_peft(tiny_bert):
     """PEFT (which imports transformers' model code, 160 MB) is only the reader of adapter folders:
     adding, training and saving adapters does without it."""

@@ -152,7 +152,15 @@ class LoraProduct(torch.autograd.Function):
 
 _last_dropped: tuple = (None, None, None)
 """(weakref of the input, its dropped copy, the mask) of the last :func:`shared_dropout`: q, k
-and v read one input, and draw one mask for it, not three."""
+and v read one input, and draw one mask for it, not three. Emptied when that input is freed
+(:func:`_forget`), so that no batch's activations outlive it here."""
+
+
+def _forget(ref) -> None:
+    """The weakref callback of :data:`_last_dropped`'s input: its input is gone, and so is the entry."""
+    global _last_dropped
+    if _last_dropped[0] is ref:
+        _last_dropped = (None, None, None)
 
 
 def shared_dropout(x, p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +173,7 @@ def shared_dropout(x, p: float) -> tuple[torch.Tensor, torch.Tensor]:
         return dropped, keep
     keep = dropout_mask(x, p)
     dropped = x.detach() * keep
-    _last_dropped = (weakref.ref(x), dropped, keep)
+    _last_dropped = (weakref.ref(x, _forget), dropped, keep)
     return dropped, keep
 
 
