@@ -402,9 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", action="store_const", const=True,
                    help="recompute each layer's activations in the backward pass instead of storing them: "
                         "less memory, about a third more compute")
-    p.add_argument("--compile", action="store_const", const=True,
-                   help="compile each encoder layer with torch.compile: tens of seconds per batch shape at the "
-                        "start, for faster steps in long runs (see BENCHMARKS.md)")
     p.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (such as 16) on the frozen "
                    "base model, and save a PEFT adapter folder that names --model as its base")
     p.add_argument("--lora-alpha", type=float, metavar="A", help="with --lora, the adapters' scale is A / R "

@@ -141,11 +141,6 @@ class TrainConfig:
     (activation checkpointing): training needs less memory for about a third more compute, with
     the same loss and gradients."""
 
-    compile: bool = False
-    """Compile each encoder layer with torch.compile (tagtune.training.compiled), static shapes:
-    for long runs, where faster steps repay the compiling (tens of seconds per batch shape, in
-    the first batches); where torch.compile cannot run, a warning and eager training."""
-
     lora: int | None = None
     """Train LoRA adapters of this rank (at least 1) on the encoder's linear layers, with the base
     weights frozen, and save a PEFT adapter folder that names ``model`` as its base
@@ -169,7 +164,7 @@ class TrainConfig:
     """With ``report_to``: log the loss and learning rate every this many optimizer steps (at
     least 1)."""
 
-    RUN_FIELDS = ("overwrite", "resume", "progress", "device", "report_to", "log_every", "compile")  # may differ when resuming
+    RUN_FIELDS = ("overwrite", "resume", "progress", "device", "report_to", "log_every")  # may differ when resuming
     """The fields a resumed run takes as given rather than from the run's saved config."""
 
     def normalised(self) -> TrainConfig:

@@ -93,7 +93,6 @@ from tagtune.store.hub import resolve
 from tagtune.store.layout import SETTINGS_FILE, SPAN_HEAD_FILE, TaggerSettings, crf_files, settings_files
 from tagtune.text.tokenizer import load_tokenizer
 from tagtune.training.card import write_card
-from tagtune.training.compiled import Compiled, compile_model
 from tagtune.training.config import CHECKPOINT, MIN_DEV_SPANS, TrainConfig
 from tagtune.training.optim import AdamW, LinearSchedule
 from tagtune.training.report import write_report
@@ -492,8 +491,6 @@ class Run:
     """The experiment trackers the run reports to (``--report-to``; rank 0's, none elsewhere)."""
     memory: str = ""
     """The memory plan's line (see check_run_memory)."""
-    compiled: Compiled = field(default_factory=lambda: Compiled(active=False))
-    """The encoder's layers compiled by torch.compile (``--compile``), or inactive."""
     pooler: dict | None = None
     """The base checkpoint's pooler weights, written unchanged beside a span tagger's encoder
     (see write_model_files)."""
@@ -607,7 +604,6 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
     crf = ChainCRF(labels, config.scheme).to(device) if config.crf else None
     beside = crf if crf is not None else span_head
     memory = check_run_memory(model, beside, config, device, largest)
-    compiled = compile_model(model) if config.compile else Compiled(active=False)
     optimizer = make_optimizer(model, config, beside, row_gradients=device.type == "cpu" and not group.active)
     schedule = make_schedule(optimizer, config, total_steps)
     mode = group.on_main(precision, config, device)  # measured on one process, the same for all
@@ -621,7 +617,7 @@ def setup(config: TrainConfig, group: Group, folder: RunFolder) -> Run:
               labelled=labelled, edges=edges, batch_size=batch_size, max_tokens=max_tokens,
               batches_per_epoch=batches_per_epoch, optimizer=optimizer, schedule=schedule, mode=mode, state=state,
               span_windows=span.windows if span is not None else None, span_head=span_head, crf=crf,
-              start=start, pooler=base.pooler, memory=memory, compiled=compiled)
+              start=start, pooler=base.pooler, memory=memory)
     if group.main:
         atomic_write(run.work / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.state["history"]))
         run.log = open(run.work / "metrics.jsonl", "a", encoding="utf-8")
@@ -860,8 +856,6 @@ def describe_run(run: Run) -> None:
             + f", on {run.device}, {precision_note(config, run.device, run.mode)}"
             + (f", {run.group.world} processes" if run.group.active else ""))
     run.say(f"tagtune: memory: {run.memory}")
-    if run.compiled.active:
-        run.say("tagtune: each encoder layer is compiled by torch.compile, once per batch shape, in the first batches")
 
 
 # -- the loop: per epoch, train on every batch, then evaluate, keep the best and save -----------
@@ -895,7 +889,6 @@ def train_epoch(run: Run, epoch: int) -> dict:
         model.use_low_precision(torch.bfloat16)
     batches = batch_indices(run.lengths, run.batch_size, run.max_tokens, config.seed, epoch, config.bucket)
     epoch_start, epoch_tokens, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
-    compile_start = run.compiled.seconds
     bar = Progress(len(batches), f"epoch {epoch + 1}/{config.epochs}", "batches", enabled=run.show)
     for b, indices in enumerate(batches):
         stepping = (b + 1) % config.accumulation == 0 or b + 1 == len(batches)
@@ -918,8 +911,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
     model.use_low_precision(None)  # evaluate and save the fp32 weights
     return {"epoch": epoch + 1, "step": state["step"], "train_loss": round(train_loss, 5),
             "train_tokens": epoch_tokens, "train_seconds": round(train_seconds, 2),
-            "tokens_per_second": round(epoch_tokens / train_seconds, 1),
-            **({"compile_seconds": round(run.compiled.seconds - compile_start, 2)} if run.compiled.active else {})}
+            "tokens_per_second": round(epoch_tokens / train_seconds, 1)}
 
 
 CANDIDATE_BUCKET = 1024
@@ -949,7 +941,7 @@ def forward_backward(run: Run, indices: list[int], stepping: bool) -> torch.Tens
     weight = 1.0 if share else 0.0
     span = run.span_windows is not None
     batch = pack([run.sequences[i] for i in mine], None if span else [run.seq_labels[i] for i in mine], mine)
-    if run.mode == "bf16" or run.compiled.active:  # few shapes: oneDNN's kernels, compiled layers
+    if run.mode == "bf16":
         batch = fill_batch(batch)
     if span:  # the candidates of the batch's windows (filler sequences have none)
         windows = [run.span_windows[i] for i in mine]
@@ -1007,15 +999,12 @@ def evaluate_and_save(run: Run, epoch: int, entry: dict) -> tuple[str, bool]:
     save the checkpoint. Returns the epoch's line for the user and whether the run stops early."""
     config, state = run.config, run.state
     line = f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}"
-    if run.compiled.active:  # the run's compiling so far: shapes and seconds
-        line += f"  ({run.compiled.line()})"
     improved = False
     if run.dev_examples:
         if run.crf is not None:
             run.tagger.transitions = run.crf.transitions()
-        with run.compiled.eager():
-            dev = evaluate_examples(run.tagger, run.dev_examples, run.group, run.show,
-                                    f"dev {epoch + 1}/{config.epochs}", with_calibration=True)
+        dev = evaluate_examples(run.tagger, run.dev_examples, run.group, run.show, f"dev {epoch + 1}/{config.epochs}",
+                                with_calibration=True)
         improved = run.choose and dev["f1"] > state["best_f1"]
         entry.update(dev={k: dev[k] for k in ("precision", "recall", "f1", "macro_f1")},
                      dev_per_label=dev["per_label"], dev_calibration=dev["calibration"], best=improved)
@@ -1051,8 +1040,7 @@ def finish(run: Run) -> dict:
         if kept != state["epoch"]:  # the model holds the last epoch's weights; the best is an earlier one
             run.unsaved = False  # the last epoch's weights are gone: a failure resumes from the checkpoint
             load_epoch_weights(epoch_weights(work, kept), run.model, run.beside, run.device)
-        with run.compiled.eager():
-            calibrated = calibrate_scores(run) if run.dev_examples else None
+        calibrated = calibrate_scores(run) if run.dev_examples else None
         files = settings_files(run.settings)
         if run.crf is not None:
             files.update(crf_files(run.crf.transitions(), run.labels))
