@@ -107,18 +107,6 @@ load = time.perf_counter() - t
 texts = [line.rstrip("\\n") for line in open(texts_file, encoding="utf-8")]
 chunks = [texts[lo:lo + 512] for lo in range(0, len(texts), 512)]  # as `tagtune predict` reads them
 
-# attention: packed_attention as each family module calls it, marked for the profiler
-import tagtune.models.packed as packed
-def marked(f):
-    def attention(*args, **kwargs):
-        with torch.profiler.record_function("tagtune.attention"):
-            return f(*args, **kwargs)
-    return attention
-original = packed.packed_attention
-for name, module in list(sys.modules.items()):
-    if name.startswith("tagtune.models.") and getattr(module, "packed_attention", None) is original:
-        module.packed_attention = marked(original)
-
 cut = forward = merge = decode = write = 0.0
 results = []
 for chunk in chunks:
@@ -134,19 +122,39 @@ with open(out_file, "w", encoding="utf-8") as f:
         f.write(json.dumps({"text": text, "spans": [s.to_dict(text) for s in spans]}, ensure_ascii=False) + "\\n")
 write = time.perf_counter() - t
 
-# the forward passes again under the profiler: the shares of linear layers, attention and the rest
-sequences = [s for chunk in chunks[:int(sys.argv[6])] for s in tagger._cut(chunk).sequences]
-with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-    t = time.perf_counter(); tagger._logits(sequences); profiled = time.perf_counter() - t
-linear = attention = 0.0
+# the forward passes again, each linear layer and each attention call timed as it returns (the
+# CPU runs them synchronously; a timer costs well under a microsecond, where torch.profiler's
+# bookkeeping of every small op inflates attention's many small ones)
+import tagtune.models.packed as packed
+spent = {"linear": 0.0, "attention": 0.0}
 shapes = {}
-for e in prof.events():
-    if e.name == "aten::linear":  # the model's Linear layers (F.linear); attention calls no linear
-        linear += e.cpu_time_total / 1e6
-        key = str(e.input_shapes[1]) if e.input_shapes else "?"
-        shapes[key] = shapes.get(key, 0.0) + e.cpu_time_total / 1e6
-    elif e.name == "tagtune.attention":
-        attention += e.cpu_time_total / 1e6
+def clocked(name, f):
+    def run(*args, **kwargs):
+        t = time.perf_counter()
+        out = f(*args, **kwargs)
+        spent[name] += time.perf_counter() - t
+        return out
+    return run
+def linear_forward(f):
+    def run(self, x):
+        t = time.perf_counter()
+        out = f(self, x)
+        seconds = time.perf_counter() - t
+        spent["linear"] += seconds
+        key = str(list(self.weight.shape))
+        shapes[key] = shapes.get(key, 0.0) + seconds
+        return out
+    return run
+original = packed.packed_attention
+for name, module in list(sys.modules.items()):  # the families' calls, not packed's own call of itself
+    if (name.startswith("tagtune.models.") and name != "tagtune.models.packed"
+            and getattr(module, "packed_attention", None) is original):
+        module.packed_attention = clocked("attention", original)
+torch.nn.Linear.forward = linear_forward(torch.nn.Linear.forward)
+packed.Linear.forward = linear_forward(packed.Linear.forward)
+sequences = [s for chunk in chunks[:int(sys.argv[6])] for s in tagger._cut(chunk).sequences]
+t = time.perf_counter(); tagger._logits(sequences); profiled = time.perf_counter() - t
+linear, attention = spent["linear"], spent["attention"]
 stats = {"import": imported, "load": load, "build": timers["build"], "read_weights": timers["read weights"],
          "tokenise_window": cut, "forward": forward, "merge": merge, "decode": decode, "write": write,
          "profiled_forward": profiled, "profiled_linear": linear, "profiled_attention": attention,
@@ -233,7 +241,7 @@ def main() -> None:
                         help="where a whole `python -m tagtune predict` process spends its time, on --texts texts")
     parser.add_argument("--texts", type=int, default=4000, help="--breakdown: texts (the 400 WNUT test tweets repeated)")
     parser.add_argument("--profiled-chunks", type=int, default=2,
-                        help="--breakdown: chunks of 512 texts run again under torch.profiler")
+                        help="--breakdown: chunks of 512 texts run again with their linear layers and attention timed")
     parser.add_argument("--against", metavar="SRC", help="--breakdown: also time the whole process with this "
                         "tagtune source folder first on the path (e.g. an older commit's src), in turns")
     args = parser.parse_args()
@@ -378,11 +386,11 @@ def breakdown(args) -> None:
     whole: dict[str, list[float]] = {side: [] for side in sides}
     for n in range(max(1, args.rounds)):  # the sides in turns, the order reversed each round
         for side in list(sides) if n % 2 == 0 else list(sides)[::-1]:
-            result = whole_process(model, work / "texts.txt", work / f"out-{len(whole[side])}.jsonl", sides[side])
+            result = whole_process(model, work / "texts.txt", work / f"out-{side[:4]}-{len(whole[side])}.jsonl", sides[side])
             whole[side].append(result["wall_seconds"])
             print(f"bench: {side}: whole process {result['wall_seconds']:.2f} s, load average "
                   f"{result['load_before']:.2f} -> {result['load_after']:.2f}", flush=True)
-    outputs = {(work / f"out-{k}.jsonl").read_bytes() for k in range(len(whole["this tree"]))}
+    outputs = {(work / f"out-this-{k}.jsonl").read_bytes() for k in range(len(whole["this tree"]))}
     interpreter = run([sys.executable, "-c", "pass"])["wall_seconds"]
     imports = run([sys.executable, "-c", "import tagtune.apps.predict, tagtune.__main__, torch"])["wall_seconds"]
     t = time.perf_counter()
@@ -417,8 +425,8 @@ def breakdown(args) -> None:
     print(f"\nnot a linear layer's matmul: {100 * other:.1f}% of the whole process (target 15%: "
           f"{'met' if other <= 0.15 else 'not met'})")
     print(f"precision {stages['precision']}, {stages['threads']} torch threads; the forward split by the shares "
-          f"torch.profiler gave on the first {args.profiled_chunks} chunks of 512 texts "
-          f"(aten::linear, and packed_attention as marked here)")
+          f"the first {args.profiled_chunks} chunks of 512 texts gave, run again with each linear layer and "
+          f"each packed_attention call timed")
     print("the stages are timed one after the other; `tagtune predict` overlaps tokenising and decoding with "
           "the forward passes, hence the overlapped line")
     if len(outputs) != 1:

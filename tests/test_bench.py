@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def smoke(script, *args, env=None):
-    """``script --smoke ARGS`` in a new process (``env``: its environment); its stdout."""
-    result = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True, text=True,
-                            timeout=600, env=env)
+    """``script --smoke ARGS`` in a new process (``env``: its environment); its stdout. The
+    bench's work folder (models, data, outputs) is made in a temporary folder removed after it."""
+    with tempfile.TemporaryDirectory(prefix="bench-smoke-") as temporary:
+        result = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True,
+                                text=True, timeout=600, env=dict(env if env is not None else os.environ, TMPDIR=temporary))
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

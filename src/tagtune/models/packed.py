@@ -514,12 +514,13 @@ def onnx_runtime_attention(x, weight, bias, packing: Packing, heads: int) -> tor
 
 
 CPU_ATTENTION_DTYPE = torch.float32
-"""The dtype of attention's products on a CPU, also under bf16 mixed precision. oneDNN builds and
-keeps a bf16 kernel for each shape of matrix product it meets, and attention's shapes change with
-every batch's sequence lengths: in bf16, a MiniLM LoRA epoch on WNUT-2016 grew from 466 to 1,383
-MB resident at 4,800 tokens/s; with attention in fp32 it peaked at 704 MB at 5,178 tokens/s (Intel
-Xeon with AMX, 2 cores). bf16 does not make attention faster there (prediction: 1.48 s in bf16
-against 1.41 s in fp32 on 4,000 texts); the linear layers, whose shapes repeat, keep bf16."""
+"""The dtype of attention's products on a CPU while training under bf16 mixed precision. oneDNN
+builds and keeps a bf16 kernel for each shape of matrix product it meets, and attention's shapes
+change with every batch's sequence lengths: in bf16, a MiniLM LoRA epoch on WNUT-2016 grew from
+466 to 1,383 MB resident at 4,800 tokens/s; with attention in fp32 it peaked at 704 MB at 5,178
+tokens/s (Intel Xeon with AMX, 2 cores). Without gradients (prediction, dev evaluation) attention
+stays bf16, through scaled_dot_product_attention's CPU kernel: 4,000 WNUT tweets took 6.15 s
+against 6.35 s with it in fp32, at the same peak (475 and 481 MB) on that machine."""
 
 
 def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | None = None, causal: bool = False,
@@ -531,12 +532,13 @@ def packed_attention(q, k, v, packing: Packing, dropout_p: float, window: int | 
     ``causal``: each query sees no key after it (a decoder's attention). ``softcap``: scores
     capped at +-softcap by tanh (Gemma 2), on plain matrix products over the padded layout.
     On CUDA in bf16 the variable-length FlashAttention kernel runs where PyTorch has it. On the
-    CPU attention runs in fp32 whatever the dtype of q, k and v (:data:`CPU_ATTENTION_DTYPE`); a batch of few runs of equal-length sequences runs run by run with no padding
-    (:data:`MAX_RUNS`); otherwise the sequences are padded for scaled_dot_product_attention,
+    CPU, attention with gradients runs in fp32 whatever the dtype of q, k and v
+    (:data:`CPU_ATTENTION_DTYPE`). A batch of few runs of equal-length sequences runs run by run
+    with no padding (:data:`MAX_RUNS`); otherwise the sequences are padded for scaled_dot_product_attention,
     except a local layer over sequences longer than its window, which runs banded over the
     stream (about window x length, not length^2).
     """
-    if q.dtype == torch.bfloat16 and kernels(q.device) == "cpu":
+    if q.dtype == torch.bfloat16 and kernels(q.device) == "cpu" and torch.is_grad_enabled():
         return packed_attention(*(x.to(CPU_ATTENTION_DTYPE) for x in (q, k, v)), packing, dropout_p, window, causal,
                                 softcap).to(q.dtype)
     if window is not None and not packing.padded and packing.max_seqlen - 1 <= window:
