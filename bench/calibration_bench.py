@@ -2,6 +2,7 @@
 probability of its tags (what tagtune's score was before), and with the temperature fitted on dev.
 
     .venv/bin/python bench/calibration_bench.py                # train WNUT-2016 / MiniLM, 3 epochs (minutes on 2 cores)
+    .venv/bin/python bench/calibration_bench.py --folds 4      # 4 trainings, each tweet held out once (pooled figures)
     .venv/bin/python bench/calibration_bench.py --tagger DIR   # score a tagger trained already
     .venv/bin/python bench/calibration_bench.py --smoke        # a few tweets, 1 epoch: seconds, for CI
 
@@ -34,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import tempfile
 import time
@@ -43,21 +43,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
 
 from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
 from tagtune.data.metrics import (average_precision, brier_score, expected_calibration_error,  # noqa: E402
                                   reliability, scored_spans)
 
 
-def split(test_size: int, smoke: bool):
-    """(train, dev, test) WNUT-2016 sentences, as train_bench.py splits them."""
-    sentences = wnut_sentences()
-    random.Random(0).shuffle(sentences)
-    test, rest = sentences[:test_size], sentences[test_size:]
-    if smoke:
-        test, rest = test[:20], rest[:30]
-    n_dev = len(rest) // 10
-    return rest[n_dev:], rest[:n_dev], test
+from train_bench import split_tweets  # noqa: E402
+
+
+def split(test_size: int, smoke: bool, fold: int = 0):
+    """(train, dev, test) WNUT-2016 sentences, as train_bench.py splits them (its ``fold``-th test
+    block); the smoke run's 20 test tweets and 30 others."""
+    return split_tweets(test_size, smoke, smoke_sizes=(20, 30), fold=fold)
 
 
 def train_tagger(work: Path, train, dev, epochs: int, bf16: str, smoke: bool) -> Path:
@@ -131,6 +130,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="as tagtune train's --bf16")
     parser.add_argument("--test-size", type=int, default=400)
+    parser.add_argument("--folds", type=int, default=1, help="K > 1: K trainings, each holding out another K-th of "
+                        "the tweets as its test set (--test-size unused); the figures pool every held-out span")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -140,38 +141,50 @@ def main() -> None:
     from tagtune.data.formats import read_examples
     from tagtune.inference.tagger import Tagger
 
-    train, dev, test = split(args.test_size, args.smoke)
     work = Path(tempfile.mkdtemp(prefix="tagtune-calibration-"))
-    write_conll(work / "test.conll", test)
-    gold = read_examples(str(work / "test.conll"))  # the texts and character spans training reads
     start = time.perf_counter()
-    if args.tagger:
-        folder = Path(args.tagger)
-        print(f"bench: tagger {folder}; {len(test)} test tweets", flush=True)
-    else:
-        epochs = 1 if args.smoke else args.epochs
-        print(f"bench: fine-tuning MiniLM on {len(train)} tweets ({len(dev)} dev), {epochs} epoch(s); "
-              f"{len(test)} test tweets; work folder {work}", flush=True)
-        folder = train_tagger(work, train, dev, epochs, args.bf16, args.smoke)
-    tagger = Tagger.load(folder, device="cpu")
-    temperature, fitted = tagger.settings.temperature, "fitted by tagtune train on the dev tweets"
-    if temperature == 1.0:  # a folder trained before calibration: fitted here, on the same dev split
-        from tagtune.inference.evaluate import calibrate
+    folds = 1 if args.tagger else args.folds
+    test_size = args.test_size if folds == 1 else len(wnut_sentences()) // folds
+    kinds = ("mean tag probability", "span probability", "calibrated span probability")
+    scored = {name: [] for name in kinds}
+    n_gold, n_test, temperatures = 0, 0, []
+    for fold in range(folds):
+        train, dev, test = split(test_size, args.smoke, fold)
+        part = work / f"fold-{fold}"
+        part.mkdir()
+        write_conll(part / "test.conll", test)
+        gold = read_examples(str(part / "test.conll"))  # the texts and character spans training reads
+        if args.tagger:
+            folder = Path(args.tagger)
+            print(f"bench: tagger {folder}; {len(test)} test tweets", flush=True)
+        else:
+            epochs = 1 if args.smoke else args.epochs
+            print(f"bench: fold {fold + 1}/{folds}: fine-tuning MiniLM on {len(train)} tweets ({len(dev)} dev), "
+                  f"{epochs} epoch(s); {len(test)} test tweets; work folder {part}", flush=True)
+            folder = train_tagger(part, train, dev, epochs, args.bf16, args.smoke)
+        tagger = Tagger.load(folder, device="cpu")
+        temperature, fitted = tagger.settings.temperature, "fitted by tagtune train on the dev tweets"
+        if temperature == 1.0:  # a folder trained before calibration: fitted here, on the same dev split
+            from tagtune.inference.evaluate import calibrate
 
-        write_conll(work / "dev.conll", dev)
-        temperature, fitted = calibrate(tagger, read_examples(str(work / "dev.conll")))["temperature"], \
-            "fitted here on the dev tweets"
-    print(f"bench: temperature {temperature:.4f}, {fitted}", flush=True)
-    old, new, tempered = all_scores(tagger, [ex.text for ex in gold], temperature)
-    truth = [ex.spans for ex in gold]
-    scored = {"mean tag probability": scored_spans(truth, old), "span probability": scored_spans(truth, new),
-              "calibrated span probability": scored_spans(truth, tempered)}
+            write_conll(part / "dev.conll", dev)
+            temperature, fitted = calibrate(tagger, read_examples(str(part / "dev.conll")))["temperature"], \
+                "fitted here on the dev tweets"
+        print(f"bench: temperature {temperature:.4f}, {fitted}", flush=True)
+        temperatures.append(temperature)
+        truth = [ex.spans for ex in gold]
+        for name, rows in zip(kinds, all_scores(tagger, [ex.text for ex in gold], temperature)):
+            scored[name] += scored_spans(truth, rows)
+        n_gold += sum(len(spans) for spans in truth)
+        n_test += len(test)
     results = {name: figures(pairs) for name, pairs in scored.items()}
 
     pairs = scored["span probability"]
-    right, n_gold = sum(r for _, r in pairs), sum(len(spans) for spans in truth)
-    print(f"\n{len(pairs)} spans predicted on {len(test)} test tweets, {right} right: precision "
+    right = sum(r for _, r in pairs)
+    held_out = f"{n_test} test tweets" + (f" ({folds} folds, each held out once)" if folds > 1 else "")
+    print(f"\n{len(pairs)} spans predicted on {held_out}, {right} right: precision "
           f"{right / max(len(pairs), 1):.4f}, recall {right / max(n_gold, 1):.4f} ({n_gold} gold spans); "
+          f"temperature{'s' if folds > 1 else ''} {', '.join(f'{t:.3f}' for t in temperatures)}; "
           f"{time.perf_counter() - start:.0f} s")
     names = list(results)
     print(f"\n{'':30}" + "".join(f"{name:>29}" for name in names))
@@ -190,7 +203,8 @@ def main() -> None:
                 print(f"  {b['low']:.1f}-{b['high']:.1f} {b['count']:>6} {b['mean_score']:>10.4f} {b['correct']:>10.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "spans": len(pairs), "right": right,
-                                               "gold": n_gold, "temperature": temperature, "temperature_from": fitted,
+                                               "gold": n_gold, "test_tweets": n_test, "folds": folds,
+                                               "temperatures": temperatures, "temperature_from": fitted,
                                                "load": open("/proc/loadavg").read().split()[:3],
                                                "results": results}, indent=2))
 

@@ -177,14 +177,17 @@ def byte_level_tokenizer(family: str, texts: list[str], folder: Path) -> dict:
             "bos_token_id": ids["<|begin_of_text|>"], "mask_token_id": ids["<|mask|>"]}
 
 
-def split_tweets(test_size: int, smoke: bool = False) -> tuple[list, list, list]:
+def split_tweets(test_size: int, smoke: bool = False, smoke_sizes: tuple[int, int] = (40, 160),
+                 fold: int = 0) -> tuple[list, list, list]:
     """WNUT-2016 shuffled with seed 0: (train, dev, test), the test the first ``test_size`` tweets
-    and dev the first tenth of the rest; ``smoke``: 40 test tweets and 160 others."""
+    (``fold`` k: the k-th block of ``test_size`` tweets, for cross-validation) and dev the first
+    tenth of the rest; ``smoke``: ``smoke_sizes`` test tweets and others."""
     sentences = wnut_sentences()
     random.Random(0).shuffle(sentences)
-    test, rest = sentences[:test_size], sentences[test_size:]
+    low, high = fold * test_size, (fold + 1) * test_size
+    test, rest = sentences[low:high], sentences[:low] + sentences[high:]
     if smoke:
-        test, rest = test[:40], rest[:160]
+        test, rest = test[:smoke_sizes[0]], rest[:smoke_sizes[1]]
     n_dev = len(rest) // 10
     return rest[n_dev:], rest[:n_dev], test
 

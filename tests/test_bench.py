@@ -76,9 +76,13 @@ def test_predict_bench_limits_the_kernels_to_avx2(tmp_path):
     assert recorded["results"]["tagtune"]["precision"] == "fp32"  # bf16 is emulated there: --bf16 auto keeps fp32
 
 
-def test_calibration_bench_smoke():
-    out = smoke("calibration_bench.py")
+def test_calibration_bench_smoke(tmp_path):
+    """Two folds: two trainings, each holding out other tweets, their spans pooled."""
+    out = smoke("calibration_bench.py", "--folds", "2", "--json", tmp_path / "calibration.json")
     assert "mean tag probability" in out and "span probability" in out
+    results = json.loads((tmp_path / "calibration.json").read_text())
+    assert results["folds"] == 2 and results["test_tweets"] == 40 and len(results["temperatures"]) == 2
+    assert out.count("fine-tuning MiniLM") == 2 and "(2 folds, each held out once)" in out
     for row in ("expected calibration error", "average precision", "precision of top 10% spans",
                 "precision of top 50% spans", "max score"):
         assert row in out, row
