@@ -38,9 +38,9 @@ def on_config(config):
 def on_files(files, config):
     """The benchmark plots, drawn into a temporary folder and added as img/NAME.png."""
     plots = _load_module(ROOT / "bench" / "plots.py", "tagtune_bench_plots")
-    out = Path(tempfile.mkdtemp(prefix="tagtune-plots-"))
-    for path in plots.write_plots(ROOT / "bench", out):
-        files.append(File.generated(config, f"img/{path.name}", content=path.read_bytes()))
+    with tempfile.TemporaryDirectory(prefix="tagtune-plots-") as out:
+        for path in plots.write_plots(ROOT / "bench", Path(out)):
+            files.append(File.generated(config, f"img/{path.name}", content=path.read_bytes()))
     return files
 
 
