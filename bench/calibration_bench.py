@@ -46,8 +46,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from tagtune.apps.examples import minilm_dir, wnut_sentences, write_conll  # noqa: E402
-from tagtune.data.metrics import (average_precision, brier_score, expected_calibration_error,  # noqa: E402
-                                  reliability, scored_spans)
+from tagtune.data.metrics import reliability, score_quality, scored_spans  # noqa: E402
 
 
 from train_bench import split_tweets  # noqa: E402
@@ -115,10 +114,11 @@ def top_precision(scored: list[tuple[float, bool]], fraction: float) -> tuple[fl
 
 
 def figures(scored: list[tuple[float, bool]]) -> dict:
+    """tagtune.data.metrics.score_quality of the spans, with the precision of the top 10% and 50%,
+    the highest score and the reliability bins."""
     p10, n10 = top_precision(scored, 0.1)
     p50, n50 = top_precision(scored, 0.5)
-    return {"ece": expected_calibration_error(scored), "average_precision": average_precision(scored),
-            "brier": brier_score(scored), "spans": len(scored), "precision_top_10pct": p10, "spans_top_10pct": n10, "precision_top_50pct": p50,
+    return {**score_quality(scored), "precision_top_10pct": p10, "spans_top_10pct": n10, "precision_top_50pct": p50,
             "spans_top_50pct": n50, "max_score": max((s for s, _ in scored), default=0.0),
             "bins": reliability(scored)}
 

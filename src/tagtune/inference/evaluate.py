@@ -99,12 +99,11 @@ def _token_head_scores(tagger: Tagger, texts: list[str], chunk: int):
 
 def _span_head_scores(tagger: SpanTagger, texts: list[str]):
     """(spans at T, the tagger's predictions at T) of a span tagger, from one pass of its model."""
-    found = tagger.candidates(texts)
-    plain = [temper_probs(f.probs, 1.0 / tagger.temperature) for f in found]  # the head's own (T = 1)
-    kept = [chosen_candidates(f.start, f.end, p, tagger.overlap, 0.0) for f, p in zip(found, plain)]
+    found = tagger.candidates(texts, temperature=1.0)  # the head's own probabilities
+    kept = [chosen_candidates(f.start, f.end, f.probs, tagger.overlap, 0.0) for f in found]
 
     def at(t: float) -> list[TextCandidates]:
-        return [TextCandidates(f.start, f.end, temper_probs(p, t), f.units) for f, p in zip(found, plain)]
+        return [TextCandidates(f.start, f.end, temper_probs(f.probs, t), f.units) for f in found]
 
     def spans_at(t: float) -> list[list[Span]]:
         return [tagger._spans(c, chosen) for c, chosen in zip(at(t), kept)]

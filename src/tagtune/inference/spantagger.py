@@ -256,9 +256,9 @@ class SpanTagger:
             unsure.append(span_uncertainty(found.start, found.end, found.probs, chosen, len(found.units)))
         return spans, unsure
 
-    def candidates(self, texts: list[str]) -> list[TextCandidates]:
-        """The candidates of each text with the head's probabilities (at the tagger's
-        ``temperature``), merged over its windows."""
+    def candidates(self, texts: list[str], temperature: float | None = None) -> list[TextCandidates]:
+        """The candidates of each text with the head's probabilities at ``temperature`` (None: the
+        tagger's; 1: the head's own), merged over its windows."""
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TagtuneError(f"text {i} is a {type(text).__name__}, not a string")
@@ -274,6 +274,7 @@ class SpanTagger:
         for w, window in enumerate(windows):
             per_text[window.text].append(w)
         width = len(self.labels) + 1
+        at = self.temperature if temperature is None else temperature
         out = []
         for t, ws in enumerate(per_text):
             if not ws:
@@ -281,7 +282,7 @@ class SpanTagger:
                 out.append(TextCandidates(empty, empty, np.zeros((0, width)), units[t]))
                 continue
             start, end, probs = merge_window_candidates([windows[w].units for w in ws], *zip(*(scored[w] for w in ws)))
-            out.append(TextCandidates(start, end, temper_probs(probs, self.temperature), units[t]))
+            out.append(TextCandidates(start, end, temper_probs(probs, at), units[t]))
         return out
 
     def _window_probabilities(self, windows: list[SpanWindow],

@@ -1040,7 +1040,7 @@ def finish(run: Run) -> dict:
         if kept != state["epoch"]:  # the model holds the last epoch's weights; the best is an earlier one
             run.unsaved = False  # the last epoch's weights are gone: a failure resumes from the checkpoint
             load_epoch_weights(epoch_weights(work, kept), run.model, run.beside, run.device)
-        calibrated = calibrate_scores(run) if run.dev_examples else None
+        calibrated = calibrate_scores(run, kept) if run.dev_examples else None
         files = settings_files(run.settings)
         if run.crf is not None:
             files.update(crf_files(run.crf.transitions(), run.labels))
@@ -1072,12 +1072,12 @@ def finish(run: Run) -> dict:
             "dev_texts": len(run.dev_examples), **scores, "calibration": calibrated and calibrated["calibration"]}
 
 
-def calibrate_scores(run: Run) -> dict:
+def calibrate_scores(run: Run, kept: int) -> dict:
     """Fit the temperature of the kept model's span scores on dev (rank 0, after the kept weights
     are loaded; tagtune.inference.evaluate.calibrate) and keep it in ``run.settings``, so that
     tagtune.json holds it. Says the before and after, appends them to metrics.jsonl as
-    ``{"epoch", "step", "calibration": {"temperature", "before", "after"}}`` (the kept epoch, the
-    last step), and returns that ``calibration`` with
+    ``{"epoch", "step", "calibration": {"temperature", "before", "after"}}`` (``kept``, the kept
+    epoch, and the last step), and returns that ``calibration`` with
     ``dev_calibration``, tagtune.data.metrics.calibration of the dev predictions at the temperature."""
     if run.crf is not None:
         run.tagger.transitions = run.crf.transitions()
@@ -1091,7 +1091,6 @@ def calibrate_scores(run: Run) -> dict:
     entry = {"temperature": fit["temperature"], "before": before, "after": after}
     try:
         with open(run.work / "metrics.jsonl", "a", encoding="utf-8") as log:
-            kept = run.state["best_epoch"] if run.keeps_best else run.state["epoch"]
             log.write(json.dumps({"epoch": kept, "step": run.state["step"], "calibration": entry}) + "\n")
     except OSError as e:
         raise write_error(run.work / "metrics.jsonl", e) from None
